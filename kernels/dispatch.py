@@ -1,0 +1,63 @@
+"""Backend choice shared by every op: ``MOCA_RT_KERNELS=torch|triton|cupy`` or automatic.
+
+Automatic means Triton for CUDA tensors when Triton imports, the torch reference otherwise.
+With ``TRITON_INTERPRET=1`` (set before import) Triton kernels also run on CPU tensors; tests use
+that. An op whose kernel cannot take an input (dtype, size limit) falls back to its reference.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Literal
+
+import torch
+
+Backend = Literal["torch", "triton", "cupy"]
+_VALID: tuple[Backend, ...] = ("torch", "triton", "cupy")
+ENV_VAR = "MOCA_RT_KERNELS"
+
+
+def requested_backend() -> Backend | None:
+    """The backend forced by ``MOCA_RT_KERNELS``, or None for automatic choice."""
+    value = os.environ.get(ENV_VAR, "").strip().lower()
+    if not value or value == "auto":
+        return None
+    if value not in _VALID:
+        raise ValueError(f"{ENV_VAR} must be one of {list(_VALID)} or 'auto', is {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def triton_interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.cache
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@functools.cache
+def cupy_available() -> bool:
+    try:
+        import cupy
+
+        return bool(cupy.cuda.runtime.getDeviceCount() > 0)
+    except Exception:  # CuPy imports without a GPU but cannot run; any failure means "no".
+        return False
+
+
+def triton_can_run_on(tensor: torch.Tensor) -> bool:
+    return triton_available() and (tensor.is_cuda or triton_interpreting())
+
+
+def choose_backend(tensor: torch.Tensor) -> Backend:
+    """Backend for an op on ``tensor``: the env switch if set, else Triton where it can run."""
+    forced = requested_backend()
+    if forced is not None:
+        return forced
+    return "triton" if triton_can_run_on(tensor) else "torch"
