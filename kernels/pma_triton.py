@@ -1,0 +1,315 @@
+"""Triton kernels for the PMA (pixel matching aggregation) cost: forward and backward.
+
+Kept apart from :mod:`moca_rt.kernels.pma` (which holds the torch references, the dispatcher and
+the ``torch.library`` registration) because Triton decides between compiling and interpreting
+(``TRITON_INTERPRET=1``) when ``triton.jit`` wraps a function. The kernel bodies below are plain
+functions; :func:`_kernels` wraps them on first use and caches one set per mode, so setting
+``TRITON_INTERPRET=1`` before the first launch is enough, whatever was imported earlier.
+
+Problem layout used by both kernels ("grouped" form): ``f``, ``g`` are ``[G, L, C]``; position
+``j`` of group ``q`` in ``f`` is compared with positions ``k`` of the same group in ``g`` with
+``|k - j| <= D``. Row search is ``G = B*H, L = W``; full search is ``G = B, L = H*W, D = L-1``.
+
+Forward, per ``(q, j)``::
+
+    s_k = <f_j, g_k>,  c_k = w_ssd * max(|f_j|^2 + |g_k|^2 - 2 s_k, 0) / C
+                           + w_ncc * (1 - s_k / (|f_j| |g_k| + eps))
+    min_cost[q, j] = min_k c_k,  argk[q, j] = smallest k reaching it
+
+One program per ``(q, tile of BLOCK_J positions j)``; it walks the tiles of ``k`` inside the band,
+accumulating ``s`` over ``C`` in ``BLOCK_C`` chunks with ``tl.dot`` (fp32 accumulation; fp32
+inputs use ``input_precision="ieee"`` so the arg-min agrees with the fp32 references).
+FLOPs: ``2 * G * L * K * C`` for the dot products (``K = min(L, 2D+1)`` compared positions) plus
+``O(G * L * K)`` epilogue. Bytes it must move: read ``f`` and ``g`` once
+(``2 * G * L * C * itemsize``; re-reads of ``f`` per ``k`` tile hit L1/L2), write
+``G * L * (4 + 8)`` bytes of min cost (fp32) and arg-min (int64).
+
+Backward, per ``(q, j)`` with ``u = f_j``, ``v = g_{k*}``, ``s = <u, v>``, ``den = |u||v| + eps``,
+``a = 2 w_ssd / C`` and upstream gradient ``go``::
+
+    dc/du = (a + w_ncc s |v| / (|u| den^2)) u - (a + w_ncc / den) v
+    dc/dv = (a + w_ncc s |u| / (|v| den^2)) v - (a + w_ncc / den) u
+
+(the ``|u|``/``|v|`` terms are dropped for a zero vector, like autograd's norm). One program per
+``(q, tile of j)``: a first pass over ``C`` gets ``s, |u|^2, |v|^2``, a second writes
+``grad_f[q, j]`` and atomically adds into ``grad_g[q, k*]`` (fp32 buffer, so the sum order, not
+the values' precision, is what varies run to run). Bytes: read ``f`` and the selected rows of
+``g`` twice, write ``grad_f``, atomics into ``grad_g``: about ``G * L * C * (4 * itemsize + 4)``.
+"""
+
+import functools
+from typing import Any
+
+import torch
+import triton
+import triton.language as tl
+
+SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_MAX_GRID_Y = 65535
+
+
+def _pma_fwd_body(
+    f_ptr,
+    g_ptr,
+    min_ptr,
+    arg_ptr,
+    L,
+    C,
+    D,
+    ssd_w,
+    ncc_w,
+    eps,
+    inv_c,
+    BLOCK_J: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    pid_q = tl.program_id(0).to(tl.int64)
+    pid_j = tl.program_id(1)
+    base = pid_q * L * C
+    j0 = pid_j * BLOCK_J
+    j = j0 + tl.arange(0, BLOCK_J)
+    j_ok = j < L
+    cc = tl.arange(0, BLOCK_C)
+
+    fn2 = tl.zeros((BLOCK_J,), dtype=tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        c = c0 + cc
+        fx = tl.load(
+            f_ptr + base + j[:, None] * C + c[None, :],
+            mask=j_ok[:, None] & (c[None, :] < C),
+            other=0.0,
+        ).to(tl.float32)
+        fn2 += tl.sum(fx * fx, axis=1)
+    fn = tl.sqrt(fn2)
+
+    best = tl.full((BLOCK_J,), float("inf"), dtype=tl.float32)
+    best_k = tl.zeros((BLOCK_J,), dtype=tl.int64)
+    k_lo = tl.maximum(j0 - D, 0)
+    k_hi = tl.minimum(j0 + BLOCK_J + D, L)
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        k_ok = k < L
+        acc = tl.zeros((BLOCK_J, BLOCK_K), dtype=tl.float32)
+        gn2 = tl.zeros((BLOCK_K,), dtype=tl.float32)
+        for c0 in range(0, C, BLOCK_C):
+            c = c0 + cc
+            c_ok = c < C
+            fx = tl.load(
+                f_ptr + base + j[:, None] * C + c[None, :],
+                mask=j_ok[:, None] & c_ok[None, :],
+                other=0.0,
+            )
+            gt = tl.load(
+                g_ptr + base + k[None, :] * C + c[:, None],
+                mask=k_ok[None, :] & c_ok[:, None],
+                other=0.0,
+            )
+            acc = tl.dot(fx, gt, acc, input_precision=PRECISION)
+            gt32 = gt.to(tl.float32)
+            gn2 += tl.sum(gt32 * gt32, axis=0)
+        gn = tl.sqrt(gn2)
+        ssd = tl.maximum(fn2[:, None] + gn2[None, :] - 2.0 * acc, 0.0)
+        cost = ssd_w * ssd * inv_c + ncc_w * (1.0 - acc / (fn[:, None] * gn[None, :] + eps))
+        diff = k[None, :] - j[:, None]
+        valid = k_ok[None, :] & (diff <= D) & (diff >= -D)
+        cost = tl.where(valid, cost, float("inf"))
+        tile_min = tl.min(cost, axis=1)
+        big = tl.full((BLOCK_J, BLOCK_K), 2**62, dtype=tl.int64)
+        tile_k = tl.min(tl.where(cost == tile_min[:, None], k[None, :].to(tl.int64), big), axis=1)
+        better = tile_min < best
+        best = tl.where(better, tile_min, best)
+        best_k = tl.where(better, tile_k, best_k)
+
+    out = pid_q * L + j
+    tl.store(min_ptr + out, best, mask=j_ok)
+    tl.store(arg_ptr + out, best_k, mask=j_ok)
+
+
+def _pma_bwd_body(
+    f_ptr,
+    g_ptr,
+    arg_ptr,
+    go_ptr,
+    gf_ptr,
+    gg_ptr,
+    L,
+    C,
+    ssd_w,
+    ncc_w,
+    eps,
+    inv_c,
+    BLOCK_J: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    pid_q = tl.program_id(0).to(tl.int64)
+    pid_j = tl.program_id(1)
+    base = pid_q * L * C
+    j = pid_j * BLOCK_J + tl.arange(0, BLOCK_J)
+    j_ok = j < L
+    ks = tl.load(arg_ptr + pid_q * L + j, mask=j_ok, other=0)
+    go = tl.load(go_ptr + pid_q * L + j, mask=j_ok, other=0.0)
+    cc = tl.arange(0, BLOCK_C)
+
+    s = tl.zeros((BLOCK_J,), dtype=tl.float32)
+    nu2 = tl.zeros((BLOCK_J,), dtype=tl.float32)
+    nv2 = tl.zeros((BLOCK_J,), dtype=tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        c = c0 + cc
+        m = j_ok[:, None] & (c[None, :] < C)
+        u = tl.load(f_ptr + base + j[:, None] * C + c[None, :], mask=m, other=0.0).to(tl.float32)
+        v = tl.load(g_ptr + base + ks[:, None] * C + c[None, :], mask=m, other=0.0).to(tl.float32)
+        s += tl.sum(u * v, axis=1)
+        nu2 += tl.sum(u * u, axis=1)
+        nv2 += tl.sum(v * v, axis=1)
+    nu = tl.sqrt(nu2)
+    nv = tl.sqrt(nv2)
+    den = nu * nv + eps
+    a = 2.0 * ssd_w * inv_c
+    cross = -(a + ncc_w / den) * go
+    uu = (a + tl.where(nu > 0, ncc_w * s * nv / (tl.where(nu > 0, nu, 1.0) * den * den), 0.0)) * go
+    vv = (a + tl.where(nv > 0, ncc_w * s * nu / (tl.where(nv > 0, nv, 1.0) * den * den), 0.0)) * go
+
+    for c0 in range(0, C, BLOCK_C):
+        c = c0 + cc
+        m = j_ok[:, None] & (c[None, :] < C)
+        u = tl.load(f_ptr + base + j[:, None] * C + c[None, :], mask=m, other=0.0).to(tl.float32)
+        v = tl.load(g_ptr + base + ks[:, None] * C + c[None, :], mask=m, other=0.0).to(tl.float32)
+        gu = uu[:, None] * u + cross[:, None] * v
+        gv = vv[:, None] * v + cross[:, None] * u
+        tl.store(
+            gf_ptr + base + j[:, None] * C + c[None, :],
+            gu.to(gf_ptr.dtype.element_ty),
+            mask=m,
+        )
+        tl.atomic_add(gg_ptr + base + ks[:, None] * C + c[None, :], gv, mask=m)
+
+
+@functools.cache
+def _kernels(interpret: bool) -> tuple[Any, Any]:
+    """The jitted (or interpreted) forward and backward kernels for the current mode."""
+    del interpret  # only the cache key: triton.jit reads TRITON_INTERPRET itself
+    return triton.jit(_pma_fwd_body), triton.jit(_pma_bwd_body)
+
+
+def _interpreting() -> bool:
+    return bool(triton.knobs.runtime.interpret)
+
+
+def _pow2_between(n: int, lo: int, hi: int) -> int:
+    return max(lo, min(hi, triton.next_power_of_2(max(n, 1))))
+
+
+def check_inputs(f: torch.Tensor, g: torch.Tensor) -> None:
+    """Raise ``ValueError`` unless the kernels can take grouped ``f``, ``g`` (``[G, L, C]``).
+
+    Requirements: same shape, 3-D, dtype in fp32/bf16/fp16, contiguous, same device, and that
+    device is CUDA (or any device while ``TRITON_INTERPRET=1``); ``L`` small enough for the
+    launch grid.
+    """
+    if f.dim() != 3 or f.shape != g.shape:
+        raise ValueError(
+            f"expected grouped f and g of one shape [G, L, C], got {tuple(f.shape)} and "
+            f"{tuple(g.shape)}"
+        )
+    for name, t in (("f", f), ("g", g)):
+        if t.dtype not in SUPPORTED_DTYPES:
+            raise ValueError(
+                f"expected {name} of dtype float32, bfloat16 or float16 for the Triton PMA "
+                f"kernel, got {t.dtype}"
+            )
+        if not t.is_contiguous():
+            raise ValueError(
+                f"expected a contiguous {name} for the Triton PMA kernel, got strides {t.stride()}"
+            )
+    if f.dtype != g.dtype:
+        raise ValueError(f"expected f and g of one dtype, got {f.dtype} and {g.dtype}")
+    if f.device != g.device:
+        raise ValueError(f"expected f and g on one device, got {f.device} and {g.device}")
+    if not (f.is_cuda or _interpreting()):
+        raise ValueError(
+            f"expected CUDA tensors for the Triton PMA kernel (or TRITON_INTERPRET=1), got "
+            f"{f.device}"
+        )
+    G, L, C = f.shape
+    if min(G, L, C) < 1:
+        raise ValueError(f"expected non-empty [G, L, C], got {tuple(f.shape)}")
+    if triton.cdiv(L, 16) > _MAX_GRID_Y:
+        raise ValueError(f"expected at most {_MAX_GRID_Y * 16} positions per group, got {L}")
+
+
+def _fwd_blocks(L: int, C: int, D: int) -> tuple[int, int, int]:
+    block_j = _pow2_between(L, 16, 64)
+    block_k = _pow2_between(min(L, 2 * D + 1), 16, 64)
+    block_c = _pow2_between(C, 16, 64 if block_j * block_k >= 4096 else 128)
+    return block_j, block_k, block_c
+
+
+def forward_grouped(
+    f: torch.Tensor,
+    g: torch.Tensor,
+    max_disparity: int,
+    ssd_weight: float,
+    ncc_weight: float,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch the forward kernel on grouped ``f``, ``g`` ``[G, L, C]``.
+
+    Returns ``min_cost`` ``[G, L]`` float32 and ``argk`` ``[G, L]`` int64 (absolute index ``k`` of
+    the chosen position in ``g``; ties go to the smallest ``k``). ``max_disparity`` must lie in
+    ``[0, L-1]``.
+    """
+    check_inputs(f, g)
+    G, L, C = f.shape
+    if not 0 <= max_disparity <= L - 1:
+        raise ValueError(f"expected max_disparity in [0, {L - 1}], got {max_disparity}")
+    min_cost = torch.empty((G, L), device=f.device, dtype=torch.float32)
+    argk = torch.empty((G, L), device=f.device, dtype=torch.int64)
+    block_j, block_k, block_c = _fwd_blocks(L, C, max_disparity)
+    fwd, _ = _kernels(_interpreting())
+    grid = (G, triton.cdiv(L, block_j))
+    fwd[grid](
+        f, g, min_cost, argk, L, C, max_disparity,
+        float(ssd_weight), float(ncc_weight), float(eps), 1.0 / C,
+        BLOCK_J=block_j, BLOCK_K=block_k, BLOCK_C=block_c,
+        PRECISION="ieee" if f.dtype == torch.float32 else "tf32",
+    )  # fmt: skip
+    return min_cost, argk
+
+
+def backward_grouped(
+    f: torch.Tensor,
+    g: torch.Tensor,
+    argk: torch.Tensor,
+    grad_min: torch.Tensor,
+    ssd_weight: float,
+    ncc_weight: float,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch the backward kernel: gradients wrt grouped ``f`` and ``g`` (their dtype).
+
+    ``argk`` ``[G, L]`` int64 holds the selected ``k`` per position (from :func:`forward_grouped`),
+    ``grad_min`` ``[G, L]`` the upstream gradient of each position's min cost.
+    """
+    check_inputs(f, g)
+    G, L, C = f.shape
+    if argk.shape != (G, L) or grad_min.shape != (G, L):
+        raise ValueError(
+            f"expected argk and grad_min of shape {(G, L)}, got {tuple(argk.shape)} and "
+            f"{tuple(grad_min.shape)}"
+        )
+    argk = argk.to(device=f.device, dtype=torch.int64).contiguous()
+    grad_min = grad_min.to(device=f.device, dtype=torch.float32).contiguous()
+    grad_f = torch.empty_like(f)
+    grad_g32 = torch.zeros(f.shape, device=f.device, dtype=torch.float32)
+    block_j = _pow2_between(L, 16, 32)
+    block_c = _pow2_between(C, 16, 128)
+    _, bwd = _kernels(_interpreting())
+    grid = (G, triton.cdiv(L, block_j))
+    bwd[grid](
+        f, g, argk, grad_min, grad_f, grad_g32, L, C,
+        float(ssd_weight), float(ncc_weight), float(eps), 1.0 / C,
+        BLOCK_J=block_j, BLOCK_C=block_c,
+    )  # fmt: skip
+    return grad_f, grad_g32.to(g.dtype)
