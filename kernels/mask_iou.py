@@ -1,0 +1,303 @@
+"""IoU (and coverage) between every mask proposal and every cluster mask of a frame.
+
+Problem: proposals ``P`` [B, P, h, w] and cluster masks ``M`` [B, K, h, w] on the same pixel
+grid (row-major, y down). Masks are bool (or uint8, nonzero = inside), or floating logits /
+probabilities binarised as ``value > threshold`` (the threshold is then required: logits use 0,
+probabilities usually 0.5). For every frame b, proposal p and cluster k::
+
+    inter = |P_p ∩ M_k|,  iou = inter / (|P_p| + |M_k| - inter),  coverage = inter / |P_p|
+
+with ``iou = 0`` when both masks are empty (union 0) and ``coverage = 0`` for an empty
+proposal: an empty mask never matches. Counts are exact (integers below 2^24 in fp32), so
+h * w must stay below 2^24.
+
+Work: ``2 B P K h w`` multiply-adds as a 0/1 matrix product; bytes it must move: the masks once,
+``B (P + K) h w`` bytes for bool input (P = 256, K = 4 at 256 x 256: 16.8 MB per frame), and
+``B P K`` fp32 out.
+
+Backends: :func:`mask_iou_reference` (``bmm`` of 0/1 fp32 matrices), :func:`mask_iou_triton`
+(one program per frame and tile of 16 proposals, the pixel loop inside; fp16 0/1 tiles, exact
+counts, fp32 accumulation), the dispatchers :func:`mask_iou` / :func:`mask_coverage`
+(``MOCA_RT_KERNELS``; registered as ``torch.ops.moca_rt.mask_match``).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Literal
+
+import torch
+
+from .dispatch import choose_backend, cupy_available, triton_can_run_on
+
+Metric = Literal["iou", "coverage"]
+MAX_PIXELS = 1 << 24
+TRITON_MAX_K = 64
+_INT_DTYPES = (torch.bool, torch.uint8)
+
+
+def _check_masks(
+    proposals: torch.Tensor, clusters: torch.Tensor, threshold: float | None, metric: str
+) -> None:
+    for name, t in (("proposals", proposals), ("clusters", clusters)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"expected {name} of shape [B, n, h, w], got {shape}")
+        if t.dtype not in _INT_DTYPES and not t.dtype.is_floating_point:
+            raise ValueError(f"expected {name} dtype bool, uint8 or floating, got {t.dtype}")
+        if t.dtype.is_floating_point and threshold is None:
+            raise ValueError(
+                f"expected a threshold for floating {name} (binarised as value > threshold), "
+                "got threshold=None"
+            )
+    b, _, h, w = proposals.shape
+    if clusters.shape[0] != b or clusters.shape[2:] != proposals.shape[2:]:
+        raise ValueError(
+            f"expected clusters [B={b}, K, {h}, {w}] matching proposals, got {tuple(clusters.shape)}"
+        )
+    if proposals.device != clusters.device:
+        raise ValueError(
+            f"expected both inputs on one device, got {proposals.device} and {clusters.device}"
+        )
+    if h * w >= MAX_PIXELS:
+        raise ValueError(f"expected h * w < 2^24 for exact counts, got {h} x {w}")
+    if metric not in ("iou", "coverage"):
+        raise ValueError(f"expected metric 'iou' or 'coverage', got {metric!r}")
+
+
+def binarise(masks: torch.Tensor, threshold: float | None) -> torch.Tensor:
+    """bool masks: bool as is, uint8 ``!= 0``, floating ``> threshold``."""
+    if masks.dtype == torch.bool:
+        return masks
+    if masks.dtype == torch.uint8:
+        return masks != 0
+    if threshold is None:
+        raise ValueError(f"expected a threshold for {masks.dtype} masks, got None")
+    return masks > threshold
+
+
+def _finish(
+    inter: torch.Tensor, area_p: torch.Tensor, area_c: torch.Tensor, metric: str
+) -> torch.Tensor:
+    if metric == "iou":
+        denom = area_p[:, :, None] + area_c[:, None, :] - inter
+    else:
+        denom = area_p[:, :, None].expand_as(inter)
+    return torch.where(denom > 0, inter / denom.clamp(min=1.0), torch.zeros_like(inter))
+
+
+def mask_iou_reference(
+    proposals: torch.Tensor,
+    clusters: torch.Tensor,
+    *,
+    threshold: float | None = None,
+    metric: Metric = "iou",
+) -> torch.Tensor:
+    """Torch reference: counts as a ``bmm`` of 0/1 fp32 matrices (exact below 2^24 pixels).
+
+    Args:
+        proposals: [B, P, h, w] bool/uint8/floating.
+        clusters: [B, K, h, w] bool/uint8/floating, same B, h, w.
+        threshold: binarisation threshold for floating inputs (required for them).
+        metric: "iou" or "coverage" (|P ∩ M| / |P|).
+    Returns:
+        [B, P, K] fp32 (0 for an empty union, or an empty proposal with "coverage").
+    """
+    _check_masks(proposals, clusters, threshold, metric)
+    p = binarise(proposals, threshold).flatten(2).to(torch.float32)
+    c = binarise(clusters, threshold).flatten(2).to(torch.float32)
+    inter = torch.bmm(p, c.transpose(1, 2))
+    return _finish(inter, p.sum(-1), c.sum(-1), metric)
+
+
+@functools.cache
+def _triton_kernel(interpret: bool) -> Any:
+    """The Triton kernel, wrapped by ``triton.jit`` on first use (see kmeans._triton_kernel)."""
+    del interpret  # only the cache key
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def mask_match_kernel(
+        p_ptr,
+        c_ptr,
+        out_ptr,
+        P,
+        K,
+        HW,
+        threshold,
+        P_FLOAT: tl.constexpr,
+        C_FLOAT: tl.constexpr,
+        COVERAGE: tl.constexpr,
+        BLOCK_P: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+        BLOCK_HW: tl.constexpr,
+    ):
+        b = tl.program_id(0)
+        pid_p = tl.program_id(1)
+        offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+        offs_k = tl.arange(0, BLOCK_K)
+        offs_s = tl.arange(0, BLOCK_HW)
+        p_mask = offs_p < P
+        k_mask = offs_k < K
+        pb = p_ptr + b.to(tl.int64) * P * HW
+        cb = c_ptr + b.to(tl.int64) * K * HW
+        inter = tl.zeros([BLOCK_P, BLOCK_K], dtype=tl.float32)
+        area_p = tl.zeros([BLOCK_P], dtype=tl.float32)
+        area_c = tl.zeros([BLOCK_K], dtype=tl.float32)
+        for s0 in range(0, HW, BLOCK_HW):
+            s = s0 + offs_s
+            sm = s < HW
+            pv = tl.load(
+                pb + offs_p[:, None].to(tl.int64) * HW + s[None, :],
+                mask=p_mask[:, None] & sm[None, :],
+                other=0,
+            )
+            cv = tl.load(
+                cb + offs_k[:, None].to(tl.int64) * HW + s[None, :],
+                mask=k_mask[:, None] & sm[None, :],
+                other=0,
+            )
+            if P_FLOAT:
+                pin = (pv > threshold) & p_mask[:, None] & sm[None, :]
+            else:
+                pin = pv != 0
+            if C_FLOAT:
+                cin = (cv > threshold) & k_mask[:, None] & sm[None, :]
+            else:
+                cin = cv != 0
+            pt = pin.to(tl.float16)
+            ct = cin.to(tl.float16)
+            # A tile holds at most BLOCK_HW <= 1024 pixels: every partial count is an exact fp16.
+            inter += tl.dot(pt, tl.trans(ct), out_dtype=tl.float32)
+            area_p += tl.sum(pt.to(tl.float32), axis=1)
+            area_c += tl.sum(ct.to(tl.float32), axis=1)
+        if COVERAGE:
+            denom = tl.broadcast_to(area_p[:, None], [BLOCK_P, BLOCK_K])
+        else:
+            denom = area_p[:, None] + area_c[None, :] - inter
+        res = tl.where(denom > 0, inter / tl.maximum(denom, 1.0), 0.0)
+        optr = out_ptr + b.to(tl.int64) * P * K + offs_p[:, None] * K + offs_k[None, :]
+        tl.store(optr, res, mask=p_mask[:, None] & k_mask[None, :])
+
+    return mask_match_kernel
+
+
+def triton_mask_supports(proposals: torch.Tensor, clusters: torch.Tensor) -> str | None:
+    """None if :func:`mask_iou_triton` can take the inputs, else the reason."""
+    if not triton_can_run_on(proposals):
+        return "Triton cannot run on this tensor (no CUDA tensor and TRITON_INTERPRET unset)"
+    if clusters.shape[1] > TRITON_MAX_K:
+        return f"expected K <= {TRITON_MAX_K} for the Triton kernel, got K = {clusters.shape[1]}"
+    return None
+
+
+def _kernel_view(t: torch.Tensor) -> torch.Tensor:
+    t = t.flatten(2)
+    t = t if t.is_contiguous() else t.contiguous()
+    return t.view(torch.uint8) if t.dtype == torch.bool else t
+
+
+def mask_iou_triton(
+    proposals: torch.Tensor,
+    clusters: torch.Tensor,
+    *,
+    threshold: float | None = None,
+    metric: Metric = "iou",
+) -> torch.Tensor:
+    """Triton launcher; same arguments and result as :func:`mask_iou_reference`.
+
+    Grid: (B, ceil(P / 16)); each program streams its 16 proposals and all K cluster masks
+    through 1024-pixel tiles once. Limit: K <= 64. Bool input is read as uint8 (no copy).
+    """
+    _check_masks(proposals, clusters, threshold, metric)
+    reason = triton_mask_supports(proposals, clusters)
+    if reason is not None:
+        raise ValueError(reason)
+    from .dispatch import triton_interpreting
+
+    bsz, n_p, h, w = proposals.shape
+    n_k = clusters.shape[1]
+    pv = _kernel_view(proposals)
+    cv = _kernel_view(clusters)
+    out = torch.empty(bsz, n_p, n_k, device=proposals.device, dtype=torch.float32)
+    if n_p == 0 or n_k == 0:
+        return out
+    block_p = 16
+    kernel = _triton_kernel(triton_interpreting())
+    kernel[(bsz, (n_p + block_p - 1) // block_p)](
+        pv, cv, out, n_p, n_k, h * w, float(threshold if threshold is not None else 0.0),
+        P_FLOAT=pv.dtype.is_floating_point, C_FLOAT=cv.dtype.is_floating_point,
+        COVERAGE=metric == "coverage", BLOCK_P=block_p, BLOCK_K=max(16, 1 << (n_k - 1).bit_length()),
+        BLOCK_HW=1024, num_warps=4,
+    )  # fmt: skip
+    return out
+
+
+def _run_backend(
+    proposals: torch.Tensor, clusters: torch.Tensor, threshold: float | None, metric: str
+) -> torch.Tensor:
+    kwargs: dict[str, Any] = {"threshold": threshold, "metric": metric}
+    backend = choose_backend(proposals)
+    if backend == "cupy":
+        if not (proposals.is_cuda and cupy_available()):
+            raise ValueError(
+                "expected a CUDA tensor and a working CuPy for MOCA_RT_KERNELS=cupy, got "
+                f"device {proposals.device} (cupy usable: {cupy_available()}); install "
+                "cupy-cuda12x on a GPU machine or unset MOCA_RT_KERNELS"
+            )
+        from .cupy_mask_iou import cupy_mask_supports, mask_match_cupy
+
+        if cupy_mask_supports(proposals, clusters) is None:
+            return mask_match_cupy(proposals, clusters, **kwargs)
+    elif backend == "triton" and triton_mask_supports(proposals, clusters) is None:
+        return mask_iou_triton(proposals, clusters, **kwargs)
+    return mask_iou_reference(proposals, clusters, **kwargs)
+
+
+@torch.library.custom_op("moca_rt::mask_match", mutates_args=())
+def _mask_match_op(
+    proposals: torch.Tensor, clusters: torch.Tensor, threshold: float | None, metric: str
+) -> torch.Tensor:
+    return _run_backend(proposals, clusters, threshold, metric)
+
+
+@_mask_match_op.register_fake
+def _mask_match_fake(
+    proposals: torch.Tensor, clusters: torch.Tensor, threshold: float | None, metric: str
+) -> torch.Tensor:
+    return proposals.new_empty(
+        (proposals.shape[0], proposals.shape[1], clusters.shape[1]), dtype=torch.float32
+    )
+
+
+def mask_iou(
+    proposals: torch.Tensor, clusters: torch.Tensor, *, threshold: float | None = None
+) -> torch.Tensor:
+    """IoU of every proposal with every cluster mask of the same frame.
+
+    Args:
+        proposals: [B, P, h, w] bool/uint8 masks, or floating logits/probabilities binarised as
+            ``> threshold``.
+        clusters: [B, K, h, w], same kinds, same B, h, w (pixel grid row-major, y down).
+        threshold: required when either input is floating; unused for bool/uint8.
+    Returns:
+        [B, P, K] fp32 in [0, 1]; 0 when both masks are empty.
+
+    Backend from ``MOCA_RT_KERNELS`` (Triton for CUDA tensors by default; the torch reference
+    where the kernel cannot take the input). ``torch.compile`` sees one custom op.
+    """
+    _check_masks(proposals, clusters, threshold, "iou")
+    return _mask_match_op(proposals, clusters, threshold, "iou")
+
+
+def mask_coverage(
+    proposals: torch.Tensor, clusters: torch.Tensor, *, threshold: float | None = None
+) -> torch.Tensor:
+    """Fraction of each proposal inside each cluster mask: ``|P ∩ M| / |P|``.
+
+    Same arguments as :func:`mask_iou`. Returns [B, P, K] fp32 in [0, 1]; 0 for an empty
+    proposal. Used by the pipeline's ``--mpm-metric coverage``.
+    """
+    _check_masks(proposals, clusters, threshold, "coverage")
+    return _mask_match_op(proposals, clusters, threshold, "coverage")
