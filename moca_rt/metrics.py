@@ -101,6 +101,7 @@ __all__ = [
     "f_measure_curve",
     "frame_ious",
     "mask_iou",
+    "palette_match",
     "precision_recall",
     "semantic_batch_stats",
     "thresholds",
@@ -437,16 +438,18 @@ def avss_palette(num_classes: int = AVSS_NUM_CLASSES) -> np.ndarray:
     return pal
 
 
-def colour_mask_to_labels(rgb: np.ndarray, palette: np.ndarray | None = None) -> np.ndarray:
-    """RGB colour mask -> class indices, as AVSBench ``color_mask_to_label``.
+def palette_match(
+    rgb: np.ndarray, palette: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Match every pixel's colour against a palette.
 
     Args:
         rgb: uint8 array [H, W, 3].
         palette: [C, 3] colours (default ``avss_palette()``).
 
     Returns:
-        int64 array [H, W]. A pixel whose colour is in no palette entry gets class 0, as in
-        AVSBench (argmax over an all-false match vector).
+        ``(labels, known)``: int64 [H, W] palette index (0 where the colour is in no entry,
+        the first entry on duplicates) and bool [H, W], True where the colour is in the palette.
     """
     if rgb.ndim != 3 or rgb.shape[-1] != 3:
         raise ValueError(f"expected an H x W x 3 colour mask, got shape {rgb.shape}")
@@ -460,7 +463,23 @@ def colour_mask_to_labels(rgb: np.ndarray, palette: np.ndarray | None = None) ->
         lut[int(pal_code[idx])] = idx
     uniq, inv = np.unique(code, return_inverse=True)
     mapped = np.array([lut.get(int(u), 0) for u in uniq], dtype=np.int64)
-    return mapped[inv].reshape(code.shape)
+    known = np.array([int(u) in lut for u in uniq], dtype=bool)
+    inv = inv.reshape(code.shape)
+    return mapped[inv], known[inv]
+
+
+def colour_mask_to_labels(rgb: np.ndarray, palette: np.ndarray | None = None) -> np.ndarray:
+    """RGB colour mask -> class indices, as AVSBench ``color_mask_to_label``.
+
+    Args:
+        rgb: uint8 array [H, W, 3].
+        palette: [C, 3] colours (default ``avss_palette()``).
+
+    Returns:
+        int64 array [H, W]. A pixel whose colour is in no palette entry gets class 0, as in
+        AVSBench (argmax over an all-false match vector).
+    """
+    return palette_match(rgb, palette)[0]
 
 
 def semantic_batch_stats(
@@ -485,9 +504,7 @@ def semantic_batch_stats(
     """
     if pred_kind == "logits":
         if pred.dim() != 4 or pred.shape[1] != num_classes:
-            raise ValueError(
-                f"expected N x {num_classes} x H x W logits, got {tuple(pred.shape)}"
-            )
+            raise ValueError(f"expected N x {num_classes} x H x W logits, got {tuple(pred.shape)}")
         labels = torch.argmax(torch.softmax(pred.to(torch.float32), dim=1), dim=1)
     elif pred_kind == "labels":
         labels = pred
