@@ -1,0 +1,485 @@
+"""AVSBench folder layouts (S4, MS3, AVSS): one writer and one reader for real and synthetic data.
+
+Where the facts come from: the official AVSBench repository (``OpenNLPLab/AVSBench``), files
+``avs_scripts/avs_s4/{config,dataloader}.py``, ``avs_scripts/avs_ms3/{config,dataloader}.py``,
+``preprocess_scripts/preprocess_{s4,ms3}.py`` and ``avs_scripts/avss/{config,color_dataloader}.py``.
+The reader accepts exactly what those loaders read, so a real download and a folder written
+here go through the same code.
+
+S4 (``subset="s4"``; ``root`` is AVSBench's ``Single-source`` folder)::
+
+    root/s4_meta_data.csv                 columns by position: 0 video id, 1 start time,
+                                          2 category, 3 split (header row; the official code
+                                          reads 'category' and 'split' by name, the rest by
+                                          position; we write ``name,start_time,category,split``)
+    root/s4_data/visual_frames/<split>/<category>/<vid>/<vid>_<k>.png     k = 1..5, RGB
+    root/s4_data/audio_wav/<split>/<category>/<vid>.wav                   16 kHz (moviepy's
+                                          default stereo in the real data; mono PCM16 here)
+    root/s4_data/gt_masks/<split>/<category>/<vid>/<vid>_<k>.png          real train split:
+                                          only k = 1; val/test (and everything we write): 1..5
+
+MS3 (``subset="ms3"``; ``root`` is ``Multi-sources``)::
+
+    root/ms3_meta_data.csv                columns by position: 0 video id, 1 split (``name,split``)
+    root/ms3_data/visual_frames/<vid>/<vid>.mp4_<k>.png                   no split level; the
+                                          ".mp4" is part of the official frame names
+    root/ms3_data/audio_wav/<split>/<vid>.wav
+    root/ms3_data/gt_masks/<split>/<vid>/<vid>_<k>.png                    k = 1..5
+
+AVSS / AVSBench-semantic (``subset="avss"``; ``root`` is the released folder)::
+
+    root/metadata.csv                     needs columns 'uid', 'label' (v1s, v1m or v2: the
+                                          sub-folder) and 'split'; we write ``vid,uid,label,split``
+    root/label2idx.json                   {class name: index}; index 0 = "background"
+    root/<label>/<uid>/frames/<i>.jpg     i = 0..F-1 (real data: JPEG). We write ``<i>.png``
+                                          by default so frames round-trip losslessly; the
+                                          reader takes ``.png`` or ``.jpg``
+    root/<label>/<uid>/audio.wav
+    root/<label>/<uid>/labels_rgb/<i>.png RGB colour masks; the colour of class j is entry j of
+                                          AVSBench's palette (:func:`avss_palette`, the
+                                          PASCAL-VOC bit pattern over 71 entries, class 0 black)
+
+Ground truth our writer produces (for ``moca_rt.evaluate``): S4/MS3 masks are single-channel
+8-bit PNGs with values **0 and 255** (255 = sounding object) at the paths above (frame numbers
+start at 1, like AVSBench); AVSS label maps are RGB PNGs in the palette colours above (frame
+numbers start at 0). Synthetic class id c is written as AVSS class c + 1 with
+``label2idx.json`` listing ``background`` plus the world's class names. Frames are PNG (RGB),
+audio is PCM16 mono WAV at the world's rate (16 kHz).
+
+Reading a mask: 0/255 PNGs are thresholded at 128 (what PIL's mode-'1' conversion in the
+official loaders does to them), 0/1 PNGs at 1 (:func:`moca_rt.datasets.io.read_binary_mask`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, overload
+
+import numpy as np
+
+from moca_rt.datasets.io import read_binary_mask, read_rgb, read_wav, write_png, write_wav
+
+Subset = Literal["s4", "ms3", "avss"]
+SUBSETS: tuple[Subset, ...] = ("s4", "ms3", "avss")
+AVSS_NUM_CLASSES = 71
+_CSV_NAME = {"s4": "s4_meta_data.csv", "ms3": "ms3_meta_data.csv", "avss": "metadata.csv"}
+
+
+def avss_palette(num_classes: int = AVSS_NUM_CLASSES) -> np.ndarray:
+    """uint8 [num_classes, 3]: AVSBench-semantic colour of each class index (0 = black).
+
+    Bit b of the index's i-th 3-bit group sets bit (7 - i) of channel b (R, G, B).
+    """
+    out = np.zeros((num_classes, 3), np.uint8)
+    for j in range(num_classes):
+        lab, i = j, 0
+        rgb = [0, 0, 0]
+        while lab > 0:
+            for b in range(3):
+                rgb[b] |= ((lab >> b) & 1) << (7 - i)
+            lab >>= 3
+            i += 1
+        out[j] = rgb
+    return out
+
+
+def colour_to_labels(rgb: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """int64 [H, W] class indices from a uint8 [H, W, 3] colour mask (unknown colours -> 0)."""
+    keys = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
+    pal = (
+        (palette[:, 0].astype(np.int64) << 16)
+        | (palette[:, 1].astype(np.int64) << 8)
+        | palette[:, 2]
+    )
+    order = np.argsort(pal, kind="stable")
+    pos = np.clip(np.searchsorted(pal[order], keys), 0, len(pal) - 1)
+    found = pal[order][pos] == keys
+    return np.where(found, order[pos], 0).astype(np.int64)
+
+
+@dataclass(frozen=True, eq=False)
+class AvsClip:
+    """One video of an AVSBench-format folder.
+
+    * ``frames``: uint8 [F, H, W, 3] RGB, in frame order.
+    * ``audio``: float32 [C, T] at ``sample_rate`` (native rate; PCM16 is ``int16 / 32768``).
+    * ``masks``: bool [M, H, W], the frames that have ground truth (``mask_frames`` gives their
+      0-based frame indices; real S4 train has only frame 0).
+    * ``labels``: int64 [M, H, W] class indices (AVSS only, 0 = background), else None.
+    """
+
+    subset: str
+    video_id: str
+    split: str
+    category: str
+    frames: np.ndarray
+    audio: np.ndarray
+    sample_rate: int
+    masks: np.ndarray
+    labels: np.ndarray | None
+    mask_frames: tuple[int, ...]
+    frame_paths: tuple[Path, ...]
+    mask_paths: tuple[Path, ...]
+    audio_path: Path
+
+
+def _paths(
+    root: Path,
+    subset: str,
+    vid: str,
+    split: str,
+    category: str,
+    num_frames: int,
+    frame_ext: str = ".png",
+) -> tuple[list[Path], Path, list[Path]]:
+    """(frame paths, audio path, mask paths) of one video, all ``num_frames`` of them."""
+    if subset == "s4":
+        base = root / "s4_data"
+        frames = [
+            base / "visual_frames" / split / category / vid / f"{vid}_{k}.png"
+            for k in range(1, num_frames + 1)
+        ]
+        audio = base / "audio_wav" / split / category / f"{vid}.wav"
+        masks = [
+            base / "gt_masks" / split / category / vid / f"{vid}_{k}.png"
+            for k in range(1, num_frames + 1)
+        ]
+    elif subset == "ms3":
+        base = root / "ms3_data"
+        frames = [
+            base / "visual_frames" / vid / f"{vid}.mp4_{k}.png" for k in range(1, num_frames + 1)
+        ]
+        audio = base / "audio_wav" / split / f"{vid}.wav"
+        masks = [
+            base / "gt_masks" / split / vid / f"{vid}_{k}.png" for k in range(1, num_frames + 1)
+        ]
+    elif subset == "avss":
+        base = root / category / vid
+        frames = [base / "frames" / f"{i}{frame_ext}" for i in range(num_frames)]
+        audio = base / "audio.wav"
+        masks = [base / "labels_rgb" / f"{i}.png" for i in range(num_frames)]
+    else:
+        raise ValueError(f"expected subset in {list(SUBSETS)}, got {subset!r}")
+    return frames, audio, masks
+
+
+class AvsbenchWriter:
+    """Writes clips into an AVSBench-format folder; the index CSV is written on :meth:`close`.
+
+    Args:
+        root: the folder (created); see the module docstring for what goes where.
+        subset: ``"s4"``, ``"ms3"`` or ``"avss"``.
+        class_names: AVSS only: names of classes 1.. (index 0 is "background"); written to
+            ``label2idx.json``. Must have at most 70 entries.
+        frame_format: AVSS frame files, ``"png"`` (lossless, default) or ``"jpg"`` (as released).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        subset: str,
+        class_names: Sequence[str] | None = None,
+        frame_format: str = "png",
+    ) -> None:
+        if subset not in SUBSETS:
+            raise ValueError(f"expected subset in {list(SUBSETS)}, got {subset!r}")
+        if frame_format not in ("png", "jpg"):
+            raise ValueError(f"expected frame_format 'png' or 'jpg', got {frame_format!r}")
+        if subset == "avss":
+            if class_names is None:
+                raise ValueError("expected class_names for subset 'avss', got None")
+            if len(class_names) > AVSS_NUM_CLASSES - 1:
+                raise ValueError(
+                    f"expected at most {AVSS_NUM_CLASSES - 1} class names, got {len(class_names)}"
+                )
+        self.root = Path(root)
+        self.subset = subset
+        self.class_names = tuple(class_names or ())
+        self.frame_format = frame_format
+        self.rows: list[dict[str, str]] = []
+        self._ids: set[str] = set()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def add(
+        self,
+        video_id: str,
+        split: str,
+        frames: np.ndarray,
+        audio: np.ndarray,
+        sample_rate: int,
+        masks: np.ndarray | None = None,
+        labels: np.ndarray | None = None,
+        category: str = "",
+        start_time: float = 0.0,
+    ) -> list[Path]:
+        """Write one video; returns the files written.
+
+        Args:
+            video_id: file-name-safe id, unique in this folder.
+            split: ``train``/``val``/``test`` (the CSV's split column).
+            frames: uint8 [F, H, W, 3] RGB.
+            audio: float [T] or [C, T] in [-1, 1], written as PCM16.
+            masks: bool [F, H, W] (S4/MS3; required there).
+            labels: uint8/int [F, H, W] class indices 0..70 (AVSS; required there).
+            category: S4 category folder (e.g. the sounding class name); AVSS: the label set
+                folder (``v1s``/``v1m``/``v2``; default ``v1m`` for 5 frames, ``v2`` otherwise).
+        """
+        if not video_id or "/" in video_id or video_id in self._ids:
+            raise ValueError(f"expected a new, non-empty video id without '/', got {video_id!r}")
+        frames = np.asarray(frames)
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise ValueError(
+                f"expected uint8 frames [F, H, W, 3], got {frames.dtype} {frames.shape}"
+            )
+        num = frames.shape[0]
+        if self.subset == "avss":
+            if labels is None or np.asarray(labels).shape != frames.shape[:3]:
+                got = None if labels is None else np.asarray(labels).shape
+                raise ValueError(f"expected labels of shape {frames.shape[:3]}, got {got}")
+            category = category or ("v1m" if num == 5 else "v2")
+        else:
+            if masks is None or np.asarray(masks).shape != frames.shape[:3]:
+                got = None if masks is None else np.asarray(masks).shape
+                raise ValueError(f"expected masks of shape {frames.shape[:3]}, got {got}")
+            if self.subset == "s4" and not category:
+                raise ValueError("expected a category for subset 's4', got ''")
+        ext = "." + self.frame_format if self.subset == "avss" else ".png"
+        frame_paths, audio_path, mask_paths = _paths(
+            self.root, self.subset, video_id, split, category, num, ext
+        )
+        for f, path in enumerate(frame_paths):
+            if ext == ".jpg":
+                from PIL import Image
+
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(frames[f]).save(path, quality=95)
+            else:
+                write_png(path, frames[f])
+        write_wav(audio_path, audio, sample_rate)
+        if self.subset == "avss":
+            palette = avss_palette()
+            lab = np.asarray(labels)
+            if lab.min(initial=0) < 0 or lab.max(initial=0) >= AVSS_NUM_CLASSES:
+                raise ValueError(
+                    f"expected labels in [0, {AVSS_NUM_CLASSES - 1}], got [{lab.min()}, {lab.max()}]"
+                )
+            for f, path in enumerate(mask_paths):
+                write_png(path, palette[lab[f].astype(np.int64)])
+        else:
+            mk = np.asarray(masks).astype(bool)
+            for f, path in enumerate(mask_paths):
+                write_png(path, mk[f].astype(np.uint8) * np.uint8(255))
+        self._ids.add(video_id)
+        if self.subset == "s4":
+            self.rows.append(
+                {
+                    "name": video_id,
+                    "start_time": f"{start_time:g}",
+                    "category": category,
+                    "split": split,
+                }
+            )
+        elif self.subset == "ms3":
+            self.rows.append({"name": video_id, "split": split})
+        else:
+            self.rows.append({"vid": video_id, "uid": video_id, "label": category, "split": split})
+        return [*frame_paths, audio_path, *mask_paths]
+
+    def close(self) -> Path:
+        """Write the index CSV (and ``label2idx.json`` for AVSS); returns the CSV path."""
+        path = self.root / _CSV_NAME[self.subset]
+        fields = {
+            "s4": ["name", "start_time", "category", "split"],
+            "ms3": ["name", "split"],
+            "avss": ["vid", "uid", "label", "split"],
+        }[self.subset]
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(self.rows)
+        if self.subset == "avss":
+            names = ["background", *self.class_names]
+            (self.root / "label2idx.json").write_text(
+                json.dumps({n: i for i, n in enumerate(names)}, indent=1) + "\n"
+            )
+        return path
+
+    def __enter__(self) -> AvsbenchWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class _Row:
+    video_id: str
+    split: str
+    category: str
+
+
+class AvsbenchDataset(Sequence[AvsClip]):
+    """Reads an AVSBench-format folder (real or written by :class:`AvsbenchWriter`).
+
+    Args:
+        root: the subset's folder (``Single-source``, ``Multi-sources`` or the AVSS release).
+        subset: ``"s4"``, ``"ms3"`` or ``"avss"``.
+        split: keep only rows of this split (``train``/``val``/``test``); None keeps all.
+        label_set: AVSS only: keep rows whose ``label`` is this (``v1s``/``v1m``/``v2``).
+
+    Items are :class:`AvsClip` loaded on access. Frames and masks are found by their
+    AVSBench names: consecutive k (or i) from the first until a file is missing.
+    """
+
+    def __init__(
+        self, root: str | Path, subset: str, split: str | None = None, label_set: str | None = None
+    ) -> None:
+        if subset not in SUBSETS:
+            raise ValueError(f"expected subset in {list(SUBSETS)}, got {subset!r}")
+        self.root = Path(root)
+        self.subset = subset
+        csv_path = self.root / _CSV_NAME[subset]
+        if not csv_path.is_file():
+            raise FileNotFoundError(
+                f"expected the index {csv_path} for subset {subset!r}; it does not exist"
+            )
+        with csv_path.open(newline="") as f:
+            reader = csv.reader(f)
+            header = next(reader, [])
+            table = [r for r in reader if r]
+        col = {name.strip(): i for i, name in enumerate(header)}
+        rows: list[_Row] = []
+        for r in table:
+            if subset == "s4":
+                row = _Row(r[0], r[col.get("split", 3)], r[col.get("category", 2)])
+            elif subset == "ms3":
+                row = _Row(r[0], r[col.get("split", 1)], "")
+            else:
+                missing = {"uid", "label", "split"} - set(col)
+                if missing:
+                    raise ValueError(
+                        f"expected columns uid, label, split in {csv_path}, got {header}"
+                    )
+                row = _Row(r[col["uid"]], r[col["split"]], r[col["label"]])
+                if label_set is not None and row.category != label_set:
+                    continue
+            if split is None or row.split == split:
+                rows.append(row)
+        self.rows = rows
+        self.classes: tuple[str, ...] = ()
+        if subset == "avss":
+            label_path = self.root / "label2idx.json"
+            if label_path.is_file():
+                mapping = json.loads(label_path.read_text())
+                self.classes = tuple(sorted(mapping, key=lambda k: mapping[k]))
+
+    @property
+    def video_ids(self) -> list[str]:
+        return [r.video_id for r in self.rows]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @overload
+    def __getitem__(self, index: int) -> AvsClip: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[AvsClip]: ...
+
+    def __getitem__(self, index: int | slice) -> AvsClip | list[AvsClip]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"expected an index in [-{len(self)}, {len(self)}), got {index}")
+        return self._load(self.rows[index])
+
+    def __iter__(self) -> Iterator[AvsClip]:
+        for row in self.rows:
+            yield self._load(row)
+
+    def _load(self, row: _Row) -> AvsClip:
+        limit = 64
+        frame_paths, audio_path, mask_paths = _paths(
+            self.root, self.subset, row.video_id, row.split, row.category, limit
+        )
+        if self.subset == "avss":
+            jpg_paths = [p.with_suffix(".jpg") for p in frame_paths]
+            frame_paths = [
+                p if p.is_file() else q for p, q in zip(frame_paths, jpg_paths, strict=True)
+            ]
+        frame_paths = _leading_existing(frame_paths)
+        if not frame_paths:
+            raise FileNotFoundError(
+                f"no frames for video {row.video_id!r} under {self.root} (expected e.g. {_paths(self.root, self.subset, row.video_id, row.split, row.category, 1)[0][0]})"
+            )
+        frames = np.stack([read_rgb(p) for p in frame_paths])
+        audio, rate = read_wav(audio_path)
+        present = [(i, p) for i, p in enumerate(mask_paths[: len(frame_paths)]) if p.is_file()]
+        labels: np.ndarray | None = None
+        if self.subset == "avss":
+            palette = avss_palette()
+            labels_list = [colour_to_labels(read_rgb(p), palette) for _, p in present]
+            labels = (
+                np.stack(labels_list)
+                if labels_list
+                else np.zeros((0, *frames.shape[1:3]), np.int64)
+            )
+            masks = labels > 0
+        else:
+            masks_list = [read_binary_mask(p) for _, p in present]
+            masks = np.stack(masks_list) if masks_list else np.zeros((0, *frames.shape[1:3]), bool)
+        return AvsClip(
+            subset=self.subset,
+            video_id=row.video_id,
+            split=row.split,
+            category=row.category,
+            frames=frames,
+            audio=audio,
+            sample_rate=rate,
+            masks=masks,
+            labels=labels,
+            mask_frames=tuple(i for i, _ in present),
+            frame_paths=tuple(frame_paths),
+            mask_paths=tuple(p for _, p in present),
+            audio_path=audio_path,
+        )
+
+
+def _leading_existing(paths: list[Path]) -> list[Path]:
+    out = []
+    for p in paths:
+        if not p.is_file():
+            break
+        out.append(p)
+    return out
+
+
+def add_scene(writer: AvsbenchWriter, scene: object, video_id: str) -> list[Path]:
+    """Write a synthetic :class:`~moca_rt.datasets.synth.Scene` as one video of ``writer``.
+
+    S4: the category is the sounding object's class name (``"silent"`` when nothing sounds);
+    AVSS: labels are the scene's ``class_id + 1`` maps; the split column is the scene's
+    partition.
+    """
+    from moca_rt.datasets.synth import Scene
+
+    if not isinstance(scene, Scene):
+        raise ValueError(f"expected a synth.Scene, got {type(scene).__name__}")
+    names = scene.sounding_class_ids
+    category = scene.class_names[names[0]] if names else "silent"
+    if writer.subset != "s4":
+        category = ""
+    return writer.add(
+        video_id,
+        scene.partition,
+        scene.frames,
+        scene.audio,
+        scene.sample_rate,
+        masks=scene.masks,
+        labels=scene.labels,
+        category=category,
+    )

@@ -1,0 +1,133 @@
+"""Small file helpers shared by the dataset writers and readers: WAV (PCM16) and PNG.
+
+Audio arrays follow the reference fixtures' convention: float32 [channels, samples] equal to
+``int16 / 32768`` for PCM16 input. Writing clips to [-1, 32767/32768] and rounds to the nearest
+code, so a write/read round trip changes a sample by at most 0.5/32768.
+"""
+
+from __future__ import annotations
+
+import wave
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> None:
+    """Write PCM16 WAV. ``audio``: float [T] (mono) or [C, T], nominally in [-1, 1]."""
+    data = np.asarray(audio)
+    if data.ndim == 1:
+        data = data[None]
+    if data.ndim != 2 or data.shape[0] < 1:
+        raise ValueError(f"expected audio of shape [T] or [C, T], got {np.asarray(audio).shape}")
+    if sample_rate <= 0:
+        raise ValueError(f"expected a positive sample_rate, got {sample_rate}")
+    pcm = np.clip(np.rint(data.astype(np.float64) * 32768.0), -32768, 32767).astype("<i2")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(path), "wb") as f:
+        f.setnchannels(pcm.shape[0])
+        f.setsampwidth(2)
+        f.setframerate(int(sample_rate))
+        f.writeframes(np.ascontiguousarray(pcm.T).tobytes())
+
+
+def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
+    """Read a WAV file at its native rate: (float32 [C, T], sample_rate).
+
+    PCM16 is read with the stdlib (exactly ``int16 / 32768``); other encodings (24/32-bit,
+    float, compressed) go through PyAV and come back as float32 in [-1, 1].
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no audio file at {path}")
+    try:
+        with wave.open(str(path), "rb") as f:
+            if f.getsampwidth() == 2 and f.getcomptype() == "NONE":
+                channels, rate = f.getnchannels(), f.getframerate()
+                raw = np.frombuffer(f.readframes(f.getnframes()), dtype="<i2")
+                pcm = raw.reshape(-1, channels).T
+                return (pcm.astype(np.float32) / np.float32(32768.0)), rate
+    except wave.Error:
+        pass
+    return read_audio_av(path)
+
+
+def read_audio_av(path: str | Path, stream_index: int = 0) -> tuple[np.ndarray, int]:
+    """Decode an audio stream of any container PyAV opens: (float32 [C, T], sample_rate)."""
+    import av
+
+    with av.open(str(path)) as container:
+        if not container.streams.audio:
+            raise ValueError(f"expected an audio stream in {path}, got none")
+        stream = container.streams.audio[stream_index]
+        rate = int(stream.codec_context.sample_rate or stream.sample_rate)
+        chunks = []
+        for frame in container.decode(stream):
+            chunks.append(_audio_frame_to_float(frame))
+    if not chunks:
+        return np.zeros((1, 0), np.float32), rate
+    return np.concatenate(chunks, axis=1), rate
+
+
+def _audio_frame_to_float(frame: object) -> np.ndarray:
+    """float32 [C, n] from a PyAV AudioFrame of any sample format."""
+    arr = frame.to_ndarray()  # type: ignore[attr-defined]
+    fmt = frame.format  # type: ignore[attr-defined]
+    channels = len(frame.layout.channels)  # type: ignore[attr-defined]
+    if not fmt.is_planar:
+        arr = arr.reshape(-1, channels).T
+    if arr.dtype == np.int16:
+        return arr.astype(np.float32) / np.float32(32768.0)
+    if arr.dtype == np.int32:
+        return (arr.astype(np.float64) / 2147483648.0).astype(np.float32)
+    if arr.dtype == np.uint8:
+        return (arr.astype(np.float32) - 128) / np.float32(128.0)
+    return arr.astype(np.float32)
+
+
+def write_png(path: str | Path, array: np.ndarray, palette: np.ndarray | None = None) -> None:
+    """Write uint8 [H, W, 3] (RGB), [H, W] (grey) or, with ``palette`` (uint8 [K, 3]), mode P."""
+    data = np.asarray(array)
+    if data.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 image, got {data.dtype}")
+    if not (data.ndim == 2 or (data.ndim == 3 and data.shape[2] == 3)):
+        raise ValueError(f"expected an [H, W] or [H, W, 3] image, got shape {data.shape}")
+    image = Image.fromarray(data)
+    if palette is not None:
+        if data.ndim != 2:
+            raise ValueError(f"expected an [H, W] index map with a palette, got shape {data.shape}")
+        image = image.convert("P") if image.mode != "P" else image
+        image.putpalette(np.asarray(palette, np.uint8).reshape(-1).tolist())
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, compress_level=1)
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """uint8 [H, W, 3] RGB from any image file PIL reads."""
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def read_binary_mask(path: str | Path) -> np.ndarray:
+    """bool [H, W] from a mask PNG.
+
+    0/255 greyscale (what our writers emit and AVSBench ships) and 0/1 index images both work:
+    when the largest value is 1 the mask is ``value > 0``, otherwise ``value >= 128`` (the
+    threshold PIL's mode-'1' conversion in the AVSBench loaders applies to 0/255 masks).
+    """
+    with Image.open(path) as image:
+        if image.mode in ("RGB", "RGBA"):
+            data = np.asarray(image.convert("L"))
+        elif image.mode == "P":
+            data = np.asarray(image)  # palette indices, 0 = background
+            return data > 0
+        else:
+            data = np.asarray(image)
+    if data.dtype == bool:
+        return data.copy()
+    if data.max(initial=0) <= 1:
+        return data > 0
+    return data >= 128
