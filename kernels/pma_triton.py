@@ -18,7 +18,9 @@ Forward, per ``(q, j)``::
 
 One program per ``(q, tile of BLOCK_J positions j)``; it walks the tiles of ``k`` inside the band,
 accumulating ``s`` over ``C`` in ``BLOCK_C`` chunks with ``tl.dot`` (fp32 accumulation; fp32
-inputs use ``input_precision="ieee"`` so the arg-min agrees with the fp32 references).
+inputs use ``input_precision="ieee"`` so the arg-min agrees with the fp32 references; under the
+interpreter bf16 tiles are upcast first, because Triton 3.7's interpreter multiplies bf16 as
+their raw uint16 bits in ``tl.dot``).
 FLOPs: ``2 * G * L * K * C`` for the dot products (``K = min(L, 2D+1)`` compared positions) plus
 ``O(G * L * K)`` epilogue. Bytes it must move: read ``f`` and ``g`` once
 (``2 * G * L * C * itemsize``; re-reads of ``f`` per ``k`` tile hit L1/L2), write
@@ -64,6 +66,7 @@ def _pma_fwd_body(
     BLOCK_K: tl.constexpr,
     BLOCK_C: tl.constexpr,
     PRECISION: tl.constexpr,
+    UPCAST_DOT: tl.constexpr,
 ):
     pid_q = tl.program_id(0).to(tl.int64)
     pid_j = tl.program_id(1)
@@ -106,6 +109,9 @@ def _pma_fwd_body(
                 mask=k_ok[None, :] & c_ok[:, None],
                 other=0.0,
             )
+            if UPCAST_DOT:
+                fx = fx.to(tl.float32)
+                gt = gt.to(tl.float32)
             acc = tl.dot(fx, gt, acc, input_precision=PRECISION)
             gt32 = gt.to(tl.float32)
             gn2 += tl.sum(gt32 * gt32, axis=0)
@@ -235,6 +241,8 @@ def check_inputs(f: torch.Tensor, g: torch.Tensor) -> None:
     G, L, C = f.shape
     if min(G, L, C) < 1:
         raise ValueError(f"expected non-empty [G, L, C], got {tuple(f.shape)}")
+    if L * C >= 2**31:
+        raise ValueError(f"expected fewer than 2**31 elements per group (L*C), got {L * C}")
     if triton.cdiv(L, 16) > _MAX_GRID_Y:
         raise ValueError(f"expected at most {_MAX_GRID_Y * 16} positions per group, got {L}")
 
@@ -274,6 +282,7 @@ def forward_grouped(
         float(ssd_weight), float(ncc_weight), float(eps), 1.0 / C,
         BLOCK_J=block_j, BLOCK_K=block_k, BLOCK_C=block_c,
         PRECISION="ieee" if f.dtype == torch.float32 else "tf32",
+        UPCAST_DOT=f.dtype == torch.bfloat16 and _interpreting(),
     )  # fmt: skip
     return min_cost, argk
 
