@@ -48,6 +48,7 @@ import triton.language as tl
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _MAX_GRID_Y = 65535
+_MIN_PROGRAMS = 256
 
 
 def _pma_fwd_body(
@@ -247,8 +248,17 @@ def check_inputs(f: torch.Tensor, g: torch.Tensor) -> None:
         raise ValueError(f"expected at most {_MAX_GRID_Y * 16} positions per group, got {L}")
 
 
-def _fwd_blocks(L: int, C: int, D: int) -> tuple[int, int, int]:
-    block_j = _pow2_between(L, 16, 64)
+def _block_j(G: int, L: int, largest: int) -> int:
+    """Tile of positions per program: as large as ``largest``, but small enough that there are
+    at least ``_MIN_PROGRAMS`` programs (an H100 has 132 SMs) when the problem allows it."""
+    block_j = _pow2_between(L, 16, largest)
+    while block_j > 16 and G * triton.cdiv(L, block_j) < _MIN_PROGRAMS:
+        block_j //= 2
+    return block_j
+
+
+def _fwd_blocks(G: int, L: int, C: int, D: int) -> tuple[int, int, int]:
+    block_j = _block_j(G, L, 64)
     block_k = _pow2_between(min(L, 2 * D + 1), 16, 64)
     block_c = _pow2_between(C, 16, 64 if block_j * block_k >= 4096 else 128)
     return block_j, block_k, block_c
@@ -274,7 +284,7 @@ def forward_grouped(
         raise ValueError(f"expected max_disparity in [0, {L - 1}], got {max_disparity}")
     min_cost = torch.empty((G, L), device=f.device, dtype=torch.float32)
     argk = torch.empty((G, L), device=f.device, dtype=torch.int64)
-    block_j, block_k, block_c = _fwd_blocks(L, C, max_disparity)
+    block_j, block_k, block_c = _fwd_blocks(G, L, C, max_disparity)
     fwd, _ = _kernels(_interpreting())
     grid = (G, triton.cdiv(L, block_j))
     fwd[grid](
@@ -312,7 +322,7 @@ def backward_grouped(
     grad_min = grad_min.to(device=f.device, dtype=torch.float32).contiguous()
     grad_f = torch.empty_like(f)
     grad_g32 = torch.zeros(f.shape, device=f.device, dtype=torch.float32)
-    block_j = _pow2_between(L, 16, 32)
+    block_j = _block_j(G, L, 32)
     block_c = _pow2_between(C, 16, 128)
     _, bwd = _kernels(_interpreting())
     grid = (G, triton.cdiv(L, block_j))
