@@ -16,8 +16,9 @@ Binary (S4 / MS3) metrics
 Inputs are ``N x H x W`` tensors: one *batch* of frames. AVSBench passes the model's **logits**
 and applies ``sigmoid`` itself; ``pred_kind`` says what the prediction holds:
 
-* ``"logits"`` (AVSBench): foreground where ``sigmoid(x) > 0.5`` (float32); the F sweep runs on
-  ``sigmoid(x)``.
+* ``"logits"`` (AVSBench): foreground where ``sigmoid(x) > 0.5``; the F sweep runs on
+  ``sigmoid(x)``. Like AVSBench, the sigmoid and all comparisons run in the logits' own dtype
+  (float32 for AVSBench's models; float64 logits can binarise differently near 0).
 * ``"probs"``: probabilities in [0, 1] (already through the sigmoid): foreground where
   ``p > 0.5``; the F sweep runs on ``p``.
 * ``"binary"``: 0/1 (or bool) masks, used as the probabilities 0.0 and 1.0. This is bit-for-bit
@@ -25,7 +26,8 @@ and applies ``sigmoid`` itself; ``pred_kind`` says what the prediction holds:
   sigmoids are exactly 0.0 and 1.0), and also what it gives for the raw 0/1 mask passed as
   logits (sigmoid 0.5 / 0.731: same IoU binarisation, same maximum of the F curve).
 
-IoU per frame (``mask_iou``): ``inter / (union + 1e-7)`` in float32 with ``inter = |P & G|``,
+IoU per frame (``mask_iou``): ``inter / (union + 1e-7)`` (float32, the dtype of AVSBench's
+ground truth from ``ToTensor``) with ``inter = |P & G|``,
 ``union = |P | G|``; when the ground truth is empty, ``inter`` is the number of true-negative
 pixels ``|~P & ~G|`` and ``union`` is ``H * W``. So an all-correct frame with empty ground truth
 scores 1.0, and an empty-GT frame with k predicted pixels scores ``(HW - k) / HW``. The batch
@@ -127,7 +129,12 @@ def _check_batch(pred: torch.Tensor, target: torch.Tensor) -> None:
 
 
 def _binary_float(mask: torch.Tensor, name: str) -> torch.Tensor:
-    """0/1 or bool tensor -> float32 0.0/1.0; anything else raises ValueError."""
+    """0/1 tensor -> floating 0.0/1.0 (floating dtypes kept, others float32); else ValueError.
+
+    A float64 target keeps AVSBench's arithmetic in float64 (as the original code would run);
+    integer targets give the same numbers as float32 ones there, and bool targets (which the
+    original cannot subtract) are taken as float32.
+    """
     if mask.dtype == torch.bool:
         return mask.to(torch.float32)
     bad = (mask != 0) & (mask != 1)
@@ -136,7 +143,7 @@ def _binary_float(mask: torch.Tensor, name: str) -> torch.Tensor:
         raise ValueError(
             f"expected {name} values in {{0, 1}}, got {mask[tuple(first)].item()} at index {first}"
         )
-    return mask.to(torch.float32)
+    return mask if mask.is_floating_point() else mask.to(torch.float32)
 
 
 def binary_to_logits(mask: torch.Tensor) -> torch.Tensor:
@@ -151,31 +158,32 @@ def binary_to_logits(mask: torch.Tensor) -> torch.Tensor:
         and every threshold of the F sweep (>= t, t in [0, 1]) see the mask itself, except
         threshold 0 where every pixel counts as predicted (as for any AVSBench input).
     """
-    m = _binary_float(mask, "mask")
+    m = _binary_float(mask, "mask").to(torch.float32)
     return (m * 2.0 - 1.0) * BINARY_LOGIT
 
 
 def to_probabilities(pred: torch.Tensor, pred_kind: PredKind = "logits") -> torch.Tensor:
-    """The float32 foreground probabilities AVSBench thresholds (``sigmoid(logits)``).
+    """The foreground probabilities AVSBench thresholds (``sigmoid(logits)``).
 
     Args:
         pred: N x H x W (any shape works) logits, probabilities in [0, 1] or 0/1 masks.
-        pred_kind: ``"logits"`` (sigmoid applied in float32, as AVSBench does on its float32
-            model outputs), ``"probs"`` (used as given, must lie in [0, 1]; NaN allowed) or
-            ``"binary"`` (0/1 or bool, mapped to 0.0 / 1.0).
+        pred_kind: ``"logits"`` (sigmoid in the logits' dtype, as AVSBench), ``"probs"``
+            (used as given, must lie in [0, 1]; NaN allowed) or ``"binary"`` (0/1 or bool,
+            mapped to float32 0.0 / 1.0).
 
     Returns:
-        float32 tensor of ``pred``'s shape. NaN logits stay NaN (never foreground, as in
-        AVSBench, since every comparison with NaN is false).
+        floating tensor of ``pred``'s shape (``pred``'s dtype; float32 for ``"binary"``).
+        NaN logits stay NaN (never foreground, as in AVSBench, since every comparison with NaN
+        is false).
     """
     if pred_kind == "logits":
         if not pred.is_floating_point():
             raise ValueError(f"expected floating-point logits, got dtype {pred.dtype}")
-        return torch.sigmoid(pred.to(torch.float32))
+        return torch.sigmoid(pred)
     if pred_kind == "probs":
         if not pred.is_floating_point():
             raise ValueError(f"expected floating-point probabilities, got dtype {pred.dtype}")
-        p = pred.to(torch.float32)
+        p = pred
         outside = (p < 0) | (p > 1)
         if bool(outside.any()):
             first = outside.nonzero()[0].tolist()
@@ -184,7 +192,7 @@ def to_probabilities(pred: torch.Tensor, pred_kind: PredKind = "logits") -> torc
             )
         return p
     if pred_kind == "binary":
-        return _binary_float(pred, "binary prediction")
+        return _binary_float(pred, "binary prediction").to(torch.float32)
     raise ValueError(f"expected pred_kind in ['logits', 'probs', 'binary'], got {pred_kind!r}")
 
 
@@ -212,11 +220,12 @@ def frame_ious(
         pred: N x H x W prediction (``pred_kind`` as in ``to_probabilities``).
         target: N x H x W ground truth, bool or numbers in {0, 1}.
         pred_kind: what ``pred`` holds.
-        eps: added to the union in float32 (AVSBench: 1e-7).
+        eps: added to the union (AVSBench: 1e-7).
 
     Returns:
-        float32 tensor [N]: ``inter / (union + eps)``; for a frame with empty ground truth,
-        true-negative pixels over ``H * W``.
+        tensor [N] in the target's floating dtype (float32 for integer/bool targets):
+        ``inter / (union + eps)``; for a frame with empty ground truth, true-negative pixels
+        over ``H * W``.
     """
     _check_batch(pred, target)
     g = _binary_float(target, "target")
@@ -237,14 +246,14 @@ def mask_iou(
     pred_kind: PredKind = "logits",
     eps: float = IOU_EPS,
 ) -> torch.Tensor:
-    """Batch mIoU exactly as AVSBench ``mask_iou``: ``sum(frame IoUs) / N`` in float32.
+    """Batch mIoU exactly as AVSBench ``mask_iou``: ``sum(frame IoUs) / N``.
 
     Args:
         pred: N x H x W prediction (AVSBench: logits).
         target: N x H x W ground truth in {0, 1}.
 
     Returns:
-        0-dim float32 tensor on ``pred``'s device.
+        0-dim tensor (float32 for float32 or integer targets) on ``pred``'s device.
     """
     ious = frame_ious(pred, target, pred_kind, eps)
     return torch.sum(ious) / ious.shape[0]
@@ -267,15 +276,16 @@ def precision_recall(
     """Precision and recall of one frame at each threshold, as AVSBench ``_eval_pr``.
 
     Args:
-        probs: H x W float32 probabilities (``to_probabilities`` output; NaN never counts).
+        probs: H x W probabilities (``to_probabilities`` output; NaN never counts); compared
+            with the thresholds in their own dtype, as AVSBench's ``y_pred >= thlist[i]``.
         target: H x W ground truth in {0, 1}.
         num: number of thresholds (AVSBench: 255).
 
     Returns:
         ``(prec, recall)``, float32 tensors [num]; ``prec[i] = tp / (|p >= t_i| + 1e-20)``,
         ``recall[i] = tp / (|G| + 1e-20)``. Computed with one sort-free pass (searchsorted and
-        counts) instead of AVSBench's loop; the counts are exact integers in float32 and the
-        divisions are the same float32 operations, so the results are identical.
+        counts) instead of AVSBench's loop; the counts are exact integers and the divisions
+        are the same operations in the same dtypes, so the results are identical.
     """
     if probs.shape != target.shape or probs.dim() != 2:
         raise ValueError(
@@ -283,8 +293,12 @@ def precision_recall(
             f"and {tuple(target.shape)}"
         )
     g = _binary_float(target, "target").flatten()
-    p = probs.to(torch.float32).flatten()
-    th = thresholds(num, p.device)
+    p = probs.flatten()
+    if not p.is_floating_point():
+        raise ValueError(f"expected floating-point probabilities, got dtype {p.dtype}")
+    # rounding the sorted thresholds to p's dtype keeps them sorted (maybe with ties), and
+    # "p >= t" is then the same comparison AVSBench makes after type promotion.
+    th = thresholds(num, p.device).to(p.dtype)
     # k = number of thresholds t with p >= t; the pixel is predicted at thresholds 0 .. k-1.
     k = torch.searchsorted(th, p.contiguous(), right=True)
     k = torch.where(torch.isnan(p), torch.zeros_like(k), k)
@@ -292,10 +306,12 @@ def precision_recall(
     hist_pos = torch.bincount(k, weights=g.to(torch.float64), minlength=num + 1)
     # count at threshold i = number of pixels with k > i (reverse cumulative sum).
     n_pred = hist_all.flip(0).cumsum(0).flip(0)[1:].to(torch.float32)
-    tp = hist_pos.flip(0).cumsum(0).flip(0)[1:].to(torch.float32)
+    # AVSBench: tp = (float32 prediction * y).sum() is in promote(float32, y.dtype); the
+    # quotients are stored into float32 tensors.
+    tp = hist_pos.flip(0).cumsum(0).flip(0)[1:].to(torch.promote_types(torch.float32, g.dtype))
     n_gt = g.sum()
-    prec = tp / (n_pred + PR_EPS)
-    recall = tp / (n_gt + PR_EPS)
+    prec = (tp / (n_pred + PR_EPS)).to(torch.float32)
+    recall = (tp / (n_gt + PR_EPS)).to(torch.float32)
     return prec, recall
 
 
@@ -380,7 +396,7 @@ class ObjectMetricMeter:
     num_thresholds: int = NUM_THRESHOLDS
     batch_miou: list[float] = field(default_factory=list)
     batch_fscore: list[float] = field(default_factory=list)
-    _miou_sum: torch.Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.float32))
+    _miou_sum: torch.Tensor | None = None
     _f_sum: float = 0.0
     _frames: int = 0
     _empty: int = 0
@@ -391,7 +407,8 @@ class ObjectMetricMeter:
         """Score one batch (N x H x W prediction and {0, 1} target); returns (mIoU, F)."""
         miou = mask_iou(pred, target, pred_kind)
         fscore = f_measure(pred, target, pred_kind, self.num_thresholds)
-        self._miou_sum = self._miou_sum + miou.cpu()
+        m = miou.cpu()
+        self._miou_sum = m if self._miou_sum is None else self._miou_sum + m
         self._f_sum += fscore
         self._frames += pred.shape[0]
         self._empty += int((target.reshape(target.shape[0], -1) != 0).sum(1).eq(0).sum())
@@ -402,7 +419,7 @@ class ObjectMetricMeter:
     def result(self) -> ObjectScores:
         """Means over the batches added so far; raises ValueError when there are none."""
         n = len(self.batch_miou)
-        if n == 0:
+        if n == 0 or self._miou_sum is None:
             raise ValueError("expected at least one batch, got none")
         return ObjectScores(
             miou=float((self._miou_sum / n).item()),
@@ -505,7 +522,9 @@ def semantic_batch_stats(
     if pred_kind == "logits":
         if pred.dim() != 4 or pred.shape[1] != num_classes:
             raise ValueError(f"expected N x {num_classes} x H x W logits, got {tuple(pred.shape)}")
-        labels = torch.argmax(torch.softmax(pred.to(torch.float32), dim=1), dim=1)
+        if not pred.is_floating_point():
+            raise ValueError(f"expected floating-point logits, got dtype {pred.dtype}")
+        labels = torch.argmax(torch.softmax(pred, dim=1), dim=1)
     elif pred_kind == "labels":
         labels = pred
     else:

@@ -82,8 +82,10 @@ def test_iou_logit_binarisation_is_strict_sigmoid_above_half() -> None:
     assert binarize(logits).tolist() == [[[0, 0], [1, 0]]]
     # inter 1, union 3 -> 1/3 (float32)
     assert mask_iou(logits, gt).item() == pytest.approx(1 / 3, abs=1e-7)
-    # float64 logits are scored in float32 like AVSBench's float32 model outputs
-    assert mask_iou(logits.double(), gt).item() == mask_iou(logits, gt).item()
+    # float64 logits keep float64 like AVSBench would: sigmoid(1e-8) = 0.5 + 2.5e-9 > 0.5 there,
+    # so P = {(0,1), (1,0)}: inter 2, union 3
+    assert binarize(logits.double()).tolist() == [[[0, 1], [1, 0]]]
+    assert mask_iou(logits.double(), gt).item() == pytest.approx(2 / 3, abs=1e-7)
     # a raw 0/1 mask passed as logits binarises to itself (sigmoid(1) > 0.5, sigmoid(0) = 0.5)
     m = t([[[1, 0], [1, 1]]])
     assert binarize(m).tolist() == m.int().tolist()
@@ -97,31 +99,42 @@ def test_iou_nan_logit_is_background() -> None:
 
 
 def _literal_mask_iou(pred_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """AVSBench mask_iou restated step by step (float32 throughout)."""
+    """AVSBench mask_iou restated: batch sums, the empty-GT override, one division."""
     n = pred_logits.size(0)
     num_pixels = pred_logits.size(-1) * pred_logits.size(-2)
-    out = []
-    for i in range(n):
-        p = (torch.sigmoid(pred_logits[i]) > 0.5).int()
-        g = target[i]
-        if g.sum() == 0:
-            inter = ((1 - g) * (1 - p)).sum()
-            union = torch.tensor(float(num_pixels))
-        else:
-            inter = (p * g).sum()
-            union = torch.max(p, g).sum()
-        out.append(inter / (union + 1e-7))
-    return torch.sum(torch.stack(out)) / n
+    no_obj = target.sum(2).sum(1) == 0
+    p = (torch.sigmoid(pred_logits) > 0.5).int()
+    inter = (p * target).sum(2).sum(1)
+    union = torch.max(p, target).sum(2).sum(1)
+    inter_no_obj = ((1 - target) * (1 - p)).sum(2).sum(1)
+    inter[no_obj] = inter_no_obj[no_obj]
+    union[no_obj] = num_pixels
+    return torch.sum(inter / (union + 1e-7)) / n
 
 
-def test_iou_matches_literal_restatement_on_random_batches() -> None:
+@pytest.mark.parametrize(
+    ("logit_dtype", "target_dtype"),
+    [
+        (torch.float32, torch.float32),
+        (torch.float64, torch.float64),
+        (torch.float32, torch.float64),
+        (torch.float64, torch.int64),
+        (torch.float16, torch.float32),
+    ],
+)
+def test_iou_matches_literal_restatement_on_random_batches(
+    logit_dtype: torch.dtype, target_dtype: torch.dtype
+) -> None:
     gen = torch.Generator().manual_seed(0)
     for trial in range(20):
-        n, h, w = 1 + trial % 5, 3 + trial % 7, 5 + trial % 4
-        logits = torch.randn(n, h, w, generator=gen) * 3
-        gt = (torch.rand(n, h, w, generator=gen) < 0.3).float()
+        n, h, w = 1 + trial % 5, 1 + trial % 7, 1 + trial % 4
+        logits = (torch.randn(n, h, w, generator=gen) * 3).to(logit_dtype)
+        logits[..., 0] = 1e-8  # sigmoid rounds to 0.5 in float32/16, not in float64
+        gt = (torch.rand(n, h, w, generator=gen) < 0.3).to(target_dtype)
         gt[0] = 0  # always include an empty-GT frame
-        assert mask_iou(logits, gt).item() == _literal_mask_iou(logits, gt).item()
+        ours = mask_iou(logits, gt)
+        ref = _literal_mask_iou(logits, gt)
+        assert ours.dtype == ref.dtype and ours.item() == ref.item()
 
 
 # ---------------------------------------------------------------- F-score
@@ -267,12 +280,22 @@ def test_precision_recall_matches_literal_loop_including_values_on_thresholds() 
         assert torch.equal(p1, p2) and torch.equal(r1, r2)
 
 
-def test_f_measure_matches_literal_restatement_on_random_logits() -> None:
+@pytest.mark.parametrize(
+    ("logit_dtype", "target_dtype"),
+    [
+        (torch.float32, torch.float32),
+        (torch.float64, torch.float64),
+        (torch.float16, torch.float16),
+    ],
+)
+def test_f_measure_matches_literal_restatement_on_random_logits(
+    logit_dtype: torch.dtype, target_dtype: torch.dtype
+) -> None:
     gen = torch.Generator().manual_seed(3)
-    for trial in range(8):
+    for trial in range(6):
         n, h, w = 1 + trial % 5, 6 + trial, 5 + 2 * trial
-        logits = torch.randn(n, h, w, generator=gen) * (1 + trial)
-        gt = (torch.rand(n, h, w, generator=gen) < 0.3).float()
+        logits = (torch.randn(n, h, w, generator=gen) * (1 + trial)).to(logit_dtype)
+        gt = (torch.rand(n, h, w, generator=gen) < 0.3).to(target_dtype)
         if trial % 2:
             gt[0] = 0
         assert f_measure(logits, gt) == _literal_f(logits, gt)
