@@ -208,3 +208,22 @@ def test_bad_input_shapes(reference: tuple) -> None:
         model.audio(fbank[0])
     with pytest.raises(ValueError, match="expected images"):
         model.vision(images[:, :1])
+
+
+def test_full_official_pickle_loads_and_skips_other_modalities(reference: tuple, tmp_path) -> None:
+    """The whole official state dict (all six modalities) as a torch pickle, like the .pth file."""
+    model, _, images, fbank = reference
+    full = load_file(IB / "weights.safetensors") | load_file(
+        IB / "weights_other_modalities.safetensors"
+    )
+    assert any(k.startswith("modality_trunks.text.") for k in full)
+    path = tmp_path / "imagebind_test.pth"
+    torch.save(full, path)
+    loaded = load_imagebind(path, model.config)
+    assert all(not p.is_meta for p in loaded.parameters())
+    with torch.no_grad():
+        assert torch.equal(loaded.vision(images), model.vision(images))
+        assert torch.equal(loaded.audio(fbank), model.audio(fbank))
+    full["modality_trunks.audio.blocks.0.attn.bias_q"] = torch.zeros(1, 1, 64)
+    with pytest.raises(CheckpointMismatchError, match="bias_q"):
+        load_imagebind(full, model.config)
