@@ -1,0 +1,52 @@
+"""GPU kernels of moca_rt, each beside its torch reference, behind guarded dispatchers.
+
+Public ops: :func:`cosine_kmeans` (batched cosine k-means with deterministic k-means++),
+:func:`mask_iou` / :func:`mask_coverage` (proposal-vs-cluster mask matching) and, from
+:mod:`moca_rt.kernels.pma`, the PMA cost and triplet loss. ``MOCA_RT_KERNELS=torch|triton|cupy``
+forces a backend (see :mod:`moca_rt.kernels.dispatch`). Importing this package never imports
+Triton or CuPy: kernels are compiled on first use.
+"""
+
+from __future__ import annotations
+
+from .kmeans import (
+    KMeansResult,
+    cosine_kmeans,
+    cosine_kmeans_reference,
+    cosine_kmeans_torch_fast,
+    cosine_kmeans_triton,
+)
+from .mask_iou import mask_coverage, mask_iou, mask_iou_reference, mask_iou_triton
+
+__all__ = [
+    "KMeansResult",
+    "cosine_kmeans",
+    "cosine_kmeans_reference",
+    "cosine_kmeans_torch_fast",
+    "cosine_kmeans_triton",
+    "mask_coverage",
+    "mask_iou",
+    "mask_iou_reference",
+    "mask_iou_triton",
+]
+
+try:  # written in parallel by the PMA work; the package stays importable without it
+    from .pma import (
+        PmaResult,
+        pma_cost,
+        pma_cost_reference,
+        pma_cost_torch_fast,
+        pma_cost_triton,
+        pma_triplet_loss,
+    )
+except ImportError:  # pragma: no cover - only while kernels/pma.py is missing or incomplete
+    pass
+else:
+    __all__ += [
+        "PmaResult",
+        "pma_cost",
+        "pma_cost_reference",
+        "pma_cost_torch_fast",
+        "pma_cost_triton",
+        "pma_triplet_loss",
+    ]
