@@ -81,6 +81,7 @@ def write_video(
     freq: float = 440.0,
     amplitude: float = 0.5,
     audio_duration: float | None = None,
+    onset: float = 0.0,
     vcodec: str | None = None,
     acodec: str | None = None,
     container_format: str | None = None,
@@ -89,7 +90,8 @@ def write_video(
 
     Defaults by suffix: .mp4/.mov/.mkv/.ts -> H.264 (libx264) + AAC, .webm -> VP9 + Opus (48 kHz).
     ``audio_rate=None`` writes a video without an audio stream. The audio lasts
-    ``audio_duration`` seconds (default: the video duration) and starts at t = 0.
+    ``audio_duration`` seconds (default: the video duration) and starts at t = 0; it is
+    silent before ``onset`` seconds (a sharp tone onset for alignment checks).
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -121,6 +123,7 @@ def write_video(
         if a_stream is not None and audio_rate is not None:
             duration = num_frames / fps if audio_duration is None else audio_duration
             wave = sine(freq, audio_rate, duration, audio_channels, amplitude)
+            wave[:, : round(onset * audio_rate)] = 0.0
             chunk = 1024
             resampler_fmt = a_stream.codec_context.format.name
             for start in range(0, wave.shape[1], chunk):
