@@ -377,6 +377,9 @@ class OverlayVideoWriter:
     def _encode_audio(self, final: bool) -> None:
         import av
 
+        rate = self._rate
+        if rate is None:
+            return
         size = self._audio.codec_context.frame_size or 1024
         while self._audio_buf.shape[1] >= size or (final and self._audio_buf.shape[1] > 0):
             n = min(size, self._audio_buf.shape[1])
@@ -386,8 +389,8 @@ class OverlayVideoWriter:
             self._audio_buf = self._audio_buf[:, n:]
             frame = av.AudioFrame.from_ndarray(piece, format="fltp",
                                                layout=self._audio.layout.name)
-            frame.sample_rate = self._rate
-            frame.pts, frame.time_base = self._audio_next, Fraction(1, self._rate)
+            frame.sample_rate = rate
+            frame.pts, frame.time_base = self._audio_next, Fraction(1, rate)
             self._audio_next += n
             for packet in self._audio.encode(frame):
                 self._container.mux(packet)

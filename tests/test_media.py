@@ -8,13 +8,13 @@ import warnings
 from pathlib import Path
 
 import av
+import media_factory as mf
 import numpy as np
 import pytest
 import torch
+from conftest import FIXTURES
 from safetensors.numpy import load_file
 
-import media_factory as mf
-from conftest import FIXTURES
 from moca_rt import media
 from moca_rt.media import (
     ContainerSource,
@@ -130,7 +130,7 @@ def test_swr_resampler_option_close_to_sinc(mdir: Path) -> None:
 
 def test_no_audio_stream(mdir: Path) -> None:
     path = mf.write_video(mdir / "silent.mp4", num_frames=5, audio_rate=None)
-    with pytest.raises(NoAudioStreamError, match="no audio stream.*allow_silent"):
+    with pytest.raises(NoAudioStreamError, match=r"no audio stream.*allow_silent"):
         open_source(path)
     with open_source(path, allow_silent=True) as src:
         frames = list(src)
@@ -140,7 +140,7 @@ def test_no_audio_stream(mdir: Path) -> None:
 
 def test_missing_empty_and_wrong_files(mdir: Path) -> None:
     missing = mdir / "nope.mp4"
-    with pytest.raises(MediaNotFoundError, match="nope.mp4") as exc:
+    with pytest.raises(MediaNotFoundError, match=r"nope\.mp4") as exc:
         open_source(missing)
     assert isinstance(exc.value, FileNotFoundError)
     with pytest.raises(MediaOpenError, match="empty"):
@@ -148,7 +148,7 @@ def test_missing_empty_and_wrong_files(mdir: Path) -> None:
     with pytest.raises(NoVideoStreamError, match="no video stream"):
         open_source(mf.write_wav_as_mp4(mdir / "audio_only.mp4"))
     good = mf.write_video(mdir / "good.mp4", num_frames=10)
-    with pytest.raises(MediaOpenError, match="corrupt.mp4"):
+    with pytest.raises(MediaOpenError, match=r"corrupt\.mp4"):
         open_source(mf.write_corrupt_header(good, mdir / "corrupt.mp4"))
     with pytest.raises(ValueError, match="fps"):
         open_source(good, fps=0)
@@ -192,7 +192,7 @@ def test_fps_selection_skips_frames(mdir: Path) -> None:
 
 
 def test_avsbench_folder(mdir: Path) -> None:
-    frames_dir, wav = mf.write_avsbench_clip(mdir / "avs", "clipA")
+    frames_dir, _wav = mf.write_avsbench_clip(mdir / "avs", "clipA")
     expected = mf.sine(440.0, SR, 5.0)[0]
     expected = np.round(expected * 32767) / 32768
     with open_source(frames_dir) as src:
