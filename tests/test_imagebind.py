@@ -221,9 +221,12 @@ def test_full_official_pickle_loads_and_skips_other_modalities(reference: tuple,
     torch.save(full, path)
     loaded = load_imagebind(path, model.config)
     assert all(not p.is_meta for p in loaded.parameters())
+    ours, ref = loaded.state_dict(), model.state_dict()
+    assert ours.keys() == ref.keys() and all(torch.equal(ours[k], ref[k]) for k in ref)
+    # Same weights; memory-mapped storage may pick another BLAS path, so not bit for bit.
     with torch.no_grad():
-        assert torch.equal(loaded.vision(images), model.vision(images))
-        assert torch.equal(loaded.audio(fbank), model.audio(fbank))
+        torch.testing.assert_close(loaded.vision(images), model.vision(images))
+        torch.testing.assert_close(loaded.audio(fbank), model.audio(fbank))
     full["modality_trunks.audio.blocks.0.attn.bias_q"] = torch.zeros(1, 1, 64)
     with pytest.raises(CheckpointMismatchError, match="bias_q"):
         load_imagebind(full, model.config)
