@@ -245,7 +245,9 @@ def pma_cost_torch_fast(
     ``||u - v||^2 = |u|^2 + |v|^2 - 2<u, v>`` with every ``<u, v>`` of a group from one
     ``bmm``: ``[B*H, W, C] x [B*H, C, W]`` for "row", ``[B, HW, C] x [B, C, HW]`` for "full";
     the band ``|k - j| <= D`` is a mask. Memory ``O(G * L^2)`` floats. Arguments and result as in
-    :func:`pma_cost_reference` (same tie rule: ``torch.argmin`` returns the first minimum).
+    :func:`pma_cost_reference` (same tie rule: ``torch.argmin`` returns the first minimum; note
+    that a BLAS matmul may round two mathematically equal dot products differently, so an exact
+    tie in the inputs is not always an exact tie in the computed costs).
     Differentiable by autograd (through the gathered minimum and the matmul); this is the
     baseline the Triton kernel is measured against.
     """
