@@ -430,7 +430,7 @@ def _run_backend(
     x: torch.Tensor, k: int, max_iters: int, seed: int, early_stop: bool
 ) -> KMeansResult:
     backend = choose_backend(x)
-    kwargs = {"max_iters": max_iters, "seed": seed, "early_stop": early_stop}
+    kwargs: dict[str, Any] = {"max_iters": max_iters, "seed": seed, "early_stop": early_stop}
     if backend == "cupy":
         if not (x.is_cuda and cupy_available()):
             raise ValueError(
