@@ -20,6 +20,7 @@ unscaled query; decoder layer 0 self-attention has neither positional term nor r
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -85,9 +86,13 @@ def _rel_pos_table(rel_pos: torch.Tensor, q_size: int, k_size: int) -> torch.Ten
     """
     max_dist = 2 * max(q_size, k_size) - 1
     if rel_pos.shape[0] != max_dist:
-        rel_pos = F.interpolate(
-            rel_pos.float().t()[None], size=max_dist, mode="linear", align_corners=False
-        )[0].t().to(rel_pos.dtype)
+        rel_pos = (
+            F.interpolate(
+                rel_pos.float().t()[None], size=max_dist, mode="linear", align_corners=False
+            )[0]
+            .t()
+            .to(rel_pos.dtype)
+        )
     q_coords = torch.arange(q_size, device=rel_pos.device)[:, None] * max(k_size / q_size, 1.0)
     k_coords = torch.arange(k_size, device=rel_pos.device)[None, :] * max(q_size / k_size, 1.0)
     rel = (q_coords - k_coords) + (k_size - 1) * max(q_size / k_size, 1.0)
@@ -219,6 +224,8 @@ class ImageEncoderViT(nn.Module):
 class PositionEmbeddingRandom(nn.Module):
     """Random Fourier features: [sin, cos](2*pi * (2c - 1) @ G), G ~ (2, D/2) stored as a buffer."""
 
+    positional_encoding_gaussian_matrix: torch.Tensor
+
     def __init__(self, num_pos_feats: int) -> None:
         super().__init__()
         self.register_buffer("positional_encoding_gaussian_matrix", torch.randn(2, num_pos_feats))
@@ -283,6 +290,11 @@ class PromptEncoder(nn.Module):
     def _dtype(self) -> torch.dtype:
         return self.no_mask_embed.weight.dtype
 
+    def _point_weight(self, i: int) -> torch.Tensor:
+        emb = self.point_embeddings[i]
+        assert isinstance(emb, nn.Embedding)
+        return emb.weight.float()
+
     def get_dense_pe(self) -> torch.Tensor:
         """Positional encoding of the image-embedding grid, (1, D, h, w) in the model dtype."""
         return self.pe_layer.dense(self.image_embedding_size).to(self._dtype())
@@ -299,7 +311,7 @@ class PromptEncoder(nn.Module):
         pe = self.pe_layer.forward_with_coords(points, self.input_image_size)
         lab = labels[..., None]
         pe = torch.where(lab == -1, torch.zeros_like(pe), pe)
-        w = [e.weight.float() for e in self.point_embeddings]
+        w = [self._point_weight(i) for i in range(4)]
         nap = self.not_a_point_embed.weight.float()
         pe = pe + (lab == -1).float() * nap
         for i in range(4):
@@ -310,9 +322,7 @@ class PromptEncoder(nn.Module):
         """boxes (B, 4) XYXY in model-input pixels -> (B, 2, D)."""
         corners = boxes.float().reshape(-1, 2, 2) + 0.5
         pe = self.pe_layer.forward_with_coords(corners, self.input_image_size)
-        corner_embed = torch.cat(
-            [self.point_embeddings[2].weight.float(), self.point_embeddings[3].weight.float()], 0
-        )
+        corner_embed = torch.cat([self._point_weight(2), self._point_weight(3)], 0)
         return (pe + corner_embed).to(self._dtype())
 
     def embed_masks(self, masks: torch.Tensor) -> torch.Tensor:
@@ -477,7 +487,7 @@ class MLP(nn.Module):
     def __init__(self, in_dim: int, hidden: int, out_dim: int, num_layers: int) -> None:
         super().__init__()
         dims = [in_dim] + [hidden] * (num_layers - 1) + [out_dim]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(dims))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = len(self.layers)
@@ -662,12 +672,13 @@ def load_sam(
         moca_rt.checkpoints.CheckpointMismatchError: naming missing / unexpected keys and shape
             mismatches when the file does not fit ``config``.
     """
-    state = (
-        read_state_dict(checkpoint) if isinstance(checkpoint, (str, Path)) else dict(checkpoint)
-    )
+    state = read_state_dict(checkpoint) if isinstance(checkpoint, (str, Path)) else dict(checkpoint)
     model = build_sam(config, device="meta")
-    load_strict(model, state, f"SAM (encoder width {config.encoder_embed_dim}, "
-                f"depth {config.encoder_depth})")
+    load_strict(
+        model,
+        state,
+        f"SAM (encoder width {config.encoder_embed_dim}, depth {config.encoder_depth})",
+    )
     # Non-persistent buffers are not in the checkpoint: rebuild them off the meta device.
     model.pixel_mean = torch.tensor(config.pixel_mean).view(-1, 1, 1)
     model.pixel_std = torch.tensor(config.pixel_std).view(-1, 1, 1)
