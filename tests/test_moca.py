@@ -6,7 +6,8 @@ import json
 
 import pytest
 import torch
-from conftest import FIXTURES
+from conftest import FIXTURES, requires_cuda
+from numeric import compare
 from safetensors.torch import load_file, save_file
 
 from moca_rt.checkpoints import CheckpointMismatchError
@@ -228,3 +229,33 @@ def test_bad_inputs(inputs: tuple) -> None:
         model.encode_vision(images[:1], short)
     with pytest.raises(ValueError, match="square"):
         model.encode_vision(images[..., :112], None)
+
+
+@requires_cuda
+def test_cuda_matches_reference_and_bf16_stays_close(inputs: tuple) -> None:
+    images, fbank = inputs
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        _check_cuda(images, fbank)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def _check_cuda(images: torch.Tensor, fbank: torch.Tensor) -> None:
+    cpu = _model()
+    _randomise_adapters(cpu, seed=3)
+    gpu = MocaModel.from_config(_config(), imagebind_weights=IB / "weights.safetensors")
+    gpu.load_adapter_state_dict(cpu.adapter_state_dict())
+    gpu = gpu.cuda()
+    with torch.no_grad():
+        ref = cpu(images, fbank)[0]
+        out = gpu(images.cuda(), fbank.cuda())[0]
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            half = gpu(images.cuda(), fbank.cuda())[0]
+    for f in FIELDS:
+        c = compare(getattr(out, f), getattr(ref, f))
+        assert c.rel <= 1e-4 and c.cosine >= 0.99999, f"{f} fp32 cuda: {c}"
+        c = compare(getattr(half, f).float(), getattr(ref, f))
+        print(f"\n  {f} bf16 autocast vs fp32 cpu: {c}")
+        assert c.cosine >= 0.999, f"{f} bf16: {c}"
