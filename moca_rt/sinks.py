@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -58,7 +59,11 @@ def decode_rle(record: Mapping[str, Any]) -> np.ndarray:
     counts = rle["counts"]
     coded = {"size": list(rle["size"]),
              "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-    return np.ascontiguousarray(mask_utils.decode(coded), dtype=np.uint8)
+    with warnings.catch_warnings():
+        # pycocotools' Cython array wrapper predates numpy 2's copy keyword
+        warnings.simplefilter("ignore", DeprecationWarning)
+        decoded = mask_utils.decode(coded)
+    return np.ascontiguousarray(decoded, dtype=np.uint8)
 
 
 class MaskPngWriter:
@@ -172,10 +177,6 @@ class JsonlWriter:
             "mask": None if mask is None else mask_to_rle(mask),
             "timings": None if timings is None else {str(k): float(v) for k, v in timings.items()},
         }
-        overlap = set(extra) & set(record)
-        if overlap:
-            raise ValueError(f"extra fields: expected names other than the standard ones, got "
-                             f"{sorted(overlap)}")
         record.update(extra)
         self.write(record)
         return record
