@@ -190,3 +190,22 @@ def test_bad_arguments_name_what_was_expected() -> None:
         SynthWorld(0, num_classes=40)
     with pytest.raises(ValueError, match="background"):
         render_objects(np.zeros((4, 5, 3), np.float32), [])
+
+
+def test_resound_keeps_the_picture_and_changes_the_sound() -> None:
+    world = _world(8)
+    scene = next(s for s in (world.sample("ms3", i) for i in range(40)) if len(s.objects) >= 3)
+    flags = ~scene.sounding[0]
+    if not flags.any():
+        flags[0] = True
+    other = world.resound(scene, flags)
+    np.testing.assert_array_equal(other.frames, scene.frames)
+    expected = scene.instance_masks[0][flags].any(axis=0)
+    np.testing.assert_array_equal(other.masks[0], expected)
+    assert other.sounding_class_ids == sorted(int(c) for c in scene.class_ids[flags])
+    assert not np.array_equal(other.audio, scene.audio) and _dbfs(other.audio) > -30.0
+    np.testing.assert_array_equal(world.resound(scene, flags).audio, other.audio)
+    quiet = world.resound(scene, np.zeros(len(scene.objects), bool))
+    assert not quiet.masks.any() and _dbfs(quiet.audio) < -60.0
+    with pytest.raises(ValueError, match="expected sounding of shape"):
+        world.resound(scene, [True])

@@ -27,7 +27,7 @@ Coordinate frames: images are H x W x 3 uint8 RGB, row-major, pixel (x, y) has i
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -36,8 +36,8 @@ Split = Literal["s4", "ms3", "avss", "silent", "video"]
 Partition = Literal["train", "val", "test"]
 SPLITS: tuple[Split, ...] = ("s4", "ms3", "avss", "silent", "video")
 PARTITIONS: tuple[Partition, ...] = ("train", "val", "test")
-_SPLIT_CODE = {name: i + 1 for i, name in enumerate(SPLITS)}
-_PARTITION_CODE = {name: i + 1 for i, name in enumerate(PARTITIONS)}
+_SPLIT_CODE: dict[str, int] = {name: i + 1 for i, name in enumerate(SPLITS)}
+_PARTITION_CODE: dict[str, int] = {name: i + 1 for i, name in enumerate(PARTITIONS)}
 
 SAMPLE_RATE = 16000
 _TABLE_SIZE = 2048
@@ -763,6 +763,52 @@ class SynthWorld:
             snr_db=snr_db,
             class_names=self.class_names,
         )
+
+    def resound(self, scene: Scene, sounding: np.ndarray | list[bool]) -> Scene:
+        """The same frames with another choice of sounding objects: same look, different sound.
+
+        Args:
+            scene: a scene of this world.
+            sounding: bool [N] (every frame) or [F, N]; object i (depth order) sounds where True.
+
+        Returns:
+            A scene with identical ``frames`` and ``instance_masks``, and ``audio``, ``masks``,
+            ``labels``, ``sounding`` for the new choice (near-silent audio if nothing sounds).
+            Deterministic: the noise is seeded by the scene's key and the new flags.
+        """
+        flags = np.asarray(sounding, dtype=bool)
+        n, f = len(scene.objects), scene.num_frames
+        if flags.shape == (n,):
+            flags = np.broadcast_to(flags, (f, n))
+        if flags.shape != (f, n):
+            raise ValueError(f"expected sounding of shape ({n},) or ({f}, {n}), got {flags.shape}")
+        flags = flags.copy()
+        labels = np.zeros_like(scene.labels)
+        for i in range(n):
+            on = scene.instance_masks[:, i] & flags[:, i, None, None]
+            labels[on] = scene.class_ids[i] + 1
+        key = [
+            scene.seed,
+            _SPLIT_CODE[scene.split],
+            _PARTITION_CODE[scene.partition],
+            scene.index,
+            1,
+        ]
+        seq = np.random.SeedSequence(key + np.packbits(flags.ravel()).tolist())
+        rng = np.random.default_rng(seq)
+        fps = 1.0 / float(scene.frame_times[1] - scene.frame_times[0]) if f > 1 else 1.0
+        mode = "silent" if not flags.any() else "mix"
+        audio = self._soundtrack(
+            rng,
+            list(scene.objects),
+            flags,
+            scene.audio.shape[0],
+            fps,
+            scene.snr_db,
+            mode,
+            scene.noise_seed,
+        )
+        return replace(scene, audio=audio, masks=labels > 0, labels=labels, sounding=flags)
 
     def _place_objects(
         self, rng: np.random.Generator, class_ids: np.ndarray, size: int, speed: float, video: bool
