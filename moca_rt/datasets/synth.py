@@ -625,8 +625,10 @@ class SynthWorld:
         image_size: H = W of the frames (>= 32).
         num_classes: 2..16 classes (``CLASS_SPECS[:num_classes]``).
         frames_per_clip: frames of an ``s4``/``ms3``/``avss``/``silent`` scene, one per second
-            (AVSBench has 5); with 1 the audio lasts ``min_seconds``..``max_seconds``, otherwise
-            exactly ``frames_per_clip`` seconds and frame f shows time f + 0.5 s.
+            (AVSBench has 5); with 1 the audio lasts ``min_seconds``..``max_seconds`` and the
+            image shows its middle, otherwise it lasts exactly ``frames_per_clip`` seconds and
+            frame f shows time f + 0.5 s; objects then drift by up to ``clip_speed`` pixels
+            per frame.
         **overrides: any other :class:`SynthConfig` field.
     """
 
@@ -714,6 +716,7 @@ class SynthWorld:
             else:
                 seconds = rng.uniform(cfg.min_seconds, cfg.max_seconds)
                 num_samples = round(seconds * cfg.sample_rate)
+                frame_times = np.array([num_samples / cfg.sample_rate / 2])  # the middle
 
         background = _background(rng, size)
         objects = self._place_objects(rng, class_ids, size, speed, video)
