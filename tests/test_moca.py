@@ -259,3 +259,31 @@ def _check_cuda(images: torch.Tensor, fbank: torch.Tensor) -> None:
         c = compare(getattr(half, f).float(), getattr(ref, f))
         print(f"\n  {f} bf16 autocast vs fp32 cpu: {c}")
         assert c.cosine >= 0.999, f"{f} bf16: {c}"
+
+
+def test_cached_prefix_and_activation_checkpointing_give_the_same_result(inputs: tuple) -> None:
+    images, fbank = inputs
+    cfg = _config()
+    adapter = AdapterConfig(num_layers=1, num_latents=4, bottleneck=16, num_heads=2)
+    model = MocaModel.from_config(
+        MocaConfig(imagebind=cfg.imagebind, adapter=adapter),
+        imagebind_weights=IB / "weights.safetensors",
+    )
+    _randomise_adapters(model, seed=4)
+    assert model.prefix_depth == model.pairs[0][0] > 0
+    audio = model.encode_audio(fbank)
+    prefix = model.encode_vision_prefix(images)
+    assert not prefix.requires_grad
+    full = model.encode_vision(images, audio)
+    cached = model.encode_vision_from_prefix(prefix, audio)
+    assert _equal(full, cached)
+
+    grads = []
+    for flag in (False, True):
+        model.zero_grad(set_to_none=True)
+        model.activation_checkpointing = flag
+        feats = model.encode_vision_from_prefix(prefix, audio)
+        feats.patch_features.square().mean().backward()
+        grads.append([p.grad.clone() for p in model.trainable_parameters()])
+    for plain, recomputed in zip(*grads, strict=True):
+        torch.testing.assert_close(recomputed, plain)

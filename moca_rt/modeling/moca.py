@@ -25,6 +25,7 @@ ImageBind: the adapters add an exact 0 after the same operations as the plain bl
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from typing import cast
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from moca_rt.checkpoints import load_strict, read_state_dict
 from moca_rt.config import MocaConfig
@@ -110,6 +112,8 @@ class MocaModel(nn.Module):
         )
         self._adapter_of_vision_block = {v: i for i, (v, _) in enumerate(self.pairs)}
         self._adapter_of_audio_block = {a: i for i, (_, a) in enumerate(self.pairs)}
+        # Recompute each adapted block in the backward pass instead of storing its activations.
+        self.activation_checkpointing = False
 
     @classmethod
     def from_config(
@@ -201,6 +205,30 @@ class MocaModel(nn.Module):
             x = blk.mlp_residual(x)
         return AudioFeatures(tuple(inputs), tuple(post_attention), audio.head(x, clips))
 
+    @property
+    def prefix_depth(self) -> int:
+        """Number of leading vision blocks without an adapter (their output can be cached)."""
+        return min(self._adapter_of_vision_block, default=len(self.imagebind.vision.blocks))
+
+    @torch.no_grad()
+    def encode_vision_prefix(self, images: Tensor) -> Tensor:
+        """Frozen vision tokens before the first adapted block, outside autograd.
+
+        Args:
+            images: [B, 3, H, W] CLIP-normalised RGB, H == W.
+
+        Returns:
+            tokens [B, 1 + N, Dv] (CLS first), the input of block :attr:`prefix_depth`; feed them
+            to :meth:`encode_vision_from_prefix`. They do not depend on the audio or on the
+            adapters, so a training loop may cache them per image.
+        """
+        x = self.imagebind.vision.embed(images)
+        for blk in cast(list[ImageBindBlock], list(self.imagebind.vision.blocks))[
+            : self.prefix_depth
+        ]:
+            x = blk(x)
+        return x
+
     def encode_vision(self, images: Tensor, audio: AudioFeatures | None) -> VisionFeatures:
         """Run the vision encoder with the adapters fed by ``audio``.
 
@@ -212,6 +240,26 @@ class MocaModel(nn.Module):
         Returns:
             :class:`VisionFeatures` (f^a, joint-space patch embeddings, CLS embedding).
         """
+        return self._vision_blocks(self.imagebind.vision.embed(images), 0, audio)
+
+    def encode_vision_from_prefix(
+        self, prefix_tokens: Tensor, audio: AudioFeatures | None
+    ) -> VisionFeatures:
+        """:meth:`encode_vision` starting from :meth:`encode_vision_prefix` tokens [B, 1+N, Dv].
+
+        Gives the same result as :meth:`encode_vision` on the images the tokens came from.
+        """
+        if prefix_tokens.dim() != 3:
+            raise ValueError(f"expected prefix tokens [B, 1 + N, D], got {prefix_tokens.shape}")
+        return self._vision_blocks(prefix_tokens, self.prefix_depth, audio)
+
+    def _adapted_block(
+        self, block: ImageBindBlock, adapter: nn.Module, x: Tensor, x_a: Tensor, y_a: Tensor
+    ) -> Tensor:
+        y = block.attention_residual(x) + adapter(x_a, x)
+        return block.mlp_residual(y) + adapter(y_a, y)
+
+    def _vision_blocks(self, x: Tensor, start: int, audio: AudioFeatures | None) -> VisionFeatures:
         if audio is not None:
             n = len(self.adapters)
             if len(audio.layer_inputs) != n or len(audio.layer_post_attention) != n:
@@ -219,24 +267,28 @@ class MocaModel(nn.Module):
                     f"expected audio features for {n} adapted layers, got "
                     f"{len(audio.layer_inputs)} and {len(audio.layer_post_attention)}"
                 )
-            if audio.embedding.shape[0] != images.shape[0]:
+            if audio.embedding.shape[0] != x.shape[0]:
                 raise ValueError(
-                    f"expected as many audio windows as images ({images.shape[0]}), got "
+                    f"expected as many audio windows as images ({x.shape[0]}), got "
                     f"{audio.embedding.shape[0]}"
                 )
         vision = self.imagebind.vision
-        x = vision.embed(images)
-        for j, blk in enumerate(cast(list[ImageBindBlock], list(vision.blocks))):
+        checkpointing = self.activation_checkpointing and torch.is_grad_enabled()
+        blocks = cast(list[ImageBindBlock], list(vision.blocks))
+        for j in range(start, len(blocks)):
             i = self._adapter_of_vision_block.get(j)
             if audio is None or i is None:
-                x = blk(x)
+                x = blocks[j](x)
                 continue
-            adapter = self.adapters[i]
-            y = blk.attention_residual(x) + adapter(audio.layer_inputs[i], x)
-            x = blk.mlp_residual(y) + adapter(audio.layer_post_attention[i], y)
+            args = (blocks[j], self.adapters[i], x, audio.layer_inputs[i])
+            if checkpointing:
+                x = checkpoint(
+                    self._adapted_block, *args, audio.layer_post_attention[i], use_reentrant=False
+                )
+            else:
+                x = self._adapted_block(*args, audio.layer_post_attention[i])
         normed = vision.head_norm(x)
-        batch = normed.shape[0]
-        grid = images.shape[-1] // vision.config.patch_size
+        batch, grid = normed.shape[0], math.isqrt(normed.shape[1] - 1)
         patches = normed[:, 1:]
         return VisionFeatures(
             patch_features=patches.reshape(batch, grid, grid, patches.shape[-1]),
