@@ -26,6 +26,7 @@ from moca_rt.media import (
     load_audio_16k,
     open_source,
 )
+from moca_rt.media.audio import _AudioAssembler
 
 SR = media.SAMPLE_RATE
 N_WIN = 32000
@@ -242,7 +243,7 @@ def test_image_wav_pair_and_nonfinite_audio(mdir: Path) -> None:
 
 def test_assembler_places_audio_by_pts_not_sample_count() -> None:
     stats = media.SourceStats()
-    asm = media._AudioAssembler("sinc", stats)
+    asm = _AudioAssembler("sinc", stats)
     ones = np.ones((1, 1600), np.float32)
     asm.push(ones, SR, 0.5)  # [0.5, 0.6)
     asm.push(2 * ones, SR, 0.7)  # gap of 0.1 s, then [0.7, 0.8)
@@ -293,3 +294,20 @@ def test_decode_throughput_224(mdir: Path) -> None:
     fps = n / (time.perf_counter() - t0)
     print(f"decode throughput 224x224 H.264+AAC 48 kHz: {fps:.0f} frames/s")
     assert n == 100 and fps > 25, "slower than real time at 25 fps"
+
+
+def test_channel_mix_mean_or_first(mdir: Path) -> None:
+    from PIL import Image
+
+    img = mdir / "mix.png"
+    Image.fromarray(mf.make_frame(0, 16, 16)).save(img)
+    left = mf.sine(440.0, SR, 2.0)[0]
+    wav = mf.write_wav(mdir / "mix.wav", np.stack([left, np.zeros_like(left)]), SR)
+    pcm = np.round(left * 32767) / 32768
+    with open_source(img, audio=wav) as mean_src, open_source(img, audio=wav, mix="first") as first:
+        a, b = next(iter(mean_src)).audio, next(iter(first)).audio
+    assert a is not None and b is not None
+    np.testing.assert_allclose(a, pcm / 2, atol=1e-7)
+    np.testing.assert_allclose(b, pcm, atol=1e-7)
+    with pytest.raises(ValueError, match="mix"):
+        open_source(img, audio=wav, mix="left")

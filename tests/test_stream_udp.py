@@ -68,3 +68,35 @@ def test_udp_mpegts_live_stream() -> None:
     spec = np.abs(np.fft.rfft(seg * np.hanning(len(seg))))
     assert abs(np.argmax(spec) * SAMPLE_RATE / len(seg) - 440.0) < 2.0
     assert 0.25 < np.sqrt(np.mean(seg**2)) < 0.45
+
+
+def test_http_source_on_loopback(tmp_path: Path) -> None:
+    """A URL source over HTTP (python's http.server on 127.0.0.1) decodes like the file."""
+    import functools
+    import http.server
+    import threading
+
+    mf.write_video(tmp_path / "clip.mp4", num_frames=10, audio_rate=44100)
+
+    class QuietHandler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    handler = functools.partial(QuietHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/clip.mp4"
+        with open_source(url, timeout=5.0, realtime=False) as src:
+            frames = list(src)
+        with open_source(tmp_path / "clip.mp4") as local:
+            expected = list(local)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert src.error is None and len(frames) == 10
+    for f, g in zip(frames, expected, strict=True):
+        assert f.index == g.index and f.pts == g.pts
+        assert f.image is not None and g.image is not None and np.array_equal(f.image, g.image)
+        assert f.audio is not None and g.audio is not None and np.array_equal(f.audio, g.audio)

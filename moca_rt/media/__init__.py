@@ -1,0 +1,85 @@
+"""Media sources: video files, network streams, AVSBench folders and image + audio pairs.
+
+Every source yields :class:`MediaFrame` records: one RGB image and the 2 s of 16 kHz mono audio
+centred on its presentation time (DESIGN section 5). Containers and streams are decoded on a
+background thread; audio is kept in a ring buffer keyed by presentation time, never by sample
+count, because AAC priming/padding and dropped packets shift sample counts against the clock.
+
+Time frame: ``MediaFrame.pts`` and every audio timestamp are seconds on the container's own
+clock (the same clock for video and audio; files start near 0, an MPEG-TS stream may start
+anywhere). Audio sample ``i`` of a window for a frame at time ``t`` sits at
+``t - window_s / 2 + i / 16000``.
+
+Decisions (documented in docs/design.md):
+
+* Rate conversion to 16 kHz uses ``moca_rt.preprocess.resample`` (torchaudio-compatible sinc)
+  on aligned blocks with filter-width context on both sides, so the streamed result equals a
+  whole-signal resample (the way the official ImageBind loader resamples a file). The
+  ``resampler="swr"`` option uses libswresample through ``av.AudioResampler`` instead.
+* Channels are mixed by the mean, before rate conversion (both are linear, so the order does
+  not change the result).
+* With ``fps`` set, frames that are not selected are skipped and produce no record; selected
+  frames keep their input index, so indices have gaps. Without ``fps`` every decoded frame is
+  yielded. In real-time mode (network sources by default) frames the consumer could not take
+  in time are still yielded, as records with ``dropped=True`` and no image or audio.
+* A decode error never hides frames: every decodable frame is yielded first, then the error
+  is stored in ``source.error`` and (unless ``raise_on_error=False``) raised as
+  :class:`MediaDecodeError` when the iteration ends, so a CLI can write all outputs and exit
+  non-zero.
+"""
+
+from moca_rt.media.audio import AudioRing, audio_frame_to_float, load_audio_16k
+from moca_rt.media.sources import (
+    ContainerSource,
+    ImageSequenceSource,
+    MediaSource,
+    find_avsbench_audio,
+    open_avsbench,
+    open_image_audio,
+    open_source,
+)
+from moca_rt.media.types import (
+    IMAGE_SUFFIXES,
+    NETWORK_SCHEMES,
+    SAMPLE_RATE,
+    WINDOW_SECONDS,
+    AudioChunk,
+    AudioResamplerName,
+    ChannelMix,
+    MediaDecodeError,
+    MediaError,
+    MediaFrame,
+    MediaNotFoundError,
+    MediaOpenError,
+    NoAudioStreamError,
+    NoVideoStreamError,
+    SourceStats,
+)
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "NETWORK_SCHEMES",
+    "SAMPLE_RATE",
+    "WINDOW_SECONDS",
+    "AudioChunk",
+    "AudioResamplerName",
+    "AudioRing",
+    "ChannelMix",
+    "ContainerSource",
+    "ImageSequenceSource",
+    "MediaDecodeError",
+    "MediaError",
+    "MediaFrame",
+    "MediaNotFoundError",
+    "MediaOpenError",
+    "MediaSource",
+    "NoAudioStreamError",
+    "NoVideoStreamError",
+    "SourceStats",
+    "audio_frame_to_float",
+    "find_avsbench_audio",
+    "load_audio_16k",
+    "open_avsbench",
+    "open_image_audio",
+    "open_source",
+]
