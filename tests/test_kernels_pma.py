@@ -176,7 +176,8 @@ def test_torch_fast_matches_reference(
         ((1, 3, 16, 96), 3, "row"),
         ((3, 2, 1, 5), None, "full"),
         ((1, 2, 70, 5), 20, "row"),  # several j and k tiles, band crossing tiles
-        ((1, 9, 10, 6), None, "full"),  # L = 90: two j tiles x two k tiles
+        ((1, 9, 10, 6), None, "full"),  # L = 90: several j tiles x two k tiles
+        ((1, 2, 5, 300), None, "row"),  # C = 300: three channel chunks, the last one partial
     ],
 )
 def test_triton_interpreter_matches_reference(
