@@ -35,7 +35,9 @@ def world() -> SynthWorld:
 )
 def test_round_trip_is_lossless(tmp_path: Path, world: SynthWorld, subset: str, split: str) -> None:
     scenes = [world.sample(split, i, "test") for i in range(2)] + [world.sample(split, 0, "train")]
-    with AvsbenchWriter(tmp_path, subset, class_names=world.class_names) as writer:
+    with AvsbenchWriter(
+        tmp_path, subset, class_names=world.class_names, frame_format="png"
+    ) as writer:
         for i, scene in enumerate(scenes):
             add_scene(writer, scene, f"vid{i}")
     test = AvsbenchDataset(tmp_path, subset, split="test")
@@ -54,6 +56,19 @@ def test_round_trip_is_lossless(tmp_path: Path, world: SynthWorld, subset: str, 
             assert clip.labels is None
     if subset == "avss":
         assert test.classes == ("background", *world.class_names)
+
+
+def test_avss_frames_default_to_near_lossless_jpeg(tmp_path: Path, world: SynthWorld) -> None:
+    scene = world.sample("avss", 1, "val")
+    with AvsbenchWriter(tmp_path, "avss", class_names=world.class_names) as writer:
+        add_scene(writer, scene, "u")
+    assert (tmp_path / "v1m" / "u" / "frames" / "0.jpg").is_file()
+    assert not list(tmp_path.rglob("frames/*.png"))  # every PNG in a video folder is a label map
+    clip = AvsbenchDataset(tmp_path, "avss")[0]
+    err = np.abs(clip.frames.astype(np.int16) - scene.frames)
+    assert err.mean() < 2.0 and np.percentile(err, 99) <= 8
+    assert clip.labels is not None
+    np.testing.assert_array_equal(clip.labels, scene.labels)
 
 
 def test_files_sit_at_the_official_paths(tmp_path: Path, world: SynthWorld) -> None:
@@ -84,7 +99,7 @@ def test_files_sit_at_the_official_paths(tmp_path: Path, world: SynthWorld) -> N
     with AvsbenchWriter(tmp_path / "avss", "avss", class_names=world.class_names) as writer:
         add_scene(writer, world.sample("avss", 0, "train"), "u1")
     avss = tmp_path / "avss" / "v1m" / "u1"
-    assert (avss / "frames" / "0.png").is_file() and (avss / "audio.wav").is_file()
+    assert (avss / "frames" / "0.jpg").is_file() and (avss / "audio.wav").is_file()
     assert (avss / "labels_rgb" / "4.png").is_file() and not (
         avss / "labels_rgb" / "5.png"
     ).exists()

@@ -27,7 +27,16 @@ def _tree_digest(root: Path) -> dict[str, str]:
 
 @pytest.mark.parametrize("split", ["s4", "ms3", "avss", "silent"])
 def test_generate_writes_a_readable_avsbench_folder(tmp_path: Path, split: str) -> None:
-    root = run_generate(tmp_path / split, split, 2, seed=5, size=48, frames=2, progress=False)
+    root = run_generate(
+        tmp_path / split,
+        split,
+        2,
+        seed=5,
+        size=48,
+        frames=2,
+        progress=False,
+        avss_frame_format="png",
+    )
     subset = {"silent": "s4"}.get(split, split)
     ds = AvsbenchDataset(root, subset, split="test")
     assert len(ds) == 2

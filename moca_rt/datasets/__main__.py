@@ -5,7 +5,8 @@ Layouts (one split per output folder):
 * ``s4`` and ``silent``: AVSBench S4 (``s4_meta_data.csv`` + ``s4_data/...``); silent clips
   use the category ``silent`` and all-zero masks.
 * ``ms3``: AVSBench MS3 (``ms3_meta_data.csv`` + ``ms3_data/...``).
-* ``avss``: AVSBench-semantic (``metadata.csv``, ``label2idx.json``, ``<label>/<uid>/...``).
+* ``avss``: AVSBench-semantic (``metadata.csv``, ``label2idx.json``, ``<label>/<uid>/...``);
+  frames are JPEG like the release unless ``--avss-frame-format png``.
 * ``video``: ``videos/<id>.mp4`` (H.264 + AAC), ``audio_wav/<id>.wav`` (the lossless
   soundtrack), ``gt_masks/<id>/<id>_<k>.png`` (0/255, k = 1..F, frame k at ``(k-1)/fps`` s)
   and ``videos.json`` (fps, class names, per-frame sounding flags of every object).
@@ -48,6 +49,7 @@ def run_generate(
     video_seconds: float = 4.0,
     start_index: int = 0,
     progress: bool = True,
+    avss_frame_format: str = "jpg",
 ) -> Path:
     """Write scenes ``start_index .. start_index + num - 1`` of ``split`` under ``out``.
 
@@ -108,7 +110,9 @@ def run_generate(
         (root / "videos.json").write_text(json.dumps(meta) + "\n")
     else:
         subset = {"s4": "s4", "silent": "s4", "ms3": "ms3", "avss": "avss"}[split]
-        with AvsbenchWriter(root, subset, class_names=world.class_names) as writer:
+        with AvsbenchWriter(
+            root, subset, class_names=world.class_names, frame_format=avss_frame_format
+        ) as writer:
             for index in bar:
                 scene = world.sample(split, index, partition)
                 add_scene(writer, scene, f"synth_{split}_{partition}_{index:06d}")
@@ -193,6 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="Index of the first scene to write, so that large sets can be written in parallel chunks. Default: 0.",
     )
+    gen.add_argument(
+        "--avss-frame-format",
+        choices=["jpg", "png"],
+        default="jpg",
+        help="File format of the avss split's frames: jpg as in the AVSBench-semantic release, or png to keep them lossless. Default: jpg.",
+    )
     gen.add_argument("--no-progress", action="store_true", help="Do not show the progress bar.")
     return parser
 
@@ -212,6 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             video_seconds=args.video_seconds,
             start_index=args.start_index,
             progress=not args.no_progress,
+            avss_frame_format=args.avss_frame_format,
         )
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -31,9 +31,13 @@ AVSS / AVSBench-semantic (``subset="avss"``; ``root`` is the released folder)::
     root/metadata.csv                     needs columns 'uid', 'label' (v1s, v1m or v2: the
                                           sub-folder) and 'split'; we write ``vid,uid,label,split``
     root/label2idx.json                   {class name: index}; index 0 = "background"
-    root/<label>/<uid>/frames/<i>.jpg     i = 0..F-1 (real data: JPEG). We write ``<i>.png``
-                                          by default so frames round-trip losslessly; the
-                                          reader takes ``.png`` or ``.jpg``
+    root/<label>/<uid>/frames/<i>.jpg     i = 0..F-1, JPEG as released. We write JPEG too by
+                                          default (quality 100, no chroma subsampling: a few
+                                          grey levels of error), because tools that take every
+                                          PNG under a video folder as ground truth (AVSBench
+                                          style, ``moca_rt.evaluate``) must not meet frames;
+                                          ``frame_format="png"`` writes lossless ``<i>.png``
+                                          instead. The reader takes either.
     root/<label>/<uid>/audio.wav
     root/<label>/<uid>/labels_rgb/<i>.png RGB colour masks; the colour of class j is entry j of
                                           AVSBench's palette (:func:`avss_palette`, the
@@ -175,7 +179,8 @@ class AvsbenchWriter:
         subset: ``"s4"``, ``"ms3"`` or ``"avss"``.
         class_names: AVSS only: names of classes 1.. (index 0 is "background"); written to
             ``label2idx.json``. Must have at most 70 entries.
-        frame_format: AVSS frame files, ``"png"`` (lossless, default) or ``"jpg"`` (as released).
+        frame_format: AVSS frame files: ``"jpg"`` (as released; default) or ``"png"``
+            (lossless, but then the video folders hold PNGs that are not ground truth).
     """
 
     def __init__(
@@ -183,7 +188,7 @@ class AvsbenchWriter:
         root: str | Path,
         subset: str,
         class_names: Sequence[str] | None = None,
-        frame_format: str = "png",
+        frame_format: str = "jpg",
     ) -> None:
         if subset not in SUBSETS:
             raise ValueError(f"expected subset in {list(SUBSETS)}, got {subset!r}")
@@ -256,7 +261,7 @@ class AvsbenchWriter:
                 from PIL import Image
 
                 path.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(frames[f]).save(path, quality=95)
+                Image.fromarray(frames[f]).save(path, quality=100, subsampling=0)
             else:
                 write_png(path, frames[f])
         write_wav(audio_path, audio, sample_rate)
