@@ -407,16 +407,17 @@ class AvsbenchDataset(Sequence[AvsClip]):
             yield self._load(row)
 
     def _load(self, row: _Row) -> AvsClip:
-        limit = 64
-        frame_paths, audio_path, mask_paths = _paths(
-            self.root, self.subset, row.video_id, row.split, row.category, limit
-        )
-        if self.subset == "avss":
-            jpg_paths = [p.with_suffix(".jpg") for p in frame_paths]
-            frame_paths = [
-                p if p.is_file() else q for p, q in zip(frame_paths, jpg_paths, strict=True)
-            ]
-        frame_paths = _leading_existing(frame_paths)
+        limit = 16
+        while True:  # grow the candidate list until a frame is missing (AVSBench: 5 or 10)
+            frame_paths, audio_path, mask_paths = _paths(
+                self.root, self.subset, row.video_id, row.split, row.category, limit
+            )
+            if self.subset == "avss":
+                frame_paths = [p if p.is_file() else p.with_suffix(".jpg") for p in frame_paths]
+            frame_paths = _leading_existing(frame_paths)
+            if len(frame_paths) < limit:
+                break
+            limit *= 4
         if not frame_paths:
             raise FileNotFoundError(
                 f"no frames for video {row.video_id!r} under {self.root} (expected e.g. {_paths(self.root, self.subset, row.video_id, row.split, row.category, 1)[0][0]})"
