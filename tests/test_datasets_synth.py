@@ -188,6 +188,8 @@ def test_bad_arguments_name_what_was_expected() -> None:
         SynthWorld(-1)
     with pytest.raises(ValueError, match="num_classes"):
         SynthWorld(0, num_classes=40)
+    with pytest.raises(ValueError, match="unknown \\['snr'\\]"):
+        SynthWorld(0, snr=3.0)
     with pytest.raises(ValueError, match="background"):
         render_objects(np.zeros((4, 5, 3), np.float32), [])
 

@@ -27,7 +27,7 @@ Coordinate frames: images are H x W x 3 uint8 RGB, row-major, pixel (x, y) has i
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Literal
 
 import numpy as np
@@ -649,12 +649,21 @@ class SynthWorld:
         if frames_per_clip < 1:
             raise ValueError(f"expected frames_per_clip >= 1, got {frames_per_clip}")
         self.seed = int(seed)
+        known = {f.name for f in fields(SynthConfig)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"expected SynthConfig fields {sorted(known)}, got unknown {unknown}")
         self.config = SynthConfig(
             image_size=image_size,
             num_classes=num_classes,
             frames_per_clip=frames_per_clip,
             **overrides,  # type: ignore[arg-type]
         )
+        lo, hi = self.config.radius_frac
+        if not 0 < lo <= hi < 0.5:
+            raise ValueError(
+                f"expected 0 < radius_frac[0] <= radius_frac[1] < 0.5, got {self.config.radius_frac}"
+            )
 
     @property
     def class_names(self) -> tuple[str, ...]:
