@@ -292,24 +292,35 @@ def precision_recall(
             f"expected H x W probabilities and target of one shape, got {tuple(probs.shape)} "
             f"and {tuple(target.shape)}"
         )
-    g = _binary_float(target, "target").flatten()
-    p = probs.flatten()
-    if not p.is_floating_point():
-        raise ValueError(f"expected floating-point probabilities, got dtype {p.dtype}")
+    prec, recall = _batched_pr(probs[None], _binary_float(target, "target")[None], num)
+    return prec[0], recall[0]
+
+
+def _batched_pr(
+    probs: torch.Tensor, g: torch.Tensor, num: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``precision_recall`` for N frames at once: N x H x W inputs -> two N x num tensors."""
+    if not probs.is_floating_point():
+        raise ValueError(f"expected floating-point probabilities, got dtype {probs.dtype}")
+    n = probs.shape[0]
+    p = probs.reshape(n, -1)
     # rounding the sorted thresholds to p's dtype keeps them sorted (maybe with ties), and
     # "p >= t" is then the same comparison AVSBench makes after type promotion.
     th = thresholds(num, p.device).to(p.dtype)
     # k = number of thresholds t with p >= t; the pixel is predicted at thresholds 0 .. k-1.
     k = torch.searchsorted(th, p.contiguous(), right=True)
     k = torch.where(torch.isnan(p), torch.zeros_like(k), k)
-    hist_all = torch.bincount(k, minlength=num + 1)
-    hist_pos = torch.bincount(k, weights=g.to(torch.float64), minlength=num + 1)
+    k = k + torch.arange(n, device=k.device)[:, None] * (num + 1)
+    w = g.reshape(n, -1).to(torch.float64)
+    hist_all = torch.bincount(k.flatten(), minlength=n * (num + 1)).reshape(n, num + 1)
+    hist_pos = torch.bincount(k.flatten(), weights=w.flatten(), minlength=n * (num + 1))
+    hist_pos = hist_pos.reshape(n, num + 1)
     # count at threshold i = number of pixels with k > i (reverse cumulative sum).
-    n_pred = hist_all.flip(0).cumsum(0).flip(0)[1:].to(torch.float32)
-    # AVSBench: tp = (float32 prediction * y).sum() is in promote(float32, y.dtype); the
-    # quotients are stored into float32 tensors.
-    tp = hist_pos.flip(0).cumsum(0).flip(0)[1:].to(torch.promote_types(torch.float32, g.dtype))
-    n_gt = g.sum()
+    n_pred = hist_all.flip(1).cumsum(1).flip(1)[:, 1:].to(torch.float32)
+    # AVSBench: tp = (float32 prediction * y).sum() is in promote(float32, y.dtype), |G| is
+    # y.sum() in y's dtype; the quotients are stored into float32 tensors.
+    tp = hist_pos.flip(1).cumsum(1).flip(1)[:, 1:].to(torch.promote_types(torch.float32, g.dtype))
+    n_gt = torch.stack([g[i].sum() for i in range(n)])[:, None]
     prec = (tp / (n_pred + PR_EPS)).to(torch.float32)
     recall = (tp / (n_gt + PR_EPS)).to(torch.float32)
     return prec, recall
@@ -338,18 +349,18 @@ def f_measure_curve(
     _check_batch(pred, target)
     probs = to_probabilities(pred, pred_kind)
     g = _binary_float(target, "target")
-    total: torch.Tensor | None = None
-    counted = 0
     curve = torch.zeros(num, dtype=torch.float32, device=pred.device)
-    for i in range(pred.shape[0]):
-        if g[i].sum() == 0:
-            continue
-        prec, recall = precision_recall(probs[i], g[i], num)
-        f = (1 + beta2) * prec * recall / (beta2 * prec + recall)
-        f[torch.isnan(f)] = 0
-        total = f if total is None else total + f
-        counted += 1
-        curve = total / counted
+    keep = [i for i in range(pred.shape[0]) if bool(g[i].sum() != 0)]
+    if not keep:
+        return curve, 0
+    prec, recall = _batched_pr(probs[keep], g[keep], num)
+    f = (1 + beta2) * prec * recall / (beta2 * prec + recall)
+    f[torch.isnan(f)] = 0
+    total = f[0].clone()
+    for row in f[1:]:  # summed frame by frame in order, as AVSBench's avg_f
+        total = total + row
+    counted = len(keep)
+    curve = total / counted
     return curve, counted
 
 
