@@ -414,3 +414,39 @@ def test_semantic_logits_are_argmaxed_over_classes() -> None:
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     with pytest.raises(ValueError, match="class indices in \\[0, 2\\]"):
         semantic_batch_stats(torch.tensor([[[0, 3], [0, 0]]]), gt, 3)
+
+
+def _literal_batch_miou_fscore(probs: torch.Tensor, target: torch.Tensor, nclass: int) -> tuple:
+    """AVSBench _batch_miou_fscore restated with its histc binning of labels shifted by 1."""
+    predict = torch.argmax(probs, 1) + 1
+    tgt = target.float() + 1
+    predict = predict.float() * (tgt > 0).float()
+    intersection = predict * (predict == tgt).float()
+    count = torch.zeros(nclass)
+    ious = torch.zeros(nclass)
+    fs = torch.zeros(nclass)
+    for i in range(tgt.shape[0]):
+        ai = torch.histc(intersection[i], bins=nclass, min=1, max=nclass)
+        ap = torch.histc(predict[i], bins=nclass, min=1, max=nclass)
+        al = torch.histc(tgt[i], bins=nclass, min=1, max=nclass)
+        au = ap + al - ai
+        ious += 1.0 * ai / (2.220446049250313e-16 + au)
+        count[torch.nonzero(au).squeeze(-1)] += 1
+        pr, rc = ai / ap, ai / al
+        f = (1 + 0.3) * pr * rc / (0.3 * pr + rc)
+        f[torch.isnan(f)] = 0.0
+        fs += f
+    return ious, fs, count
+
+
+def test_semantic_matches_literal_restatement_on_random_logits() -> None:
+    gen = torch.Generator().manual_seed(4)
+    for trial in range(8):
+        nclass = [71, 3, 5, 2][trial % 4]
+        n, h, w = 1 + trial % 4, 5 + trial, 7 + trial % 3
+        logits = torch.randn(n, nclass, h, w, generator=gen) * 3
+        logits[:, :, 0, 0] = 1.0  # a tie: the first class wins in both
+        target = torch.randint(0, min(nclass, 4), (n, h, w), generator=gen)
+        ours = semantic_batch_stats(logits, target, nclass, "logits")
+        ref = _literal_batch_miou_fscore(torch.softmax(logits, 1), target, nclass)
+        assert all(torch.equal(a, b) for a, b in zip(ours, ref, strict=True))
