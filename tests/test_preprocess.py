@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import FIXTURES, requires_cuda
+from numeric import compare
 from PIL import Image
 from safetensors.torch import load_file
 
 from moca_rt import preprocess as P
-from tests.conftest import FIXTURES, requires_cuda
-from tests.numeric import compare
 
 PRE = FIXTURES / "preprocessing"
 CASES = json.loads((PRE / "cases.json").read_text())
@@ -314,6 +314,17 @@ def test_audio_windows_centred_and_zero_padded() -> None:
     stereo = torch.stack([wav, -wav])
     assert P.audio_windows(stereo, [1.0]).shape == (1, 2, 32000)
     assert P.imagebind_audio_batch(win).shape == (3, 3, 1, 128, 204)
+    with pytest.raises(ValueError, match="at least one finite time"):
+        P.audio_windows(wav, [])
+    with pytest.raises(ValueError, match="at least one finite time"):
+        P.audio_windows(wav, [float("nan")])
+
+
+def test_half_precision_input_is_computed_in_float32() -> None:
+    x = torch.randn(2, 4000, generator=torch.Generator().manual_seed(11)) * 0.2
+    half = P.fbank(x.to(torch.bfloat16))
+    assert half.dtype == torch.float32
+    assert torch.allclose(half, P.fbank(x.to(torch.bfloat16).float()))
 
 
 def test_fbank_speed_three_2s_clips() -> None:
