@@ -18,7 +18,9 @@ Masks (S4 / MS3). Ground truth and ``--pred-format binary`` predictions must be 
 values {0, 255} (255 = sounding object) or {0, 1} (1 = object); any other value is an error.
 Images of mode ``P``, ``RGB`` or ``LA``/``RGBA`` are read through ``convert("L")`` (palette or
 luma; alpha ignored), so a black/white palette PNG such as AVSBench's ``save_mask`` writes is
-fine. For 0/255 ground truth this equals AVSBench's ``convert("1")`` loading. With
+fine. For 0/255 ground truth this equals AVSBench's ``convert("1")`` loading; ``--lenient-gt``
+binarises other ground truth exactly as that loader does (threshold 128 with Floyd-Steinberg
+dithering) and counts such files in ``gt_non_binary_files``. With
 ``--pred-format prob`` a prediction is an 8-bit probability map, p = value / 255: foreground
 for IoU where p > 0.5 (value >= 128), and the F sweep runs over p. Binary predictions are
 scored as the probabilities 0/1 (see ``moca_rt.metrics``): at threshold 0 of the F sweep every
@@ -124,21 +126,34 @@ def _value_list(arr: np.ndarray) -> str:
     return f"[{shown}{', ...' if len(vals) > 8 else ''}]"
 
 
-def read_binary_mask(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
+def read_binary_mask(
+    path: Path, size: tuple[int, int] | None = None, *, avsbench_fallback: bool = False
+) -> np.ndarray:
     """Read a binary mask PNG ({0, 255} or {0, 1}) as a bool array [H, W].
+
+    Args:
+        path: the PNG.
+        size: ``(W, H)`` to resize to with nearest-neighbour first.
+        avsbench_fallback: binarise a non-binary image as AVSBench's S4/MS3 loader does
+            (``PIL convert("1")``: threshold at 128 with Floyd-Steinberg dithering) instead of
+            raising.
 
     Raises:
         EvaluationError: unreadable file, unsupported mode or values outside those sets.
     """
-    arr = _grey_array(_open(path, size), path)
+    img = _open(path, size)
+    arr = _grey_array(img, path)
     vals = set(np.unique(arr).tolist())
     if vals <= {0, 255}:
         return arr == 255
     if vals <= {0, 1}:
         return arr == 1
+    if avsbench_fallback and img.mode in _GREY_MODES:
+        return np.asarray(img.convert("1"), dtype=bool)
     raise EvaluationError(
         f"non-binary mask {path}: expected pixel values {{0, 255}} or {{0, 1}}, got "
-        f"{_value_list(arr)} (pass --pred-format prob for 8-bit probability maps)"
+        f"{_value_list(arr)} (predictions: --pred-format prob reads 8-bit probability maps; "
+        "ground truth: --lenient-gt binarises it as AVSBench's loader does)"
     )
 
 
@@ -272,6 +287,7 @@ def run_evaluate(
     batch_videos: int | None = None,
     size: tuple[int, int] | None = None,
     num_classes: int = AVSS_NUM_CLASSES,
+    lenient_gt: bool = False,
     json_out: str | Path | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
@@ -287,6 +303,9 @@ def run_evaluate(
         size: ``(W, H)`` to resize every mask to (nearest) before scoring; ``None`` requires
             prediction and ground truth to have the same size.
         num_classes: AVSS classes including background (71).
+        lenient_gt: S4/MS3: binarise non-binary ground truth exactly as AVSBench's loader
+            (``convert("1")``, dithered) instead of raising; such files are counted in
+            ``gt_non_binary_files``.
         json_out: where to write the result as JSON (folders are created).
         progress: show a progress bar on stderr.
 
@@ -339,7 +358,9 @@ def run_evaluate(
         if split == "avss":
             result.update(_run_semantic(pred_root, gt_root, batches, size, num_classes, bar))
         else:
-            result.update(_run_object(pred_root, gt_root, batches, size, pred_format, bar))
+            result.update(
+                _run_object(pred_root, gt_root, batches, size, pred_format, lenient_gt, bar)
+            )
     finally:
         if bar is not None:
             bar.close()
@@ -359,9 +380,11 @@ def _run_object(
     batches: list[list[tuple[str, list[Path]]]],
     size: tuple[int, int] | None,
     pred_format: PredFormat,
+    lenient_gt: bool,
     bar: Any,
 ) -> dict[str, Any]:
     meter = ObjectMetricMeter()
+    non_binary_gt = 0
     kind: Literal["binary", "probs"] = "binary" if pred_format == "binary" else "probs"
     per_video: list[dict[str, Any]] = []
     for batch in batches:
@@ -372,7 +395,13 @@ def _run_object(
         for video, frames in batch:
             start = len(gts)
             for rel in frames:
-                g = read_binary_mask(gt_root / rel, size)
+                try:
+                    g = read_binary_mask(gt_root / rel, size)
+                except EvaluationError:
+                    if not lenient_gt:
+                        raise
+                    g = read_binary_mask(gt_root / rel, size, avsbench_fallback=True)
+                    non_binary_gt += 1
                 if pred_format == "binary":
                     p: np.ndarray = read_binary_mask(pred_root / rel, size)
                 else:
@@ -407,6 +436,7 @@ def _run_object(
         "miou": scores.miou,
         "fscore": scores.fscore,
         "num_empty_gt_frames": scores.num_empty_gt_frames,
+        "gt_non_binary_files": non_binary_gt,
         "per_video": per_video,
     }
 
@@ -533,6 +563,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=AVSS_NUM_CLASSES,
         help="AVSS classes including background (AVSBench-semantic: 71).",
     )
+    ap.add_argument(
+        "--lenient-gt",
+        action="store_true",
+        help=(
+            "S4/MS3: binarise non-binary ground truth as AVSBench's loader does (PIL "
+            "convert('1'), dithered) instead of stopping with an error."
+        ),
+    )
     ap.add_argument("--per-video", action="store_true", help="Also print one row per video.")
     ap.add_argument("--no-progress", action="store_true", help="Do not show a progress bar.")
     return ap
@@ -544,6 +582,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.batch_videos is not None and args.batch_videos < 1:
         parser.error(f"--batch-videos: expected an integer >= 1, got {args.batch_videos}")
+    if args.split == "avss" and args.pred_format != "binary":
+        parser.error(f"--pred-format: avss takes label PNGs, got {args.pred_format!r}")
     if not 1 <= args.num_classes <= 256:
         parser.error(f"--num-classes: expected 1 to 256, got {args.num_classes}")
     try:
@@ -559,6 +599,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             batch_videos=args.batch_videos,
             size=size,
             num_classes=args.num_classes,
+            lenient_gt=args.lenient_gt,
             json_out=args.json,
             progress=not args.no_progress and sys.stderr.isatty(),
         )

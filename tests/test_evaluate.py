@@ -213,6 +213,21 @@ def test_non_binary_gt_and_prediction(s4_gt: Path, tmp_path: Path) -> None:
         run_evaluate(pred, s4_gt, "s4")
 
 
+def test_lenient_gt_binarises_like_avsbench(tmp_path: Path) -> None:
+    gt, pred = tmp_path / "g", tmp_path / "p"
+    g = np.zeros((4, 4), np.uint8)
+    g[:2] = 254  # not binary; convert("1") maps 254 to white (error -1 per pixel never
+    # brings a neighbour below 128), so the object is the top half
+    save(gt / "v" / "v_1.png", g)
+    p = np.zeros((4, 4), np.uint8)
+    p[:2] = 255
+    save(pred / "v" / "v_1.png", p)
+    with pytest.raises(EvaluationError, match="--lenient-gt"):
+        run_evaluate(pred, gt, "s4")
+    res = run_evaluate(pred, gt, "s4", lenient_gt=True)
+    assert res["miou"] == 1.0 and res["gt_non_binary_files"] == 1
+
+
 def test_unreadable_and_empty_and_missing_dirs(s4_gt: Path, tmp_path: Path) -> None:
     pred = write_preds(tmp_path / "pred", lambda rel, a: a)
     (pred / "dog/vidA/vidA_1.png").write_bytes(b"not a png")
