@@ -578,7 +578,9 @@ class SemanticScores:
 
     ``miou`` / ``fscore`` are AVSBench ``avss/test.py``'s final numbers (mean over all classes,
     never-seen classes as 0); ``*_present`` average over the classes seen at least once (the
-    per-batch numbers it prints); ``*_no_bg`` over the seen classes except class 0.
+    per-batch numbers it prints); ``*_no_bg`` over the seen classes except class 0 (the
+    script's own ``miou_noBg`` is ``mean(miou_pc[:-1])``, which drops class 70 rather than
+    the background, class 0; we do not reproduce that number).
     ``per_class_iou`` / ``per_class_fscore`` are ``sum / count`` with NaN set to 0.
     """
 
