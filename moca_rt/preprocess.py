@@ -81,6 +81,7 @@ __all__ = [
     "preprocess_images",
     "preprocess_images_torch",
     "resample",
+    "resample_kernel",
     "resize_center_crop",
     "to_mono",
 ]
@@ -116,7 +117,10 @@ def _check_float_audio(x: torch.Tensor, name: str, dims: tuple[int, ...] | None)
 def _sinc_kernel(
     orig: int, new: int, device: torch.device, dtype: torch.dtype
 ) -> tuple[torch.Tensor, int]:
-    """Polyphase windowed-sinc kernel [new, 1, 2*width + orig] (reduced rates, Hann window)."""
+    """Polyphase windowed-sinc kernel [new, 1, 2*width + orig] (reduced rates, Hann window).
+
+    Also imported by ``moca_rt.media.audio`` (keep the signature); new code: ``resample_kernel``.
+    """
     lowpass_width = 6
     base = min(orig, new) * 0.99
     width = math.ceil(lowpass_width * orig / base)
@@ -130,6 +134,26 @@ def _sinc_kernel(
     sinc = torch.where(t == 0, torch.ones((), dtype=dtype), t.sin() / t)
     kernel = sinc * (window * (base / orig))
     return kernel.to(device), width
+
+
+def resample_kernel(
+    orig_freq: int,
+    new_freq: int = SAMPLE_RATE,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, int]:
+    """The polyphase kernel ``resample`` uses, for streaming resamplers that must agree with it.
+
+    Returns:
+        ``(kernel, width)``: kernel [new / g, 1, 2 * width + orig / g] (g = gcd of the rates;
+        row p is output phase p, column j multiplies input sample ``step * orig / g - width + j``
+        of the zero-padded signal) and the half-width ``width`` in input samples.
+    """
+    for name, rate in (("orig_freq", orig_freq), ("new_freq", new_freq)):
+        if isinstance(rate, bool) or int(rate) != rate or rate <= 0:
+            raise ValueError(f"{name}: expected a positive integer rate, got {rate!r}")
+    g = math.gcd(int(orig_freq), int(new_freq))
+    return _sinc_kernel(int(orig_freq) // g, int(new_freq) // g, torch.device(device), dtype)
 
 
 def resample(waveform: torch.Tensor, orig_freq: int, new_freq: int = SAMPLE_RATE) -> torch.Tensor:

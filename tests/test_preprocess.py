@@ -369,6 +369,18 @@ def test_resample_leading_dims_and_identity() -> None:
     assert up.shape == (200,)
 
 
+def test_resample_kernel_applied_by_hand_equals_resample() -> None:
+    x = torch.randn(3000, generator=torch.Generator().manual_seed(12), dtype=torch.float64)
+    kernel, width = P.resample_kernel(22050, 16000)  # gcd 50 -> 441 in, 320 out per step
+    assert kernel.shape == (320, 1, 2 * width + 441) and kernel.dtype == torch.float64
+    padded = torch.nn.functional.pad(x, (width, width + 441))
+    steps = [padded[s * 441 : s * 441 + kernel.shape[-1]] @ kernel[:, 0].T for s in range(7)]
+    by_hand = torch.cat(steps)[: math.ceil(3000 * 16000 / 22050)]
+    assert torch.allclose(by_hand, P.resample(x, 22050, 16000), atol=1e-12)
+    # row sums of a low-pass interpolator are ~1 (DC gain), away from rounding of the window
+    assert torch.allclose(kernel.sum(dim=-1), torch.ones(320, 1, dtype=torch.float64), atol=2e-2)
+
+
 def test_to_mono() -> None:
     x = torch.stack([torch.ones(10), 3 * torch.ones(10)])
     assert torch.equal(P.to_mono(x), torch.ones(10))
