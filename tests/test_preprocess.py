@@ -443,8 +443,8 @@ def test_bad_image_input_raises() -> None:
 
 
 @requires_cuda
-def test_cuda_matches_cpu() -> None:
-    torch.backends.cuda.matmul.allow_tf32 = False
+def test_cuda_matches_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     wav, rate = read_wav(PRE / "wav_stereo_44k1_2p5s.wav")
     cpu = P.imagebind_audio(wav, rate)
     gpu = P.imagebind_audio(wav.cuda(), rate)
@@ -457,6 +457,6 @@ def test_cuda_matches_cpu() -> None:
     frames = torch.from_numpy(
         np.random.default_rng(10).integers(0, 256, (2, 300, 410, 3), dtype=np.uint8)
     )
-    assert torch.equal(
-        P.preprocess_images_torch(frames.cuda()).cpu(), P.preprocess_images(list(frames.numpy()))
-    )
+    on_gpu = P.preprocess_images_torch(frames.cuda())
+    assert on_gpu.is_cuda
+    assert torch.equal(on_gpu.cpu(), P.preprocess_images(list(frames.numpy())))
