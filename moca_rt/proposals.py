@@ -214,6 +214,8 @@ class MaskProposals:
         boxes: (P, 4) float32 XYXY in input pixels, exclusive right/bottom edges.
         image_size: (H, W) of the input image.
         low_res_logits: (P, 256, 256) float32 decoder logits (whole padded frame), if kept.
+        points: (P, 2) float32 XY input pixels of the prompting point (grid proposals; NaN for
+            box prompts).
     """
 
     masks: torch.Tensor
@@ -222,6 +224,7 @@ class MaskProposals:
     boxes: torch.Tensor
     image_size: tuple[int, int]
     low_res_logits: torch.Tensor | None = field(default=None)
+    points: torch.Tensor | None = field(default=None)
 
     def __len__(self) -> int:
         return int(self.masks.shape[0])
@@ -234,6 +237,7 @@ class MaskProposals:
             self.boxes.to(device),
             self.image_size,
             None if self.low_res_logits is None else self.low_res_logits.to(device),
+            None if self.points is None else self.points.to(device),
         )
 
 
@@ -386,44 +390,125 @@ def _boxes_in_input_pixels(
     return torch.minimum(boxes * scale, limit.float())
 
 
+@dataclass
+class _Kept:
+    """Survivors of one decoder chunk (internal)."""
+
+    masks: torch.Tensor
+    scores: torch.Tensor
+    stability: torch.Tensor
+    low: torch.Tensor
+    points: torch.Tensor
+
+
+def _filter_chunk(
+    low: torch.Tensor,
+    iou: torch.Tensor,
+    points: torch.Tensor,
+    cfg: ProposalConfig,
+    input_size: tuple[int, int],
+    original_size: tuple[int, int],
+    image_size: int,
+    mask_threshold: float,
+) -> _Kept:
+    keep = iou > cfg.pred_iou_thresh
+    low, iou, points = low[keep], iou[keep], points[keep]
+    logits = _logits_at_resolution(low, cfg.resolution, input_size, original_size, image_size)
+    st = stability_score(logits, mask_threshold, cfg.stability_score_offset)
+    keep = st >= cfg.stability_score_thresh
+    return _Kept(logits[keep] > mask_threshold, iou[keep], st[keep], low[keep], points[keep])
+
+
 def _finalise(
-    masks: list[torch.Tensor],
-    scores: list[torch.Tensor],
-    stability: list[torch.Tensor],
-    lows: list[torch.Tensor],
+    kept: list[_Kept],
     cfg: ProposalConfig,
     input_size: tuple[int, int],
     original_size: tuple[int, int],
     image_size: int,
     device: torch.device,
-    shape_hw: tuple[int, int],
     apply_nms: bool,
 ) -> MaskProposals:
-    if masks:
-        m = torch.cat(masks)
-        sc, st, lo = torch.cat(scores), torch.cat(stability), torch.cat(lows)
+    if kept:
+        m = torch.cat([k.masks for k in kept])
+        sc = torch.cat([k.scores for k in kept])
+        st = torch.cat([k.stability for k in kept])
+        lo = torch.cat([k.low for k in kept])
+        pts = torch.cat([k.points for k in kept])
     else:
+        shape_hw = (
+            original_size
+            if cfg.resolution == "image"
+            else low_res_valid_size(input_size, image_size, 256)
+        )
         m = torch.zeros(0, *shape_hw, dtype=torch.bool, device=device)
         sc = torch.zeros(0, device=device)
         st = torch.zeros(0, device=device)
         lo = torch.zeros(0, 256, 256, device=device)
+        pts = torch.zeros(0, 2, device=device)
     boxes = _boxes_in_input_pixels(m, cfg.resolution, input_size, original_size, image_size)
+    sel = torch.arange(len(m), device=device)
     if cfg.min_mask_area > 0 and len(m):
-        area = m.sum(dim=(1, 2))
+        area = m.sum(dim=(1, 2)).double()
         if cfg.resolution == "low":
             area = area * (image_size / 256) ** 2 * (original_size[0] / input_size[0]) ** 2
-        keep = area >= cfg.min_mask_area
-        m, sc, st, lo, boxes = m[keep], sc[keep], st[keep], lo[keep], boxes[keep]
+        sel = sel[area >= cfg.min_mask_area]
     if apply_nms:
-        keep_idx = nms(boxes, sc, cfg.box_nms_thresh)
-        m, sc, st, lo, boxes = (
-            m[keep_idx],
-            sc[keep_idx],
-            st[keep_idx],
-            lo[keep_idx],
-            boxes[keep_idx],
+        sel = sel[nms(boxes[sel], sc[sel], cfg.box_nms_thresh)]
+    return MaskProposals(
+        m[sel],
+        sc[sel],
+        st[sel],
+        boxes[sel],
+        original_size,
+        lo[sel] if cfg.keep_low_res_logits else None,
+        pts[sel],
+    )
+
+
+def filter_proposals(
+    low_res_logits: torch.Tensor,
+    iou_predictions: torch.Tensor,
+    original_size: tuple[int, int],
+    config: ProposalConfig | None = None,
+    points: torch.Tensor | None = None,
+    image_size: int = 1024,
+    mask_threshold: float = 0.0,
+) -> MaskProposals:
+    """SAM's quality filters and NMS on decoded masks of one image.
+
+    Args:
+        low_res_logits: (N, 256, 256) decoder logits (whole padded frame).
+        iou_predictions: (N,) predicted IoU.
+        original_size: (H, W) of the input image.
+        config: thresholds, NMS, minimum area and output resolution.
+        points: (N, 2) XY input pixels of the prompting points (recorded, optional).
+
+    Returns:
+        Proposals with predicted IoU > ``pred_iou_thresh``, stability >= ``stability_score_thresh``
+        (computed at the output resolution), area >= ``min_mask_area`` (input pixels), then box
+        NMS at ``box_nms_thresh``; highest predicted IoU first.
+    """
+    cfg = config or ProposalConfig()
+    n = low_res_logits.shape[0]
+    if low_res_logits.ndim != 3 or iou_predictions.shape != (n,):
+        raise ValueError(
+            f"expected low_res_logits (N, h, w) and iou_predictions (N,), got "
+            f"{tuple(low_res_logits.shape)} and {tuple(iou_predictions.shape)}"
         )
-    return MaskProposals(m, sc, st, boxes, original_size, lo if cfg.keep_low_res_logits else None)
+    device = low_res_logits.device
+    pts = points if points is not None else torch.full((n, 2), float("nan"), device=device)
+    input_size = get_preprocess_shape(original_size[0], original_size[1], image_size)
+    kept = _filter_chunk(
+        low_res_logits.float(),
+        iou_predictions.float(),
+        pts,
+        cfg,
+        input_size,
+        original_size,
+        image_size,
+        mask_threshold,
+    )
+    return _finalise([kept], cfg, input_size, original_size, image_size, device, True)
 
 
 @torch.no_grad()
@@ -432,6 +517,7 @@ def grid_proposals_from_embedding(
     image_embedding: torch.Tensor,
     original_size: tuple[int, int],
     config: ProposalConfig | None = None,
+    points: torch.Tensor | None = None,
 ) -> MaskProposals:
     """Automatic proposals for one image whose embedding is already computed.
 
@@ -440,9 +526,10 @@ def grid_proposals_from_embedding(
         image_embedding: (1, 256, 64, 64) encoder output for the image.
         original_size: (H, W) of the input image.
         config: filter settings; defaults to ``ProposalConfig()``.
+        points: optional (N, 2) XY prompt points in input pixels replacing the regular grid.
 
     Returns:
-        The kept proposals, highest predicted IoU first.
+        The kept proposals, highest predicted IoU first; ``points`` records each one's prompt.
     """
     cfg = config or ProposalConfig()
     if image_embedding.ndim != 4 or image_embedding.shape[0] != 1:
@@ -453,30 +540,34 @@ def grid_proposals_from_embedding(
     input_size = get_preprocess_shape(original_size[0], original_size[1], s)
     h, w = original_size
     device = image_embedding.device
-    grid = build_point_grid(cfg.points_per_side) * torch.tensor([w, h], dtype=torch.float64)
+    if points is None:
+        grid = build_point_grid(cfg.points_per_side) * torch.tensor([w, h], dtype=torch.float64)
+    else:
+        grid = torch.as_tensor(points, dtype=torch.float64).cpu()
+        if grid.ndim != 2 or grid.shape[1] != 2:
+            raise ValueError(f"expected points (N, 2), got {tuple(grid.shape)}")
     coords = apply_coords(grid, original_size, s).to(device)
-    masks, scores, stab, lows = [], [], [], []
-    thr = model.mask_threshold
+    grid32 = grid.to(device, torch.float32)
+    kept: list[_Kept] = []
     for start in range(0, coords.shape[0], cfg.points_per_batch):
         pts = coords[start : start + cfg.points_per_batch, None, :]
         labels = torch.ones(pts.shape[:2], dtype=torch.int64, device=device)
         low, iou = model.decode(image_embedding, pts, labels, multimask_output=True)
-        low, iou = low.flatten(0, 1).float(), iou.flatten(0, 1).float()
-        keep = iou > cfg.pred_iou_thresh
-        low, iou = low[keep], iou[keep]
-        logits = _logits_at_resolution(low, cfg.resolution, input_size, original_size, s)
-        st = stability_score(logits, thr, cfg.stability_score_offset)
-        keep = st >= cfg.stability_score_thresh
-        masks.append(logits[keep] > thr)
-        scores.append(iou[keep])
-        stab.append(st[keep])
-        lows.append(low[keep])
-    shape_hw = (
-        original_size if cfg.resolution == "image" else low_res_valid_size(input_size, s, 256)
-    )
-    return _finalise(
-        masks, scores, stab, lows, cfg, input_size, original_size, s, device, shape_hw, True
-    )
+        m = low.shape[1]
+        src = grid32[start : start + cfg.points_per_batch].repeat_interleave(m, dim=0)
+        kept.append(
+            _filter_chunk(
+                low.flatten(0, 1).float(),
+                iou.flatten(0, 1).float(),
+                src,
+                cfg,
+                input_size,
+                original_size,
+                s,
+                model.mask_threshold,
+            )
+        )
+    return _finalise(kept, cfg, input_size, original_size, s, device, True)
 
 
 def grid_proposals(predictor: SamPredictor, config: ProposalConfig | None = None) -> MaskProposals:
@@ -642,32 +733,32 @@ def box_proposals_from_embeddings(
             ious.append(iou[:, 0].float())
     low_all = torch.cat(lows) if lows else torch.zeros(0, 256, 256, device=device)
     iou_all = torch.cat(ious) if ious else torch.zeros(0, device=device)
-    cfg = ProposalConfig(resolution=resolution, keep_low_res_logits=keep_low_res_logits)
-    results, offset = [], 0
-    thr = model.mask_threshold
+    # Keep every box's mask: no quality thresholds, no NMS.
+    cfg = ProposalConfig(
+        pred_iou_thresh=-math.inf,
+        stability_score_thresh=-math.inf,
+        resolution=resolution,
+        keep_low_res_logits=keep_low_res_logits,
+    )
+    results: list[MaskProposals] = []
+    offset = 0
     for i in range(n):
-        k = 0 if boxes[i] is None else int(boxes[i].shape[0])  # type: ignore[union-attr]
+        b = boxes[i]
+        k = 0 if b is None else int(b.shape[0])
         input_size = get_preprocess_shape(original_sizes[i][0], original_sizes[i][1], s)
-        low = low_all[offset : offset + k]
-        logits = _logits_at_resolution(low, resolution, input_size, original_sizes[i], s)
-        st = stability_score(logits, thr, cfg.stability_score_offset)
-        shape_hw = (
-            original_sizes[i] if resolution == "image" else low_res_valid_size(input_size, s, 256)
+        sl = slice(offset, offset + k)
+        kept = _filter_chunk(
+            low_all[sl],
+            iou_all[sl],
+            torch.full((k, 2), math.nan, device=device),
+            cfg,
+            input_size,
+            original_sizes[i],
+            s,
+            model.mask_threshold,
         )
         results.append(
-            _finalise(
-                [logits > thr] if k else [],
-                [iou_all[offset : offset + k]],
-                [st],
-                [low],
-                cfg,
-                input_size,
-                original_sizes[i],
-                s,
-                device,
-                shape_hw,
-                False,
-            )
+            _finalise([kept], cfg, input_size, original_sizes[i], s, device, apply_nms=False)
         )
         offset += k
     return results
