@@ -102,7 +102,7 @@ def test_streamed_resampling_equals_whole_signal(mdir: Path) -> None:
         ref = np.zeros(N_WIN, np.float32)
         lo, hi = max(start, 0), min(start + N_WIN, len(whole))
         ref[lo - start : hi - start] = whole[lo:hi]
-        assert np.abs(f.audio - ref).max() < 2e-6
+        assert np.abs(f.audio - ref).max() < 1e-5  # float64 blocks vs a float32 whole pass
 
 
 def test_resampled_wav_matches_reference_fixture() -> None:

@@ -50,13 +50,16 @@ def audio_frame_to_float(frame: Any) -> np.ndarray:
     return (out / _INT_SCALE[base]).astype(np.float32)
 
 
-def _resample_torch(x: np.ndarray, orig: int, new: int) -> np.ndarray:
+def _polyphase_kernel(orig: int, new: int) -> tuple[np.ndarray, int]:
+    """The windowed-sinc kernel of ``moca_rt.preprocess.resample`` for these rates, as float64
+    numpy [new / g, 2 * width + orig / g], and its half-width ``width`` in input samples."""
     import torch
 
-    from moca_rt.preprocess import resample
+    from moca_rt.preprocess import _sinc_kernel
 
-    y = resample(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), orig, new)
-    return y.detach().cpu().numpy().astype(np.float32, copy=False)
+    g = math.gcd(orig, new)
+    kernel, width = _sinc_kernel(orig // g, new // g, torch.device("cpu"), torch.float64)
+    return kernel[:, 0].numpy().copy(), int(width)
 
 
 class _SincStream:
@@ -66,46 +69,65 @@ class _SincStream:
     same filter phase as the whole signal) and each block is resampled with ``margin`` input
     samples of real context on both sides; the outputs of the context are discarded. The
     signal's own edges get zeros, exactly like the whole-signal zero padding.
+
+    The kernel is ``moca_rt.preprocess.resample``'s; the strided convolution runs in numpy
+    (float64) because tiny torch ops on a decoder thread pay intra-op thread barriers (100x
+    slower on a loaded 2-core machine) and ``torch.set_num_threads`` would change the
+    process-wide default.
     """
 
     def __init__(self, orig: int, new: int) -> None:
         g = math.gcd(orig, new)
         self.orig, self.new = orig, new
         self.iu, self.ou = orig // g, new // g
-        # torchaudio's kernel half-width in input samples (lowpass_filter_width 6, rolloff
-        # 0.99), doubled for safety.
-        width = math.ceil(6 * orig / (0.99 * min(orig, new))) * 2 + 2
-        self.margin = self.iu * math.ceil(width / self.iu)
+        self.kernel, self.width = _polyphase_kernel(orig, new)
+        self.kernel_t = np.ascontiguousarray(self.kernel.T)  # [taps, ou], row-major
+        self.margin = self.iu * math.ceil((self.width + 1) / self.iu)
         self.block = self.iu * max(1, math.ceil(0.1 * orig / self.iu))
-        self.buf = np.zeros(self.margin, np.float32)
+        self.buf = np.zeros(self.margin, np.float64)
         self.done = 0
         self.total = 0
 
+    def _apply(self, x: np.ndarray) -> np.ndarray:
+        """Whole-signal resample of ``x`` (zero outside), ``ceil(len * ou / iu)`` samples."""
+        taps = self.kernel.shape[1]
+        xp = np.pad(x, (self.width, self.width + self.iu))
+        steps = (len(xp) - taps) // self.iu + 1
+        frames = np.lib.stride_tricks.sliding_window_view(xp, taps)[:: self.iu][:steps]
+        frames = np.ascontiguousarray(frames)  # the windows overlap in memory (taps > iu)
+        # Matrix-vector products along the shorter side: a small GEMM lets OpenBLAS start
+        # threads, which costs 10-60x on a busy machine; GEMV stays on this thread.
+        if len(frames) <= self.ou:
+            y = np.stack([f @ self.kernel_t for f in frames])
+        else:
+            y = np.stack([frames @ k for k in self.kernel], axis=1)
+        y = y.reshape(-1)
+        return y[: math.ceil(len(x) * self.ou / self.iu)]
+
     def push(self, x: np.ndarray) -> np.ndarray:
-        self.buf = np.concatenate([self.buf, x.astype(np.float32, copy=False)])
+        self.buf = np.concatenate([self.buf, x.astype(np.float64)])
         self.total += len(x)
         nblocks = (len(self.buf) - 2 * self.margin) // self.block
         if nblocks <= 0:
             return np.zeros(0, np.float32)
         n_in = nblocks * self.block
-        y = _resample_torch(self.buf[: n_in + 2 * self.margin], self.orig, self.new)
+        y = self._apply(self.buf[: n_in + 2 * self.margin])
         lo = self.margin // self.iu * self.ou
         out = y[lo : lo + n_in // self.iu * self.ou]
         self.buf = self.buf[n_in:]
         self.done += n_in
-        return out
+        return out.astype(np.float32)
 
     def flush(self) -> np.ndarray:
         rest = self.total - self.done
         if rest <= 0:
             return np.zeros(0, np.float32)
-        seg = np.concatenate([self.buf, np.zeros(self.margin, np.float32)])
-        y = _resample_torch(seg, self.orig, self.new)
+        y = self._apply(np.concatenate([self.buf, np.zeros(self.margin)]))
         lo = self.margin // self.iu * self.ou
         n_out = math.ceil(self.total * self.new / self.orig) - self.done // self.iu * self.ou
-        self.buf = np.zeros(self.margin, np.float32)
+        self.buf = np.zeros(self.margin, np.float64)
         self.done = self.total
-        return y[lo : lo + n_out]
+        return y[lo : lo + n_out].astype(np.float32)
 
 
 class _SwrStream:
