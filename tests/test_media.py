@@ -153,7 +153,7 @@ def test_missing_empty_and_wrong_files(mdir: Path) -> None:
         open_source(mf.write_corrupt_header(good, mdir / "corrupt.mp4"))
     with pytest.raises(ValueError, match="fps"):
         open_source(good, fps=0)
-    with pytest.raises(ValueError, match="audio="):
+    with pytest.raises(ValueError, match="audio"):
         open_source(good, audio="x.wav")
 
 
@@ -311,3 +311,16 @@ def test_channel_mix_mean_or_first(mdir: Path) -> None:
     np.testing.assert_allclose(b, pcm, atol=1e-7)
     with pytest.raises(ValueError, match="mix"):
         open_source(img, audio=wav, mix="left")
+
+
+def test_unknown_option_is_a_value_error(mdir: Path) -> None:
+    good = mf.write_video(mdir / "opts.mp4", num_frames=2)
+    with pytest.raises(ValueError, match=r"options \['frame_rate'\]"):
+        open_source(good, frame_rate=5)
+    frames_dir, _ = mf.write_avsbench_clip(mdir / "avs_opts", "clipB", num_frames=2, duration=2.0)
+    with pytest.raises(ValueError, match="timeout"):
+        open_source(frames_dir, timeout=3.0)
+    with open_source(frames_dir, fps=0.5, window_s=1.0) as src:
+        frames = list(src)
+    assert [f.index for f in frames] == [0] and frames[0].audio is not None  # 1 per 2 s
+    assert frames[0].audio.shape == (SR,)

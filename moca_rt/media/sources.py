@@ -616,15 +616,33 @@ def open_source(spec: str | Path, **opts: Any) -> MediaSource:
     text = str(spec)
     if _scheme(text) == "file":
         text = text[len("file://") :]
-    if _scheme(text) in NETWORK_SCHEMES:
-        return ContainerSource(text, **opts)
     path = Path(text)
+    if _scheme(text) in NETWORK_SCHEMES:
+        _check_options(opts, ContainerSource.__init__, what=f"a network source ({text})")
+        return ContainerSource(text, **opts)
     if path.is_dir():
+        _check_options(opts, open_avsbench, ImageSequenceSource.__init__,
+                       what=f"a frame folder ({text})")
         return open_avsbench(path, **opts)
     if path.suffix.lower() in IMAGE_SUFFIXES:
+        _check_options(opts, open_image_audio, ImageSequenceSource.__init__,
+                       what=f"an image ({text})")
         audio = opts.pop("audio", None)
         return open_image_audio(path, audio, **opts)
-    if "audio" in opts:
-        raise ValueError("audio=: expected only with an image or a frame folder, got a "
-                         f"container input {text}")
+    _check_options(opts, ContainerSource.__init__, what=f"a container file ({text})")
     return ContainerSource(path, **opts)
+
+
+def _check_options(opts: dict[str, Any], *targets: Any, what: str) -> None:
+    """ValueError naming the options that none of ``targets`` accepts."""
+    import inspect
+
+    allowed: set[str] = set()
+    for target in targets:
+        params = inspect.signature(target).parameters
+        allowed |= {n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
+                    or (p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and n != "self")}
+    allowed -= {"spec", "images", "times", "frames_dir", "image"}
+    unknown = sorted(set(opts) - allowed)
+    if unknown:
+        raise ValueError(f"options {unknown}: expected options of {what}: {sorted(allowed)}")
