@@ -55,10 +55,9 @@ def _polyphase_kernel(orig: int, new: int) -> tuple[np.ndarray, int]:
     numpy [new / g, 2 * width + orig / g], and its half-width ``width`` in input samples."""
     import torch
 
-    from moca_rt.preprocess import _sinc_kernel
+    from moca_rt.preprocess import resample_kernel
 
-    g = math.gcd(orig, new)
-    kernel, width = _sinc_kernel(orig // g, new // g, torch.device("cpu"), torch.float64)
+    kernel, width = resample_kernel(orig, new, torch.float64, "cpu")
     return kernel[:, 0].numpy().copy(), int(width)
 
 
