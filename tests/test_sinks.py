@@ -119,7 +119,7 @@ def test_overlay_video_keeps_timestamps_and_original_audio(tmp_path: Path) -> No
         for frame in src:
             pts_in.append(frame.pts)
             assert writer.write_frame(frame, mask)
-        writer.write_audio(src.tail_audio)
+        writer.write_audio(src.tail_audio())
     times, images, audio, rate, codec = _decode_all(out)
     assert len(times) == 20
     np.testing.assert_allclose(times, pts_in, atol=1e-3)

@@ -453,9 +453,9 @@ class ContainerSource(MediaSource):
             last = time.monotonic()
             yield item
 
-    @property
     def tail_audio(self) -> list[AudioChunk]:
-        """Original audio decoded after the last record was emitted (``keep_raw_audio``)."""
+        """Original audio decoded after the last record was emitted (``keep_raw_audio``);
+        complete once the iteration has ended. Write it before closing an overlay."""
         return getattr(self, "_tail_audio", [])
 
     def close(self) -> None:

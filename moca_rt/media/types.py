@@ -71,7 +71,7 @@ class MediaFrame:
         dropped: real-time mode only: the consumer was too slow, image and audio were discarded.
         raw_audio: original audio decoded since the previous record (only with
             ``keep_raw_audio=True``); audio decoded after the last record is in
-            ``ContainerSource.tail_audio``.
+            ``ContainerSource.tail_audio()``.
     """
 
     index: int
