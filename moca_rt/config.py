@@ -156,6 +156,20 @@ SAM_PRESETS: dict[str, SamConfig] = {
         encoder_num_heads=4,
         encoder_global_attn_indexes=(1, 3),
     ),
+    # Tiny SAM of the synthetic world (DESIGN section 6): 256-pixel input (16 x 16 embedding
+    # grid, windows of 8), a 128-wide prompt encoder / decoder. Same classes and key names.
+    "sam_synth": SamConfig(
+        encoder_embed_dim=96,
+        encoder_depth=4,
+        encoder_num_heads=4,
+        encoder_global_attn_indexes=(1, 3),
+        image_size=256,
+        window_size=8,
+        prompt_embed_dim=128,
+        decoder_mlp_dim=512,
+        decoder_num_heads=4,
+        iou_head_hidden_dim=128,
+    ),
 }
 
 DINO_PRESETS: dict[str, DinoConfig] = {

@@ -160,8 +160,9 @@ class SamPredictor:
             boxes = self.transform_boxes(b.reshape(1, 4))
         if mask_input is not None:
             m = torch.as_tensor(mask_input, dtype=torch.float32)
-            if m.ndim != 3 or m.shape[0] != 1:
-                raise ValueError(f"expected mask_input (1, 256, 256), got {tuple(m.shape)}")
+            low = self.model.image_size // 4
+            if m.shape != (1, low, low):
+                raise ValueError(f"expected mask_input (1, {low}, {low}), got {tuple(m.shape)}")
             masks = m[None].to(self.device)
         out, iou, low = self.predict_torch(
             coords, labels, boxes, masks, multimask_output, return_logits
@@ -377,7 +378,7 @@ def _boxes_in_input_pixels(
     boxes = masks_to_boxes(masks)
     if resolution == "image":
         return boxes
-    f = image_size / 256
+    f = 4.0  # the low-res logits are image_size / 4 on a side
     scale = torch.tensor(
         [
             f * original_size[1] / input_size[1],
@@ -438,19 +439,19 @@ def _finalise(
         shape_hw = (
             original_size
             if cfg.resolution == "image"
-            else low_res_valid_size(input_size, image_size, 256)
+            else low_res_valid_size(input_size, image_size, image_size // 4)
         )
         m = torch.zeros(0, *shape_hw, dtype=torch.bool, device=device)
         sc = torch.zeros(0, device=device)
         st = torch.zeros(0, device=device)
-        lo = torch.zeros(0, 256, 256, device=device)
+        lo = torch.zeros(0, image_size // 4, image_size // 4, device=device)
         pts = torch.zeros(0, 2, device=device)
     boxes = _boxes_in_input_pixels(m, cfg.resolution, input_size, original_size, image_size)
     sel = torch.arange(len(m), device=device)
     if cfg.min_mask_area > 0 and len(m):
         area = m.sum(dim=(1, 2)).double()
         if cfg.resolution == "low":
-            area = area * (image_size / 256) ** 2 * (original_size[0] / input_size[0]) ** 2
+            area = area * 16.0 * (original_size[0] / input_size[0]) ** 2
         sel = sel[area >= cfg.min_mask_area]
     if apply_nms:
         sel = sel[nms(boxes[sel], sc[sel], cfg.box_nms_thresh)]
@@ -731,7 +732,7 @@ def box_proposals_from_embeddings(
             )
             lows.append(low[:, 0].float())
             ious.append(iou[:, 0].float())
-    low_all = torch.cat(lows) if lows else torch.zeros(0, 256, 256, device=device)
+    low_all = torch.cat(lows) if lows else torch.zeros(0, s // 4, s // 4, device=device)
     iou_all = torch.cat(ious) if ious else torch.zeros(0, device=device)
     # Keep every box's mask: no quality thresholds, no NMS.
     cfg = ProposalConfig(

@@ -429,3 +429,55 @@ def test_loaded_model_is_usable_and_buffers_materialised(model: Sam) -> None:
     assert model.pixel_mean.flatten().tolist() == pytest.approx([123.675, 116.28, 103.53])
     assert not model.training
     assert "pixel_mean" not in model.state_dict()
+
+
+def test_sam_synth_preset_runs_end_to_end(ref: dict) -> None:
+    """The small synthetic-world preset (256 input) goes through predictor and proposals."""
+    from moca_rt.proposals import ProposalConfig, grid_proposals
+
+    torch.manual_seed(0)
+    model = build_sam(SAM_PRESETS["sam_synth"]).eval()
+    predictor = SamPredictor(model)
+    predictor.set_image(ref["raw"])
+    assert predictor.input_size == (192, 256)
+    assert predictor.features is not None and predictor.features.shape == (1, 128, 16, 16)
+    masks, iou, low = predictor.predict(np.array([[300.0, 200.0]]), np.array([1]))
+    assert masks.shape == (3, 480, 640) and iou.shape == (3,) and low.shape == (3, 64, 64)
+    masks, _, _ = predictor.predict(
+        box=np.array([10, 20, 300, 400]), mask_input=low[:1], multimask_output=False
+    )
+    assert masks.shape == (1, 480, 640)
+    cfg = ProposalConfig(
+        points_per_side=3,
+        pred_iou_thresh=-9.0,
+        stability_score_thresh=-1.0,
+        box_nms_thresh=1.0,
+        resolution="low",
+    )
+    props = grid_proposals(predictor, cfg)
+    assert len(props) == 27 and props.masks.shape == (27, 48, 64)
+
+
+def test_decoder_exports_with_dynamic_prompt_count(model: Sam) -> None:
+    """torch.export traces decode() with a dynamic number of prompt sets and points."""
+
+    class Decode(torch.nn.Module):
+        def __init__(self, sam: Sam) -> None:
+            super().__init__()
+            self.sam = sam
+
+        def forward(self, emb: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor):
+            return self.sam.decode(emb, coords, labels, multimask_output=True)
+
+    emb = torch.randn(1, 256, 64, 64)
+    b = torch.export.Dim("b", min=1, max=1024)
+    n = torch.export.Dim("n", min=1, max=16)
+    shapes = {"emb": None, "coords": {0: b, 1: n}, "labels": {0: b, 1: n}}
+    args = (emb, torch.rand(3, 2, 2) * 1000, torch.ones(3, 2, dtype=torch.int64))
+    ep = torch.export.export(Decode(model).eval(), args, dynamic_shapes=shapes)
+    coords, labels = torch.rand(5, 3, 2) * 1000, torch.tensor([[1, 0, 1]] * 5)
+    low, iou = ep.module()(emb, coords, labels)
+    with torch.no_grad():
+        ref_low, ref_iou = model.decode(emb, coords, labels)
+    assert low.shape == (5, 3, 256, 256) and iou.shape == (5, 3)
+    assert torch.allclose(low, ref_low, atol=1e-5) and torch.allclose(iou, ref_iou, atol=1e-6)
