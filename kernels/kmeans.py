@@ -190,7 +190,9 @@ def cosine_kmeans_torch_fast(
     """Batched torch version: all frames at once, two ``bmm`` per iteration.
 
     Same arguments, result and algorithm as :func:`cosine_kmeans_reference`. With ``early_stop``
-    it reads one bool back per iteration (a host sync) to stop when every frame has converged.
+    it reads one bool back per iteration (a host sync) to stop when every frame has converged;
+    while a CUDA graph is being captured it skips that check and runs every iteration
+    (converged frames are frozen, so the result is the same).
     """
     check_kmeans_args(x, k, max_iters)
     bsz, n, _ = x.shape
@@ -208,6 +210,8 @@ def cosine_kmeans_torch_fast(
     labels = torch.bmm(xn, cent.transpose(1, 2)).argmax(dim=-1)
     iters = torch.zeros(bsz, dtype=torch.int32, device=x.device)
     active = torch.ones(bsz, dtype=torch.bool, device=x.device)
+    # Under CUDA-graph capture no host sync is allowed: run all iterations (same result).
+    can_sync = not (x.is_cuda and torch.cuda.is_current_stream_capturing())
     for _ in range(max_iters):
         one_hot = F.one_hot(labels, k).to(torch.float32)  # [B, N, K]
         sums = torch.bmm(one_hot.transpose(1, 2), xn)  # [B, K, D]
@@ -219,7 +223,7 @@ def cosine_kmeans_torch_fast(
         if early_stop:
             active = active & (new != labels).any(dim=1)
         labels = new
-        if early_stop and not bool(active.any()):
+        if can_sync and early_stop and not bool(active.any()):
             break
     return KMeansResult(labels, cent.contiguous(), iters)
 
