@@ -160,9 +160,9 @@ class SamPredictor:
             boxes = self.transform_boxes(b.reshape(1, 4))
         if mask_input is not None:
             m = torch.as_tensor(mask_input, dtype=torch.float32)
-            low = self.model.image_size // 4
-            if m.shape != (1, low, low):
-                raise ValueError(f"expected mask_input (1, {low}, {low}), got {tuple(m.shape)}")
+            side = self.model.image_size // 4
+            if m.shape != (1, side, side):
+                raise ValueError(f"expected mask_input (1, {side}, {side}), got {tuple(m.shape)}")
             masks = m[None].to(self.device)
         out, iou, low = self.predict_torch(
             coords, labels, boxes, masks, multimask_output, return_logits

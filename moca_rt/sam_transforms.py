@@ -7,6 +7,9 @@ Coordinate frames used throughout:
   1024 x 1024 padded encoder input; x is scaled by W'/W and y by H'/H;
 * **low-res frame**: the decoder's 256 x 256 logits cover the whole padded 1024 x 1024 input.
 
+Sizes are quoted for the 1024-input presets; in general the encoder input is S x S, the image
+embedding S/16 and the low-res logits S/4 on a side (``SamConfig.image_size`` = S).
+
 Resizing follows the official predictor: (H', W') = int(side * 1024 / max(H, W) + 0.5) (computed
 as ``side * (1024 / max(H, W))``), PIL bilinear on the uint8 image (the exact CPU path, bit for
 bit equal to the reference); a torch path (bilinear, ``align_corners=False``, antialias when
@@ -155,8 +158,10 @@ def postprocess_masks(
 
 
 def low_res_valid_size(
-    input_size: tuple[int, int], image_size: int = 1024, low: int = 256
+    input_size: tuple[int, int], image_size: int = 1024, low: int | None = None
 ) -> tuple[int, int]:
-    """Rows and columns of the low-res logits that cover the resized image (ceil of H'/4, W'/4)."""
-    f = image_size // low
+    """Rows and columns of the low-res logits (side ``low``, default image_size / 4) covering the
+    resized image: (ceil(H' * low / S), ceil(W' * low / S)), e.g. (192, 256) for 768 x 1024."""
+    side = image_size // 4 if low is None else low
+    f = image_size // side
     return -(-input_size[0] // f), -(-input_size[1] // f)
