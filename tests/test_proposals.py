@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import FIXTURES
-from numeric import assert_close_stage
+from numeric import assert_close_stage, compare
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -22,6 +22,7 @@ from moca_rt.proposals import (
     box_proposals,
     box_proposals_from_embeddings,
     build_point_grid,
+    encode_frames,
     filter_proposals,
     grid_proposals_from_embedding,
     load_box_prompts,
@@ -330,3 +331,14 @@ def test_box_proposals_end_to_end_frames(model: Sam, pred_ref: dict[str, torch.T
     assert abs(out[0].scores.item() - pred_ref["box.iou_predictions"].item()) <= 1e-5
     with pytest.raises(ValueError, match="frame 0: expected an H x W x 3 uint8 image"):
         box_proposals(model, [raw.astype(np.float32)], prompts)
+
+
+def test_encode_frames_torch_resize_close_to_pil(model: Sam, embedding: torch.Tensor) -> None:
+    raw = np.array(Image.open(SAM_DIR / "image_480x640.png").convert("RGB"))
+    emb, sizes = encode_frames(model, [torch.from_numpy(raw)], resize="torch")
+    assert sizes == [SIZE] and emb.shape == embedding.shape
+    c = compare(emb, embedding)
+    print(f"encoder output with the torch resize vs reference (PIL): {c}")
+    assert c.cosine > 0.9999 and c.rel < 0.05
+    with pytest.raises(ValueError, match="expected resize in"):
+        encode_frames(model, [raw], resize="cv2")  # type: ignore[arg-type]
