@@ -352,26 +352,40 @@ def test_predictor_input_errors(model: Sam, predictor: SamPredictor) -> None:
         predictor.predict(np.zeros((1, 2)))
 
 
-def test_decoder_bf16_close_to_fp32(model: Sam, encoded: dict) -> None:
-    coords = torch.tensor([[[500.0, 300.0]], [[100.0, 700.0]]])
-    labels = torch.ones(2, 1, dtype=torch.int64)
-    with torch.no_grad():
-        low32, iou32 = model.decode(encoded["out"], coords, labels)
-        m16 = build_sam(model.config)
-        m16.load_state_dict(model.state_dict())
-        m16 = m16.to(torch.bfloat16).eval()
-        low16, iou16 = m16.decode(encoded["out"], coords, labels)
-    assert low16.dtype == torch.bfloat16
-    c = compare(low16.float(), low32)
-    print(f"decoder bf16 vs fp32 low-res logits: {c}")
-    assert c.cosine > 0.99
-    assert (iou16.float() - iou32).abs().max() < 0.05
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_predictor_close_to_reference(
+    model: Sam, ref: dict, dtype: torch.dtype
+) -> None:
+    half = build_sam(model.config)
+    half.load_state_dict(model.state_dict())
+    predictor = SamPredictor(half.to(dtype).eval())
+    predictor.set_image(ref["raw"])
+    assert predictor.features is not None and predictor.features.dtype == dtype
+    c = compare(predictor.features.float(), ref["enc"]["encoder_output"])
+    print(f"{dtype} encoder output vs fp32 reference: {c}")
+    assert c.cosine > 0.9999
+    masks, iou, low = predictor.predict(
+        np.array(ref["cfg"]["prompts"]["point"]), np.array([1]), return_logits=True
+    )
+    assert masks.dtype == torch.float32 and low.dtype == torch.float32
+    c = compare(low, ref["pred"]["point.low_res_logits"])
+    print(f"{dtype} point low-res logits vs fp32 reference: {c}")
+    assert c.cosine > 0.9999
+    assert (iou - ref["pred"]["point.iou_predictions"]).abs().max() < 0.02
 
 
 @requires_cuda
 def test_encoder_half_precision_on_gpu(model: Sam, encoded: dict, ref: dict) -> None:
+    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
+    try:
+        _gpu_half_checks(model, encoded, ref)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+
+
+def _gpu_half_checks(model: Sam, encoded: dict, ref: dict) -> None:
     gm = build_sam(model.config, device="cuda")
     gm.load_state_dict(model.state_dict())
     with torch.no_grad():
@@ -481,3 +495,22 @@ def test_decoder_exports_with_dynamic_prompt_count(model: Sam) -> None:
         ref_low, ref_iou = model.decode(emb, coords, labels)
     assert low.shape == (5, 3, 256, 256) and iou.shape == (5, 3)
     assert torch.allclose(low, ref_low, atol=1e-5) and torch.allclose(iou, ref_iou, atol=1e-6)
+
+
+def test_decode_shape_errors(model: Sam) -> None:
+    emb = torch.zeros(1, 256, 64, 64)
+    pts, lab = torch.zeros(2, 1, 2), torch.ones(2, 1, dtype=torch.int64)
+    with pytest.raises(ValueError, match="expected point_coords and point_labels together"):
+        model.decode(emb, pts)
+    with pytest.raises(ValueError, match=r"expected point_labels \(2, 1\) matching"):
+        model.decode(emb, pts, lab[:1])
+    with pytest.raises(ValueError, match=r"expected boxes \(B, 4\)"):
+        model.decode(emb, boxes=torch.zeros(2, 2, 2))
+    with pytest.raises(ValueError, match="expected one batch size B for all prompts"):
+        model.decode(emb, pts, lab, boxes=torch.zeros(3, 4))
+    with pytest.raises(ValueError, match=r"expected mask_input \(B, 1, 256, 256\)"):
+        model.decode(emb, pts, lab, mask_input=torch.zeros(2, 1, 64, 64))
+    with pytest.raises(ValueError, match="expected image_embeddings batch 1 or 2"):
+        model.decode(torch.zeros(3, 256, 64, 64), pts, lab)
+    with pytest.raises(ValueError, match=r"expected image_embeddings \(1 or B, 256, 64, 64\)"):
+        model.decode(torch.zeros(1, 128, 64, 64), pts, lab)

@@ -634,6 +634,7 @@ class Sam(nn.Module):
         """
         if (point_coords is None) != (point_labels is None):
             raise ValueError("expected point_coords and point_labels together, got only one")
+        self._check_prompts(image_embeddings, point_coords, point_labels, boxes, mask_input)
         points = None
         if point_coords is not None and point_labels is not None:
             points = (point_coords, point_labels)
@@ -645,6 +646,52 @@ class Sam(nn.Module):
             dense,
             multimask_output,
         )
+
+    def _check_prompts(
+        self,
+        image_embeddings: torch.Tensor,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None,
+        mask_input: torch.Tensor | None,
+    ) -> None:
+        """Shape checks only (no values read), so tracing and export see no data dependence."""
+        grid = self.config.image_size // self.config.patch_size
+        emb_shape = (self.config.prompt_embed_dim, grid, grid)
+        if image_embeddings.ndim != 4 or tuple(image_embeddings.shape[1:]) != emb_shape:
+            raise ValueError(
+                f"expected image_embeddings (1 or B, {emb_shape[0]}, {grid}, {grid}), got "
+                f"{tuple(image_embeddings.shape)}"
+            )
+        batch: list[tuple[str, int]] = []
+        if point_coords is not None and point_labels is not None:
+            if point_coords.ndim != 3 or point_coords.shape[2] != 2:
+                raise ValueError(
+                    f"expected point_coords (B, N, 2), got {tuple(point_coords.shape)}"
+                )
+            if tuple(point_labels.shape) != tuple(point_coords.shape[:2]):
+                raise ValueError(
+                    f"expected point_labels {tuple(point_coords.shape[:2])} matching point_coords, "
+                    f"got {tuple(point_labels.shape)}"
+                )
+            batch.append(("point_coords", point_coords.shape[0]))
+        if boxes is not None:
+            if boxes.ndim != 2 or boxes.shape[1] != 4:
+                raise ValueError(f"expected boxes (B, 4), got {tuple(boxes.shape)}")
+            batch.append(("boxes", boxes.shape[0]))
+        if mask_input is not None:
+            side = 4 * grid
+            if mask_input.ndim != 4 or tuple(mask_input.shape[1:]) != (1, side, side):
+                raise ValueError(
+                    f"expected mask_input (B, 1, {side}, {side}), got {tuple(mask_input.shape)}"
+                )
+            batch.append(("mask_input", mask_input.shape[0]))
+        if batch and any(b != batch[0][1] for _, b in batch):
+            raise ValueError(f"expected one batch size B for all prompts, got {batch}")
+        if batch and image_embeddings.shape[0] not in (1, batch[0][1]):
+            raise ValueError(
+                f"expected image_embeddings batch 1 or {batch[0][1]}, got {image_embeddings.shape[0]}"
+            )
 
 
 def build_sam(config: SamConfig, device: torch.device | str | None = None) -> Sam:
