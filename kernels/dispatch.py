@@ -8,6 +8,7 @@ that. An op whose kernel cannot take an input (dtype, size limit) falls back to 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 from typing import Literal
 
@@ -34,11 +35,13 @@ def triton_interpreting() -> bool:
 
 @functools.cache
 def triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether triton is installed, found without importing it.
+
+    Importing triton fixes, for the whole process, whether its own library functions
+    (``tl.sum``, ``tl.cumsum``...) are compiled or interpreted (``TRITON_INTERPRET``), so
+    backend checks never import it; kernels import it on first launch.
+    """
+    return importlib.util.find_spec("triton") is not None
 
 
 @functools.cache
@@ -52,7 +55,8 @@ def cupy_available() -> bool:
 
 
 def triton_can_run_on(tensor: torch.Tensor) -> bool:
-    return triton_available() and (tensor.is_cuda or triton_interpreting())
+    """Triton can launch on ``tensor``: a CUDA tensor, or any tensor under TRITON_INTERPRET=1."""
+    return (tensor.is_cuda or triton_interpreting()) and triton_available()
 
 
 def choose_backend(tensor: torch.Tensor) -> Backend:

@@ -498,5 +498,9 @@ def cosine_kmeans(
     ``torch.ops.moca_rt.cosine_kmeans`` with a fake implementation for ``torch.compile``.
     """
     check_kmeans_args(x, k, max_iters)
+    if not torch.compiler.is_compiling():
+        # Eager calls skip the op wrapper: same backends, less overhead, and no import of
+        # torch._dynamo (and through it triton) as a side effect of the first call.
+        return _run_backend(x, k, max_iters, seed, early_stop)
     labels, cent, iters = _cosine_kmeans_op(x, k, max_iters, seed, early_stop)
     return KMeansResult(labels, cent, iters)

@@ -271,6 +271,15 @@ def _mask_match_fake(
     )
 
 
+def _match(
+    proposals: torch.Tensor, clusters: torch.Tensor, threshold: float | None, metric: str
+) -> torch.Tensor:
+    if not torch.compiler.is_compiling():
+        # Eager calls skip the op wrapper (see kmeans.cosine_kmeans): no torch._dynamo import.
+        return _run_backend(proposals, clusters, threshold, metric)
+    return _mask_match_op(proposals, clusters, threshold, metric)
+
+
 def mask_iou(
     proposals: torch.Tensor, clusters: torch.Tensor, *, threshold: float | None = None
 ) -> torch.Tensor:
@@ -288,7 +297,7 @@ def mask_iou(
     where the kernel cannot take the input). ``torch.compile`` sees one custom op.
     """
     _check_masks(proposals, clusters, threshold, "iou")
-    return _mask_match_op(proposals, clusters, threshold, "iou")
+    return _match(proposals, clusters, threshold, "iou")
 
 
 def mask_coverage(
@@ -300,4 +309,4 @@ def mask_coverage(
     proposal. Used by the pipeline's ``--mpm-metric coverage``.
     """
     _check_masks(proposals, clusters, threshold, "coverage")
-    return _mask_match_op(proposals, clusters, threshold, "coverage")
+    return _match(proposals, clusters, threshold, "coverage")
