@@ -15,6 +15,7 @@ from .kmeans import (
     cosine_kmeans_reference,
     cosine_kmeans_torch_fast,
     cosine_kmeans_triton,
+    kmeanspp_random_table,
 )
 from .mask_iou import mask_coverage, mask_iou, mask_iou_reference, mask_iou_triton
 
@@ -24,6 +25,7 @@ __all__ = [
     "cosine_kmeans_reference",
     "cosine_kmeans_torch_fast",
     "cosine_kmeans_triton",
+    "kmeanspp_random_table",
     "mask_coverage",
     "mask_iou",
     "mask_iou_reference",

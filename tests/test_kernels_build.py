@@ -1,5 +1,6 @@
 """The CUDA C sources build with CMake (shared library + ctest smoke test) and compile as
-device-only code the way CuPy's NVRTC sees them. Skipped where cmake or nvcc is missing.
+device-only code the way CuPy's NVRTC sees them (skipped where cmake or nvcc is missing); the
+Triton kernels compile ahead of time for sm_90 without a GPU and do not spill registers.
 
 One architecture only (sm_80) to keep the build near 30 s; the project default is "80;90".
 """
@@ -7,8 +8,11 @@ One architecture only (sm_80) to keep the build near 30 s; the project default i
 from __future__ import annotations
 
 import ctypes
+import importlib.util
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -92,3 +96,57 @@ def test_sources_compile_as_nvrtc_device_code(tmp_path: Path) -> None:
         for entry in entries:
             assert f".entry {entry}(" in text, f"{entry} missing from {name} PTX"
         assert "moca_cosine_kmeans" not in text and "moca_mask_match_u8(" not in text
+
+
+AOT_SCRIPT = r"""
+import importlib, re, subprocess, sys, tempfile
+from pathlib import Path
+import triton
+from triton.backends.compiler import GPUTarget
+km = importlib.import_module("moca_rt.kernels.kmeans")
+mi = importlib.import_module("moca_rt.kernels.mask_iou")
+ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+target = GPUTarget("cuda", 90, 32)
+km_sig = {"x_ptr": "*bf16", "rand_ptr": "*i32", "cent_ptr": "*fp32", "labels_ptr": "*i64",
+          "iters_ptr": "*i32", "N": "i32", "D": "i32", "K": "i32", "max_iters": "i32",
+          "stride_xb": "i32", "stride_xn": "i32", "EARLY_STOP": "constexpr",
+          "BLOCK_N": "constexpr", "BLOCK_K": "constexpr", "BLOCK_D": "constexpr"}
+mi_sig = {"p_ptr": "*u8", "c_ptr": "*u8", "out_ptr": "*fp32", "P": "i32", "K": "i32",
+          "HW": "i32", "threshold": "fp32", "P_FLOAT": "constexpr", "C_FLOAT": "constexpr",
+          "COVERAGE": "constexpr", "BLOCK_P": "constexpr", "BLOCK_K": "constexpr",
+          "BLOCK_HW": "constexpr"}
+cases = [
+    ("kmeans", km._triton_kernel(False), km_sig, {"EARLY_STOP": True, "BLOCK_N": 256,
+     "BLOCK_K": 16, "BLOCK_D": 16}, 8),
+    ("mask_iou", mi._triton_kernel(False), mi_sig, {"P_FLOAT": False, "C_FLOAT": False,
+     "COVERAGE": False, "BLOCK_P": 16, "BLOCK_K": 16, "BLOCK_HW": 256}, 8),
+]
+for name, fn, sig, consts, warps in cases:
+    src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=consts)
+    ptx = triton.compile(src, target=target, options={"num_warps": warps}).asm["ptx"]
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx") as fh:
+        fh.write(ptx)
+        fh.flush()
+        out = subprocess.run([str(ptxas), "-arch=sm_90a", "-v", fh.name, "-o", "/dev/null"],
+                             capture_output=True, text=True, check=True).stderr
+    spills = [int(v) for v in re.findall(r"(\d+) bytes spill stores", out)]
+    print(name, "spill stores", spills)
+    if any(spills):
+        sys.exit(f"{name} spills registers: {out}")
+"""
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("triton") is None, reason="needs triton (ahead-of-time compile)"
+)
+def test_triton_kernels_compile_for_sm90_without_spills(tmp_path: Path) -> None:
+    # A child process: importing triton here in compiled mode would fix that mode for the
+    # rest of this pytest process (see tests/test_kernels_kmeans.py).
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "triton_cache")
+    proc = subprocess.run(
+        [sys.executable, "-c", AOT_SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert proc.stdout.count("spill stores [0]") == 2, proc.stdout
