@@ -150,3 +150,25 @@ def test_triton_kernels_compile_for_sm90_without_spills(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert proc.stdout.count("spill stores [0]") == 2, proc.stdout
+
+
+def test_benchmark_harness_runs_on_cpu(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location(
+        "bench_kernels", ROOT / "benchmarks" / "kernels.py"
+    )
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules["bench_kernels"] = bench  # dataclasses look their module up there
+    spec.loader.exec_module(bench)
+    rows = bench.run_benchmarks("cpu", ["kmeans", "iou"], ["float32"], 0, 2, small=True)
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert {r["impl"] for r in ok} >= {"torch_reference", "torch_fast"}
+    for r in ok:
+        assert r["median_ms"] > 0 and r["p99_ms"] >= r["median_ms"] and r["floor_mb"] > 0
+    kmeans_floor = next(r["floor_mb"] for r in ok if r["op"] == "kmeans" and "B=1 " in r["config"])
+    assert kmeans_floor == pytest.approx(1 * 64 * 128 * 4 * 5 / 1e6)  # B N D itemsize iters
+    assert all(r["status"].startswith("skipped") for r in rows if r["impl"] in ("triton", "cupy"))
+    out = tmp_path / "rows.csv"
+    bench.write_csv(rows, out)
+    header = out.read_text().splitlines()[0].split(",")
+    assert header == bench.COLUMNS
