@@ -290,6 +290,9 @@ def test_sub_dispatcher_uses_triton_and_strided_input() -> None:
     assert not x.is_contiguous()
     ref = km.cosine_kmeans_reference(x, 4, seed=1)
     assert_same_result(km.cosine_kmeans(x, 4, seed=1), ref, 2e-6)
+    y = torch.randn(3, 25, 48, generator=torch.Generator().manual_seed(14))[:, 2:, :33]
+    assert y.stride(-1) == 1 and not y.is_contiguous()  # row stride 48 passed to the kernel
+    assert_same_result(km.cosine_kmeans_triton(y, 3), km.cosine_kmeans_reference(y, 3), 2e-6)
 
 
 # ------------------------------------------------------------------------------------------
