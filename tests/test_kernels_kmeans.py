@@ -327,7 +327,8 @@ def test_gpu_cupy_matches_reference(dtype: torch.dtype) -> None:
     res = cosine_kmeans_cupy(x.to(dtype).cuda(), 8)
     assert_same_result(res, ref, 1e-5)
     assert same_partition(res.labels.cpu(), truth)
-    irregular = torch.randn(3, 37, 53, generator=torch.Generator().manual_seed(31)).to(dtype)
+    # Clustered: on random data GPU and CPU summation orders may split a near-tie differently.
+    irregular = clustered(3, 37, 53, 5, seed=31)[0].to(dtype)
     assert_same_result(
         cosine_kmeans_cupy(irregular.cuda(), 5, seed=2),
         km.cosine_kmeans_reference(irregular, 5, seed=2),
