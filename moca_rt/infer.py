@@ -280,7 +280,7 @@ def run_infer(opts: InferOptions) -> InferSummary:
                     audio_missing=frame.audio_missing,
                 )
                 if overlay is not None and frame.image is not None:
-                    overlay.write_frame(frame, result.mask)
+                    overlay.write(frame.image, result.mask, frame.pts)
     except MediaError as e:
         summary.error = f"{type(e).__name__}: {e}"
     except KeyboardInterrupt:
@@ -301,7 +301,7 @@ def run_infer(opts: InferOptions) -> InferSummary:
 
 
 def _raw_audio_tap(source: Any, overlay: Any) -> Any:
-    """Pass frames through, handing each record's original audio to the overlay writer."""
+    """Pass frames through, handing each record's original audio (dropped ones too) to the overlay."""
     for frame in source:
         if overlay is not None and frame.raw_audio:
             overlay.write_audio(frame.raw_audio)
