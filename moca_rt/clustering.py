@@ -8,12 +8,19 @@ batched over frames and device-agnostic.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 MatchMetric = Literal["iou", "coverage"]
+
+
+class FrameClusters(NamedTuple):
+    """k-means result the pipeline keeps: labels [B, N] int64, iterations [B] int32."""
+
+    labels: torch.Tensor
+    iterations: torch.Tensor
 
 
 def window_dbfs(audio: torch.Tensor) -> torch.Tensor:

@@ -208,14 +208,7 @@ class MocaPipeline:
         patches = vision.patch_features.float()
         grid = (patches.shape[1], patches.shape[2])
         with timer.stage("kmeans"):
-            from moca_rt.kernels import cosine_kmeans
-
-            km = cosine_kmeans(
-                patches.reshape(b, -1, patches.shape[-1]),
-                cfg.num_clusters,
-                max_iters=cfg.kmeans_iters,
-                seed=cfg.kmeans_seed,
-            )
+            km = _kmeans_per_frame(patches.reshape(b, -1, patches.shape[-1]), cfg)
         with timer.stage("choose"):
             joint = vision.patch_embeddings.float().reshape(b, km.labels.shape[1], -1)
             scores = clustering.cluster_scores(joint, km.labels, cfg.num_clusters, audio_feats.embedding.float())
@@ -343,6 +336,24 @@ class MocaPipeline:
                 n_kept.append(k)
                 fallback.append(k == 0)
         return masks, n_props, n_kept, fallback
+
+
+def _kmeans_per_frame(x: torch.Tensor, cfg: PipelineConfig) -> clustering.FrameClusters:
+    """Cosine k-means of each frame on its own: labels [B, N] int64, iterations [B] int32.
+
+    The k-means++ draws of ``moca_rt.kernels.cosine_kmeans`` depend on a frame's row in the
+    batch (``r[b, s]``), so one batched call would give a frame different clusters at a
+    different position, i.e. masks that change with ``--batch``. Each frame runs as row 0.
+    """
+    from moca_rt.kernels import cosine_kmeans
+
+    runs = [
+        cosine_kmeans(x[i : i + 1], cfg.num_clusters, max_iters=cfg.kmeans_iters, seed=cfg.kmeans_seed)
+        for i in range(x.shape[0])
+    ]
+    return clustering.FrameClusters(
+        labels=torch.cat([r.labels for r in runs]), iterations=torch.cat([r.iterations for r in runs])
+    )
 
 
 PrecisionName = Literal["fp32", "bf16", "fp16"]
