@@ -1,13 +1,20 @@
 """PMA cost: reference vs bmm formulation vs Triton kernels vs the dispatcher op.
 
-Triton runs on CPU tensors under ``TRITON_INTERPRET=1``. The variable is set per test (the
-``interpret`` fixture) rather than for the whole session, so other modules' CPU tests keep the
-torch backend; that works because ``moca_rt.kernels.pma_triton`` wraps its kernels with
-``triton.jit`` on first launch, per mode, not at import. Interpreter shapes are small and tiles
-big, to keep this file well under a minute on two cores.
+Triton runs on CPU tensors under ``TRITON_INTERPRET=1``, which only works when the variable is
+set before triton is first imported in the process: once another test module has imported triton
+in compiled mode (``torch.compile`` and custom-op calls do), interpreted launches fail. So the
+interpreter tests run in a fresh child pytest process of this file with the variable set
+(``test_fresh_process_suite``) and skip in the parent; ``TRITON_INTERPRET=1 pytest
+tests/test_kernels_pma.py`` runs them in-process. Interpreter shapes are small and tiles big.
 """
 
 from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,8 +35,30 @@ CONFIGS = [(None, "row"), (0, "row"), (2, "row"), (None, "full")]
 CPU_SHAPES = [(2, 5, 7, 37), (1, 3, 16, 96), (3, 2, 1, 5)]
 
 
+INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
+CHILD_ONLY = "runs in the TRITON_INTERPRET=1 child process of test_fresh_process_suite"
+
+
+@pytest.mark.skipif(INTERPRETING, reason="already interpreting in this process")
+def test_fresh_process_suite() -> None:
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("triton is not installed")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    env.pop("MOCA_RT_KERNELS", None)
+    here = Path(__file__).resolve()
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(here)],
+        cwd=here.parents[1], env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    tail = (proc.stdout + proc.stderr)[-4000:]
+    assert proc.returncode == 0, tail
+    assert " passed" in proc.stdout.strip().splitlines()[-1], tail
+
+
 @pytest.fixture
 def interpret(monkeypatch: pytest.MonkeyPatch) -> None:
+    if not INTERPRETING:
+        pytest.skip(CHILD_ONLY)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     monkeypatch.delenv("MOCA_RT_KERNELS", raising=False)
 
@@ -243,6 +272,8 @@ def test_backend_selection(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_dispatcher_matches_reference(
     monkeypatch: pytest.MonkeyPatch, mode: str, max_disparity: int | None, search: str
 ) -> None:
+    if mode == "triton" and not INTERPRETING:
+        pytest.skip(CHILD_ONLY)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     monkeypatch.setenv("MOCA_RT_KERNELS", mode)
     f, g, w = _inputs((2, 3, 6, 19), seed=7)
