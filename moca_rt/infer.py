@@ -43,7 +43,8 @@ EXIT_INTERRUPTED = 130
 
 DEMO_PRESET = "moca_synth"
 DEMO_SAM_PRESET = "sam_synth"
-DEMO_POINTS_PER_SIDE = 8
+DEMO_POINTS_PER_SIDE = 4
+DEMO_SECONDS = 2.0
 
 
 @dataclass
@@ -52,6 +53,7 @@ class InferOptions:
 
     source: str | None
     out: Path
+    audio: Path | None = None
     preset: str | None = None
     imagebind: Path | None = None
     adapter: Path | None = None
@@ -112,9 +114,15 @@ class InputError(Exception):
 
 
 def _sam_preset_for(state: dict[str, torch.Tensor]) -> str:
+    from moca_rt.checkpoints import CheckpointMismatchError
+
     key = "image_encoder.patch_embed.proj.weight"
     if key not in state:
-        raise InputError(f"--sam: the file has no {key}; it is not a SAM checkpoint")
+        found = sorted(state)
+        shown = ", ".join(found[:8]) + (f", ... ({len(found) - 8} more)" if len(found) > 8 else "")
+        raise CheckpointMismatchError(
+            f"--sam: checkpoint does not fit SAM: missing key [{key}]; its keys are [{shown}]"
+        )
     width = int(state[key].shape[0])
     for name, cfg in SAM_PRESETS.items():
         if cfg.encoder_embed_dim == width and name not in ("sam_test", "sam_synth"):
@@ -180,7 +188,7 @@ def make_demo_clip(out_dir: Path, seed: int = 0) -> Path:
     from moca_rt.datasets.synth import SynthWorld
     from moca_rt.datasets.video import write_mp4
 
-    world = SynthWorld(seed, image_size=224, video_seconds=2.0)
+    world = SynthWorld(seed, image_size=224, video_seconds=DEMO_SECONDS)
     scene = world.sample("video", 0)
     return write_mp4(out_dir / "demo_input.mp4", scene.frames, scene.audio, fps=25.0,
                      sample_rate=scene.sample_rate)
@@ -193,7 +201,7 @@ def run_infer(opts: InferOptions) -> InferSummary:
     decodable frame was written. KeyboardInterrupt closes the outputs and sets
     ``summary.interrupted``.
     """
-    from moca_rt.media import MediaError, open_source
+    from moca_rt.media import MediaError, NoAudioStreamError, open_source
     from moca_rt.pipeline import PRECISIONS, MocaPipeline, SamProposals
     from moca_rt.proposals import ProposalConfig, load_box_prompts
     from moca_rt.sinks import JsonlWriter, MaskPngWriter, OverlayVideoWriter
@@ -226,20 +234,20 @@ def run_infer(opts: InferOptions) -> InferSummary:
     proposals = None
     if sam is not None and use != "none":
         points = opts.points_per_side or (DEMO_POINTS_PER_SIDE if opts.sam is None else 16)
-        proposals = SamProposals(sam, ProposalConfig(points_per_side=points))
+        if opts.sam is None:
+            # A random SAM never passes the quality filters (predicted IoU 0.88, stability
+            # 0.95), so MPM would never run; with them off the demo exercises every stage.
+            pcfg = ProposalConfig(points_per_side=points, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+            opts.notes.append("random SAM: proposal quality filters are off (no trained SAM to filter)")
+        else:
+            pcfg = ProposalConfig(points_per_side=points)
+        proposals = SamProposals(sam, pcfg)
     pipeline = MocaPipeline(model, proposals, _pipeline_config(opts), device=opts.device, dtype=dtype)
 
-    source_opts: dict[str, Any] = {"fps": opts.fps, "allow_silent": opts.allow_silent}
-    if opts.realtime:
-        source_opts["realtime"] = True
-    if opts.overlay:
-        source_opts["keep_raw_audio"] = True
     try:
-        source = open_source(source_spec, **source_opts)
-    except TypeError:
-        source_opts.pop("realtime", None)
-        source_opts.pop("keep_raw_audio", None)
-        source = open_source(source_spec, **source_opts)
+        source = open_source(source_spec, **_source_options(source_spec, opts))
+    except NoAudioStreamError as e:
+        raise InputError(f"{e} (on the command line: --allow-silent)") from e
 
     summary = InferSummary(out=str(out), notes=opts.notes)
     started = time.perf_counter()
@@ -298,6 +306,37 @@ def run_infer(opts: InferOptions) -> InferSummary:
             summary.stage_ms = {k: v / summary.processed for k, v in stage_totals.items()}
         (out / "summary.json").write_text(json.dumps(asdict(summary), indent=2) + "\n")
     return summary
+
+
+def _is_container(spec: str) -> bool:
+    """Whether ``open_source`` decodes ``spec`` as a container (file or network stream)."""
+    from moca_rt.media import IMAGE_SUFFIXES, NETWORK_SCHEMES
+
+    scheme, sep, _ = spec.partition("://")
+    if sep and scheme.lower() in NETWORK_SCHEMES:
+        return True
+    path = Path(spec[len("file://") :] if spec.startswith("file://") else spec)
+    return not path.is_dir() and path.suffix.lower() not in IMAGE_SUFFIXES
+
+
+def _source_options(spec: str, opts: InferOptions) -> dict[str, Any]:
+    """The ``open_source`` options for this kind of source; flags that do not apply to it
+    are either an input error (``--audio`` with a video) or noted and ignored."""
+    source_opts: dict[str, Any] = {"fps": opts.fps, "allow_silent": opts.allow_silent}
+    if _is_container(spec):
+        if opts.audio is not None:
+            raise InputError(f"--audio {opts.audio}: expected an image or a frame folder as "
+                             f"SOURCE, got a video or stream ({spec}) that carries its own audio")
+        if opts.realtime:
+            source_opts["realtime"] = True
+        if opts.overlay:
+            source_opts["keep_raw_audio"] = True
+    else:
+        if opts.audio is not None:
+            source_opts["audio"] = str(opts.audio)
+        if opts.realtime:
+            opts.notes.append("--realtime ignored: an image or frame folder is not a live source")
+    return source_opts
 
 
 def _raw_audio_tap(source: Any, overlay: Any) -> Any:
@@ -368,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="Where mask proposals come from: a SAM point grid, user boxes, or none (cluster masks only).")
     th.add_argument("--boxes", type=Path, help='A JSON file of per-frame boxes: {"frames": {"0": [[x0, y0, x1, y1], ...]}}.')
     th.add_argument("--points-per-side", type=int,
-                    help="The SAM point grid size for proposals (16 with a real --sam, 8 for random demo SAM).")
+                    help="The SAM point grid size for proposals (16 with a real --sam, 4 for the random demo SAM).")
     th.add_argument("--mpm-threshold", type=float, help="Keep proposals whose IoU with the cluster mask is above this.")
     th.add_argument("--mpm-metric", choices=("iou", "coverage"), help="How a proposal is matched to the cluster mask.")
     return p
@@ -379,6 +418,7 @@ def options_from_args(args: argparse.Namespace) -> InferOptions:
     return InferOptions(
         source=source,
         out=args.out,
+        audio=args.audio,
         preset=args.preset,
         imagebind=args.imagebind,
         adapter=args.adapter,
@@ -406,14 +446,33 @@ def options_from_args(args: argparse.Namespace) -> InferOptions:
     )
 
 
+def _usage_problem(opts: InferOptions) -> str | None:
+    """A message for option values argparse cannot check (ranges), or None."""
+    if opts.batch < 1:
+        return f"--batch: expected >= 1, got {opts.batch}"
+    if opts.points_per_side is not None and opts.points_per_side < 1:
+        return f"--points-per-side: expected >= 1, got {opts.points_per_side}"
+    if opts.fps is not None and not opts.fps > 0:
+        return f"--fps: expected > 0, got {opts.fps}"
+    try:
+        _pipeline_config(opts)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from moca_rt.checkpoints import CheckpointMismatchError
     from moca_rt.media import MediaOpenError
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.source is None and not args.demo:
-        build_parser().error("SOURCE is required unless --demo is given")
+        parser.error("SOURCE is required unless --demo is given")
     opts = options_from_args(args)
+    usage = _usage_problem(opts)
+    if usage is not None:
+        parser.error(usage)
     try:
         summary = run_infer(opts)
     except CheckpointMismatchError as e:

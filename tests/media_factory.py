@@ -249,6 +249,25 @@ def send_mpegts_udp(
     return num_frames
 
 
+def write_float_wav(path: str | Path, samples: np.ndarray, sample_rate: int) -> Path:
+    """Write float32 [C, N] samples as IEEE-float WAV, unclipped (NaN/inf kept as they are)."""
+    path = Path(path)
+    channels = samples.shape[0]
+    with av.open(str(path), "w", format="wav") as out:
+        stream = out.add_stream("pcm_f32le", rate=sample_rate, layout="mono" if channels == 1 else "stereo")
+        frame = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(samples.astype(np.float32).T.reshape(1, -1)), format="flt",
+            layout=stream.layout.name,
+        )
+        frame.sample_rate = sample_rate
+        frame.pts = 0
+        for packet in stream.encode(frame):
+            out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return path
+
+
 if __name__ == "__main__":
     import argparse
 
