@@ -1,7 +1,11 @@
-"""Shared test fixtures: fixture paths, device selection, and a numeric comparison helper."""
+"""Shared test fixtures: fixture paths, device selection, and the Triton-interpreter child run."""
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,3 +22,51 @@ def fixtures_dir() -> Path:
 requires_cuda = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA device; none is visible on this machine"
 )
+
+
+def run_in_interpreter_child(
+    test_file: str | Path,
+    keyword: str | None = None,
+    *,
+    exit_first: bool = False,
+    all_passed: bool = False,
+    timeout: float = 600.0,
+) -> str:
+    """Run ``test_file`` in a fresh child pytest with ``TRITON_INTERPRET=1``; return its summary.
+
+    Triton interprets on CPU only when the variable is set before triton is first imported in a
+    process, so Triton-interpreter tests run in a child process (``MOCA_RT_KERNELS`` unset, so
+    the automatic backend choice is tested). Skips when triton is not installed (found without
+    importing it). Asserts that the child exits 0 and that its last line (the pytest summary,
+    returned) reports passed tests.
+
+    Args:
+        test_file: the test module to run (usually ``__file__``).
+        keyword: pytest ``-k`` expression selecting the child's tests; None runs the whole file.
+        exit_first: pass ``-x`` (stop at the first failure).
+        all_passed: also assert that the summary reports no skipped and no failed tests.
+        timeout: seconds before the child is killed (``subprocess.TimeoutExpired``).
+    """
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("triton is not installed")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    env.pop("MOCA_RT_KERNELS", None)
+    path = Path(test_file).resolve()
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    if exit_first:
+        cmd.append("-x")
+    if keyword is not None:
+        cmd += ["-k", keyword]
+    cmd.append(str(path))
+    proc = subprocess.run(
+        cmd, cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
+        timeout=timeout,
+    )  # fmt: skip
+    tail = (proc.stdout + proc.stderr)[-4000:]
+    assert proc.returncode == 0, tail
+    lines = proc.stdout.strip().splitlines()
+    summary = lines[-1] if lines else ""
+    assert " passed" in summary, tail
+    if all_passed:
+        assert "skipped" not in summary and "failed" not in summary, tail
+    return summary

@@ -7,15 +7,11 @@ process with ``TRITON_INTERPRET=1`` (see tests/test_kernels_kmeans.py for why).
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import requires_cuda
+from conftest import requires_cuda, run_in_interpreter_child
 from moca_rt.kernels.dispatch import cupy_available
 
 # The package exports a function named mask_iou, which hides the submodule as an attribute.
@@ -147,20 +143,7 @@ def test_cupy_forced_without_gpu_raises(monkeypatch: pytest.MonkeyPatch) -> None
 
 @pytest.mark.skipif(INTERPRETING, reason="already interpreting in this process")
 def test_fresh_process_suite() -> None:
-    if importlib.util.find_spec("triton") is None:  # never import it here (see module doc)
-        pytest.skip("triton is not installed")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    env.pop("MOCA_RT_KERNELS", None)
-    root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-k", "test_sub_",
-         str(Path(__file__).resolve())],
-        cwd=root, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    tail = (proc.stdout + proc.stderr)[-4000:]
-    assert proc.returncode == 0, tail
-    summary = proc.stdout.strip().splitlines()[-1]
-    assert " passed" in summary and "skipped" not in summary and "failed" not in summary, tail
+    run_in_interpreter_child(__file__, "test_sub_", exit_first=True, all_passed=True, timeout=300)
 
 
 @interp

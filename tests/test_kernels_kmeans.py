@@ -11,16 +11,12 @@ them in-process.
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import requires_cuda
+from conftest import requires_cuda, run_in_interpreter_child
 from moca_rt.kernels import kmeans as km
 from moca_rt.kernels.dispatch import cupy_available
 
@@ -244,20 +240,7 @@ def test_sub_library_op_and_compile(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.skipif(INTERPRETING, reason="already interpreting in this process")
 def test_fresh_process_suite() -> None:
-    if importlib.util.find_spec("triton") is None:  # never import it here (see module doc)
-        pytest.skip("triton is not installed")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    env.pop("MOCA_RT_KERNELS", None)
-    root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-k", "test_sub_",
-         str(Path(__file__).resolve())],
-        cwd=root, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    tail = (proc.stdout + proc.stderr)[-4000:]
-    assert proc.returncode == 0, tail
-    summary = proc.stdout.strip().splitlines()[-1]
-    assert " passed" in summary and "skipped" not in summary and "failed" not in summary, tail
+    run_in_interpreter_child(__file__, "test_sub_", exit_first=True, all_passed=True, timeout=300)
 
 
 @interp

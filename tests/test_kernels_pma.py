@@ -10,15 +10,11 @@ tests/test_kernels_pma.py`` runs them in-process. Interpreter shapes are small a
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import requires_cuda
+from conftest import requires_cuda, run_in_interpreter_child
 from moca_rt.kernels import pma
 from moca_rt.kernels.pma import (
     PmaResult,
@@ -41,18 +37,7 @@ CHILD_ONLY = "runs in the TRITON_INTERPRET=1 child process of test_fresh_process
 
 @pytest.mark.skipif(INTERPRETING, reason="already interpreting in this process")
 def test_fresh_process_suite() -> None:
-    if importlib.util.find_spec("triton") is None:
-        pytest.skip("triton is not installed")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    env.pop("MOCA_RT_KERNELS", None)
-    here = Path(__file__).resolve()
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(here)],
-        cwd=here.parents[1], env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    tail = (proc.stdout + proc.stderr)[-4000:]
-    assert proc.returncode == 0, tail
-    assert " passed" in proc.stdout.strip().splitlines()[-1], tail
+    run_in_interpreter_child(__file__, timeout=600)
 
 
 @pytest.fixture
