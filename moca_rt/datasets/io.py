@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from moca_rt.media.audio import audio_frame_to_float
+
 
 def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> None:
     """Write PCM16 WAV. ``audio``: float [T] (mono) or [C, T], nominally in [-1, 1]."""
@@ -65,26 +67,10 @@ def read_audio_av(path: str | Path, stream_index: int = 0) -> tuple[np.ndarray, 
         rate = int(stream.codec_context.sample_rate or stream.sample_rate)
         chunks = []
         for frame in container.decode(stream):
-            chunks.append(_audio_frame_to_float(frame))
+            chunks.append(audio_frame_to_float(frame))
     if not chunks:
         return np.zeros((1, 0), np.float32), rate
     return np.concatenate(chunks, axis=1), rate
-
-
-def _audio_frame_to_float(frame: object) -> np.ndarray:
-    """float32 [C, n] from a PyAV AudioFrame of any sample format."""
-    arr = frame.to_ndarray()  # type: ignore[attr-defined]
-    fmt = frame.format  # type: ignore[attr-defined]
-    channels = len(frame.layout.channels)  # type: ignore[attr-defined]
-    if not fmt.is_planar:
-        arr = arr.reshape(-1, channels).T
-    if arr.dtype == np.int16:
-        return arr.astype(np.float32) / np.float32(32768.0)
-    if arr.dtype == np.int32:
-        return (arr.astype(np.float64) / 2147483648.0).astype(np.float32)
-    if arr.dtype == np.uint8:
-        return (arr.astype(np.float32) - 128) / np.float32(128.0)
-    return arr.astype(np.float32)
 
 
 def write_png(path: str | Path, array: np.ndarray, palette: np.ndarray | None = None) -> None:

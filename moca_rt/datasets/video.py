@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from moca_rt.datasets.io import _audio_frame_to_float
+from moca_rt.media.audio import audio_frame_to_float
 
 _AAC_FRAME = 1024
 
@@ -181,7 +181,7 @@ def read_video(
                 for i, aframe in enumerate(container.decode(astream)):
                     if i == 0 and aframe.time is not None:
                         start = float(aframe.time)
-                    chunks.append(_audio_frame_to_float(aframe))
+                    chunks.append(audio_frame_to_float(aframe))
                 audio = np.concatenate(chunks, axis=1) if chunks else np.zeros((1, 0), np.float32)
     stacked = np.stack(frames) if frames else np.zeros((0, 0, 0, 3), np.uint8)
     return VideoData(stacked, np.asarray(times, np.float64), fps, audio, rate, start)
