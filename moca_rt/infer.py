@@ -242,6 +242,9 @@ def run_infer(opts: InferOptions) -> InferSummary:
         else:
             pcfg = ProposalConfig(points_per_side=points)
         proposals = SamProposals(sam, pcfg)
+    if proposals is None and use != "none":
+        opts.notes.append(f"--proposals {opts.proposals}: no SAM (give --sam, or --proposals grid for a "
+                          "random one), so the masks are the cluster masks without proposal matching")
     pipeline = MocaPipeline(model, proposals, _pipeline_config(opts), device=opts.device, dtype=dtype)
 
     try:

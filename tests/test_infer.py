@@ -384,3 +384,65 @@ def test_ctrl_c_keeps_outputs(media: Path, tmp_path: Path) -> None:
             assert np.array_equal(decode_rle(rec) * 255, png)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["interrupted"] and summary["frames"] == len(records)
+
+
+# ---- source options ----
+
+
+def test_fps_keeps_input_indices(clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    code, _, err = _run(capsys, clip, "--out", out, *TINY, "--fps", "5")
+    assert code == 0, err
+    records = _check_records_match_pngs(out)
+    assert [r["index"] for r in records] == [0, 5]  # 10 frames at 25 fps, one per 0.2 s
+
+
+def test_realtime_on_a_file_records_every_frame(clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    code, stdout, err = _run(capsys, clip, "--out", out, *TINY, "--realtime")
+    assert code == 0, err
+    records = _check_records_match_pngs(out)
+    # frames the model could not keep up with are dropped records, never missing ones
+    assert [r["index"] for r in records] == list(range(10))
+    dropped = sum(r["dropped"] for r in records)
+    assert f"10 frames ({10 - dropped} processed, {dropped} dropped" in stdout
+
+
+def test_box_prompts(clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps({"frames": {"1": [[4, 4, 40, 40], [30, 10, 60, 50]], "3": [[0, 0, 63, 63]]}}))
+    out = tmp_path / "out"
+    code, _, err = _run(
+        capsys, clip, "--out", out, "--preset", "moca_test", "--sam-preset", "sam_synth", "--no-progress",
+        "--device", "cpu", "--proposals", "boxes", "--boxes", boxes, "--tau", "-1", "--fps", "12.5",
+    )
+    assert code == 0, err
+    records = _check_records_match_pngs(out)
+    assert [r["index"] for r in records] == [0, 2, 4, 6, 8]  # frames 1 and 3 are not selected
+    assert all(r["proposals"] == 0 and r["fallback"] for r in records)
+    out2 = tmp_path / "out2"
+    code, _, err = _run(
+        capsys, clip, "--out", out2, "--preset", "moca_test", "--sam-preset", "sam_synth", "--no-progress",
+        "--device", "cpu", "--proposals", "boxes", "--boxes", boxes, "--tau", "-1",
+    )
+    assert code == 0, err
+    by_index = {r["index"]: r for r in _check_records_match_pngs(out2)}
+    assert len(by_index) == 10
+    assert by_index[1]["proposals"] == 2 and by_index[3]["proposals"] == 1
+    assert all(by_index[i]["proposals"] == 0 for i in (0, 2, 4, 5, 6, 7, 8, 9))
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"frames": {"0": [[1, 2, 3]]}}'], ids=["syntax", "short-box"])
+def test_bad_box_file(content: str, clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(content)
+    out = tmp_path / "out"
+    code, _, err = _run(capsys, clip, "--out", out, *TINY, "--proposals", "boxes", "--boxes", boxes)
+    assert code == 3, err
+    assert f"--boxes {boxes}" in err
+
+
+def test_missing_box_file(clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "none.json"
+    code, _, err = _run(capsys, clip, "--out", tmp_path / "out", *TINY, "--boxes", missing)
+    assert code == 3 and str(missing) in err
