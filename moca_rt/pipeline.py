@@ -194,6 +194,8 @@ class MocaPipeline:
             )
         if not bool(torch.isfinite(windows).all()):
             raise ValueError("audio windows contain NaN or inf; clean them before segmenting")
+        if boxes is not None and len(boxes) != b:
+            raise ValueError(f"boxes: expected one entry (array or None) per frame, {b}, got {len(boxes)}")
         timer = _StageTimer(self.device)
         windows = windows.to(self.device)
         with timer.stage("preprocess"):

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 import torch
+from conftest import requires_cuda
 
 from moca_rt.config import MOCA_PRESETS
 from moca_rt.media import MediaFrame
@@ -205,3 +206,27 @@ def test_stream_yields_every_record_in_order(model: MocaModel) -> None:
     assert len(got) == 5
     for a, b in zip(got, direct, strict=True):
         assert np.array_equal(a.mask, b.mask)
+
+
+def test_boxes_must_match_frames(model: MocaModel) -> None:
+    pipe = MocaPipeline(model)
+    with pytest.raises(ValueError, match=r"boxes: expected one entry .* per frame, 2, got 1"):
+        pipe.segment_batch(_frames(2), _audio(2), boxes=[None])
+
+
+@requires_cuda
+def test_cuda_runs_the_same_decisions() -> None:
+    """The same frames on CUDA (fp32, default kernels): same gate, one result per frame."""
+    torch.manual_seed(0)
+    gpu_model = MocaModel.from_config(MOCA_PRESETS["moca_test"])
+    cfg = PipelineConfig(tau=-1.0)
+    frames, audio = _frames(3, seed=11), _audio(3, seed=12)
+    audio[2] = 0.0
+    gpu = MocaPipeline(gpu_model, config=cfg, device="cuda").segment_batch(frames, audio)
+    cpu = MocaPipeline(MocaModel.from_config(MOCA_PRESETS["moca_test"]), config=cfg).segment_batch(frames, audio)
+    for a, b in zip(cpu, gpu, strict=True):
+        assert a.silent == b.silent and a.mask.shape == b.mask.shape
+        assert b.mask.dtype == np.bool_
+        assert abs(a.level_dbfs - b.level_dbfs) < 1e-3 or a.silent
+        if not b.silent:
+            assert b.chosen and all(np.isfinite(b.scores))
