@@ -22,6 +22,7 @@ import media_factory as mf
 import numpy as np
 import pytest
 import torch
+from conftest import requires_cuda
 from PIL import Image
 
 from moca_rt import infer
@@ -446,3 +447,19 @@ def test_missing_box_file(clip: Path, tmp_path: Path, capsys: pytest.CaptureFixt
     missing = tmp_path / "none.json"
     code, _, err = _run(capsys, clip, "--out", tmp_path / "out", *TINY, "--boxes", missing)
     assert code == 3 and str(missing) in err
+
+
+@requires_cuda
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cuda_run(precision: str, clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    code, stdout, err = _run(
+        capsys, clip, "--out", out, "--preset", "moca_test", "--sam-preset", "sam_synth", "--proposals", "grid",
+        "--points-per-side", "4", "--no-progress", "--device", "cuda", "--precision", precision, "--batch", "4",
+        "--tau", "-1",
+    )
+    assert code == 0, err
+    records = _check_records_match_pngs(out)
+    assert [r["index"] for r in records] == list(range(10))
+    assert all(r["chosen"] and r["mask"]["size"] == [64, 64] for r in records)
+    assert "10 frames (10 processed" in stdout
