@@ -40,7 +40,7 @@ AVSS / AVSBench-semantic (``subset="avss"``; ``root`` is the released folder)::
                                           instead. The reader takes either.
     root/<label>/<uid>/audio.wav
     root/<label>/<uid>/labels_rgb/<i>.png RGB colour masks; the colour of class j is entry j of
-                                          AVSBench's palette (:func:`avss_palette`, the
+                                          AVSBench's palette (``metrics.avss_palette``, the
                                           PASCAL-VOC bit pattern over 71 entries, class 0 black)
 
 Ground truth our writer produces (for ``moca_rt.evaluate``): S4/MS3 masks are single-channel
@@ -66,43 +66,11 @@ from typing import Literal, overload
 import numpy as np
 
 from moca_rt.datasets.io import read_binary_mask, read_rgb, read_wav, write_png, write_wav
+from moca_rt.metrics import AVSS_NUM_CLASSES, avss_palette, colour_mask_to_labels
 
 Subset = Literal["s4", "ms3", "avss"]
 SUBSETS: tuple[Subset, ...] = ("s4", "ms3", "avss")
-AVSS_NUM_CLASSES = 71
 _CSV_NAME = {"s4": "s4_meta_data.csv", "ms3": "ms3_meta_data.csv", "avss": "metadata.csv"}
-
-
-def avss_palette(num_classes: int = AVSS_NUM_CLASSES) -> np.ndarray:
-    """uint8 [num_classes, 3]: AVSBench-semantic colour of each class index (0 = black).
-
-    Bit b of the index's i-th 3-bit group sets bit (7 - i) of channel b (R, G, B).
-    """
-    out = np.zeros((num_classes, 3), np.uint8)
-    for j in range(num_classes):
-        lab, i = j, 0
-        rgb = [0, 0, 0]
-        while lab > 0:
-            for b in range(3):
-                rgb[b] |= ((lab >> b) & 1) << (7 - i)
-            lab >>= 3
-            i += 1
-        out[j] = rgb
-    return out
-
-
-def colour_to_labels(rgb: np.ndarray, palette: np.ndarray) -> np.ndarray:
-    """int64 [H, W] class indices from a uint8 [H, W, 3] colour mask (unknown colours -> 0)."""
-    keys = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
-    pal = (
-        (palette[:, 0].astype(np.int64) << 16)
-        | (palette[:, 1].astype(np.int64) << 8)
-        | palette[:, 2]
-    )
-    order = np.argsort(pal, kind="stable")
-    pos = np.clip(np.searchsorted(pal[order], keys), 0, len(pal) - 1)
-    found = pal[order][pos] == keys
-    return np.where(found, order[pos], 0).astype(np.int64)
 
 
 @dataclass(frozen=True, eq=False)
@@ -428,7 +396,7 @@ class AvsbenchDataset(Sequence[AvsClip]):
         labels: np.ndarray | None = None
         if self.subset == "avss":
             palette = avss_palette()
-            labels_list = [colour_to_labels(read_rgb(p), palette) for _, p in present]
+            labels_list = [colour_mask_to_labels(read_rgb(p), palette) for _, p in present]
             labels = (
                 np.stack(labels_list)
                 if labels_list
