@@ -209,7 +209,10 @@ def run_infer(opts: InferOptions) -> InferSummary:
     if opts.batch < 1:
         raise ValueError(f"--batch must be >= 1, is {opts.batch}")
     out = Path(opts.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"--out {out}: expected a folder that can be created, got {e}") from e
     source_spec = opts.source
     if opts.demo and source_spec is None:
         source_spec = str(make_demo_clip(out, opts.seed))

@@ -162,6 +162,39 @@ def test_corrupt_file(clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[
         assert (out / "summary.json").is_file()
 
 
+def test_corrupt_middle_keeps_decodable_frames(media: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    full = mf.write_video(media / "mid.mp4", num_frames=25, height=64, width=64)
+    data = bytearray(full.read_bytes())
+    n = len(data)
+    data[n // 2 : n // 2 + 3000] = np.random.default_rng(1).integers(0, 256, 3000, dtype=np.uint8).tobytes()
+    bad = tmp_path / "mid.mp4"
+    bad.write_bytes(bytes(data))
+    decodable, errors = 0, 0
+    with av.open(str(bad)) as c:
+        for packet in c.demux(c.streams.video[0]):
+            try:
+                decodable += len(packet.decode())
+            except av.error.FFmpegError:
+                errors += 1
+    out = tmp_path / "out"
+    code, _, err = _run(capsys, bad, "--out", out, *TINY)
+    records = _check_records_match_pngs(out)
+    assert len(records) == decodable  # every frame FFmpeg can decode has its record
+    if errors or decodable < 25:
+        assert code == 1 and "the source broke after" in err
+    else:
+        assert code in (0, 1)
+    assert "Traceback" not in err
+
+
+def test_out_is_a_file(clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder")
+    code, _, err = _run(capsys, clip, "--out", taken, *TINY)
+    assert code == 3 and f"--out {taken}" in err
+
+
 def test_truncated_file_keeps_decodable_frames(media: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     full = mf.write_video(media / "long.mkv", num_frames=25, height=64, width=64)
     cut = mf.write_truncated(full, tmp_path / "cut.mkv", 0.6)
