@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .dispatch import cupy_available
+from .dispatch import cupy_unsupported_reason
 from .kmeans import KMeansResult, check_kmeans_args, kmeanspp_random_table
 
 CSRC = Path(__file__).parent / "csrc"
@@ -66,10 +66,9 @@ def launch(
 
 def cupy_kmeans_supports(x: torch.Tensor, k: int) -> str | None:
     """None if :func:`cosine_kmeans_cupy` can take ``x`` and ``k``, else the reason."""
-    if not x.is_cuda:
-        return f"expected a CUDA tensor for the cupy backend, got device {x.device}"
-    if not cupy_available():
-        return "CuPy cannot run here (not installed or no visible GPU)"
+    reason = cupy_unsupported_reason(x)
+    if reason is not None:
+        return reason
     if k > MAX_K:
         return f"expected k <= {MAX_K} for the CUDA C kernel, got k = {k}"
     if x.shape[1] > MAX_N:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from .cupy_kmeans import as_cupy, launch, raw_module
-from .dispatch import cupy_available
+from .dispatch import cupy_unsupported_reason
 from .mask_iou import Metric, _check_masks, binarise
 
 MAX_K = 16
@@ -18,10 +18,9 @@ MAX_K = 16
 
 def cupy_mask_supports(proposals: torch.Tensor, clusters: torch.Tensor) -> str | None:
     """None if :func:`mask_match_cupy` can take the inputs, else the reason."""
-    if not proposals.is_cuda:
-        return f"expected CUDA tensors for the cupy backend, got device {proposals.device}"
-    if not cupy_available():
-        return "CuPy cannot run here (not installed or no visible GPU)"
+    reason = cupy_unsupported_reason(proposals)
+    if reason is not None:
+        return reason
     if not 1 <= clusters.shape[1] <= MAX_K:
         return f"expected 1 <= K <= {MAX_K} for the CUDA C kernel, got K = {clusters.shape[1]}"
     return None

@@ -65,3 +65,39 @@ def choose_backend(tensor: torch.Tensor) -> Backend:
     if forced is not None:
         return forced
     return "triton" if triton_can_run_on(tensor) else "torch"
+
+
+def triton_unsupported_reason(tensor: torch.Tensor) -> str | None:
+    """None if Triton can launch on ``tensor`` (:func:`triton_can_run_on`), else the reason.
+
+    The device part of every Triton launcher's ``..._supports`` check; size limits are the op's.
+    """
+    if triton_can_run_on(tensor):
+        return None
+    return "Triton cannot run on this tensor (no CUDA tensor and TRITON_INTERPRET unset)"
+
+
+def cupy_unsupported_reason(tensor: torch.Tensor) -> str | None:
+    """None if the CuPy launchers can run on ``tensor`` (a CUDA tensor, usable CuPy), else why.
+
+    The device part of every CuPy launcher's ``..._supports`` check; size limits are the op's.
+    """
+    if not tensor.is_cuda:
+        return f"expected a CUDA tensor for the cupy backend, got device {tensor.device}"
+    if not cupy_available():
+        return "CuPy cannot run here (not installed or no visible GPU)"
+    return None
+
+
+def check_forced_cupy(tensor: torch.Tensor) -> None:
+    """Raise ``ValueError`` when ``MOCA_RT_KERNELS=cupy`` cannot run on ``tensor`` at all.
+
+    A forced CuPy backend without a CUDA tensor or a usable CuPy is a setup error, not a case
+    for the silent fallback that size limits get.
+    """
+    if not (tensor.is_cuda and cupy_available()):
+        raise ValueError(
+            "expected a CUDA tensor and a working CuPy for MOCA_RT_KERNELS=cupy, got "
+            f"device {tensor.device} (cupy usable: {cupy_available()}); install cupy-cuda12x "
+            "on a GPU machine or unset MOCA_RT_KERNELS"
+        )

@@ -47,7 +47,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .dispatch import choose_backend, cupy_available, triton_can_run_on
+from .dispatch import check_forced_cupy, choose_backend, triton_unsupported_reason
 
 NORM_EPS = 1e-12
 WEIGHT_SCALE = 65536.0  # 2^16: quantisation of the seeding weights (see module docstring).
@@ -385,8 +385,9 @@ def _next_pow2(v: int) -> int:
 
 def triton_kmeans_supports(x: torch.Tensor, k: int) -> str | None:
     """None if :func:`cosine_kmeans_triton` can take ``x`` and ``k``, else the reason."""
-    if not triton_can_run_on(x):
-        return "Triton cannot run on this tensor (no CUDA tensor and TRITON_INTERPRET unset)"
+    reason = triton_unsupported_reason(x)
+    if reason is not None:
+        return reason
     if x.shape[1] > TRITON_MAX_N:
         return f"expected N <= {TRITON_MAX_N} for the Triton kernel, got N = {x.shape[1]}"
     if k > TRITON_MAX_K:
@@ -439,12 +440,7 @@ def _run_backend(
     backend = choose_backend(x)
     kwargs: dict[str, Any] = {"max_iters": max_iters, "seed": seed, "early_stop": early_stop}
     if backend == "cupy":
-        if not (x.is_cuda and cupy_available()):
-            raise ValueError(
-                "expected a CUDA tensor and a working CuPy for MOCA_RT_KERNELS=cupy, got "
-                f"device {x.device} (cupy usable: {cupy_available()}); install cupy-cuda12x "
-                "on a GPU machine or unset MOCA_RT_KERNELS"
-            )
+        check_forced_cupy(x)
         from .cupy_kmeans import cosine_kmeans_cupy, cupy_kmeans_supports
 
         if cupy_kmeans_supports(x, k) is None:

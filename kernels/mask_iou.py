@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import torch
 
-from .dispatch import choose_backend, cupy_available, triton_can_run_on
+from .dispatch import check_forced_cupy, choose_backend, triton_unsupported_reason
 
 Metric = Literal["iou", "coverage"]
 MAX_PIXELS = 1 << 24
@@ -185,8 +185,9 @@ def _triton_kernel(interpret: bool) -> Any:
 
 def triton_mask_supports(proposals: torch.Tensor, clusters: torch.Tensor) -> str | None:
     """None if :func:`mask_iou_triton` can take the inputs, else the reason."""
-    if not triton_can_run_on(proposals):
-        return "Triton cannot run on this tensor (no CUDA tensor and TRITON_INTERPRET unset)"
+    reason = triton_unsupported_reason(proposals)
+    if reason is not None:
+        return reason
     if clusters.shape[1] > TRITON_MAX_K:
         return f"expected K <= {TRITON_MAX_K} for the Triton kernel, got K = {clusters.shape[1]}"
     return None
@@ -240,12 +241,7 @@ def _run_backend(
     kwargs: dict[str, Any] = {"threshold": threshold, "metric": metric}
     backend = choose_backend(proposals)
     if backend == "cupy":
-        if not (proposals.is_cuda and cupy_available()):
-            raise ValueError(
-                "expected a CUDA tensor and a working CuPy for MOCA_RT_KERNELS=cupy, got "
-                f"device {proposals.device} (cupy usable: {cupy_available()}); install "
-                "cupy-cuda12x on a GPU machine or unset MOCA_RT_KERNELS"
-            )
+        check_forced_cupy(proposals)
         from .cupy_mask_iou import cupy_mask_supports, mask_match_cupy
 
         if cupy_mask_supports(proposals, clusters) is None:

@@ -130,6 +130,17 @@ def test_bad_dtype_raises() -> None:
         mi.mask_iou(torch.ones(1, 2, 3, 3, dtype=torch.int32), torch.ones(1, 1, 3, 3) > 0)
 
 
+@pytest.mark.skipif(INTERPRETING or torch.cuda.is_available(), reason="needs a CPU-only parent")
+def test_launchers_say_why_they_cannot_take_a_cpu_tensor() -> None:
+    from moca_rt.kernels.cupy_mask_iou import cupy_mask_supports
+
+    p, c = half_masks()
+    assert mi.triton_mask_supports(p, c) == (
+        "Triton cannot run on this tensor (no CUDA tensor and TRITON_INTERPRET unset)"
+    )
+    assert cupy_mask_supports(p, c) == "expected a CUDA tensor for the cupy backend, got device cpu"
+
+
 def test_cupy_forced_without_gpu_raises(monkeypatch: pytest.MonkeyPatch) -> None:
     p, c = half_masks()
     monkeypatch.setenv("MOCA_RT_KERNELS", "cupy")

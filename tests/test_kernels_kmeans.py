@@ -220,6 +220,17 @@ def test_dispatcher_backends(monkeypatch: pytest.MonkeyPatch) -> None:
         km.cosine_kmeans(x, 4, seed=2)
 
 
+@pytest.mark.skipif(INTERPRETING or torch.cuda.is_available(), reason="needs a CPU-only parent")
+def test_launchers_say_why_they_cannot_take_a_cpu_tensor() -> None:
+    from moca_rt.kernels.cupy_kmeans import cupy_kmeans_supports
+
+    x = torch.randn(1, 8, 4)
+    assert km.triton_kmeans_supports(x, 2) == (
+        "Triton cannot run on this tensor (no CUDA tensor and TRITON_INTERPRET unset)"
+    )
+    assert cupy_kmeans_supports(x, 2) == "expected a CUDA tensor for the cupy backend, got device cpu"
+
+
 @interp
 def test_sub_library_op_and_compile(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MOCA_RT_KERNELS", "torch")
