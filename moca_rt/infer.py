@@ -238,8 +238,10 @@ def run_infer(opts: InferOptions) -> InferSummary:
     if sam is not None and use != "none":
         points = opts.points_per_side or (DEMO_POINTS_PER_SIDE if opts.sam is None else 16)
         if opts.sam is None:
+            # Without --sam, SAM has random weights (no trained tiny SAM ships yet, DESIGN 6).
             # A random SAM never passes the quality filters (predicted IoU 0.88, stability
             # 0.95), so MPM would never run; with them off the demo exercises every stage.
+            # Once trained tiny weights ship, keep the filters for them.
             pcfg = ProposalConfig(points_per_side=points, pred_iou_thresh=0.0, stability_score_thresh=0.0)
             opts.notes.append("random SAM: proposal quality filters are off (no trained SAM to filter)")
         else:

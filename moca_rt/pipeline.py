@@ -5,7 +5,8 @@ Per batch of frames:
 1. silence gate (window RMS under ``silence_dbfs`` -> empty mask, record kept);
 2. audio window (2 s centred on the frame) -> fbank -> audio trunk; frame -> 224x224 -> adapted
    vision trunk -> audio-enhanced patch features ``f^a`` and their joint-space embeddings;
-3. cosine k-means on the 256 patch features (``moca_rt.kernels.cosine_kmeans``);
+3. cosine k-means on the 256 patch features (``moca_rt.kernels.cosine_kmeans``), one call per
+   frame so that a frame's clusters do not depend on its position in the batch;
 4. cluster choice against the audio embedding (``tau``, ``delta``; several sources may sound);
 5. the chosen clusters' soft membership upsampled -> coarse mask M;
 6. mask proposal matching (MPM): proposals with IoU(P, M) > 0.5 are united; none -> M.
