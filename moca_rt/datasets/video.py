@@ -89,7 +89,9 @@ def write_mp4(
         a_pos = 0
         total = 0 if wave is None else wave.shape[1]
         for f in range(frames.shape[0]):
-            vf = av.VideoFrame.from_ndarray(frames[f], format="rgb24")
+            # Convert here: left to the encoder, rgb24 -> yuv420p gave different bytes run to
+            # run (PyAV 18, 19 of 20 encodes differed); this conversion is reproducible.
+            vf = av.VideoFrame.from_ndarray(frames[f], format="rgb24").reformat(format="yuv420p")
             vf.pts = f
             vf.time_base = 1 / rate
             container.mux(vstream.encode(vf))
