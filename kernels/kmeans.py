@@ -8,8 +8,9 @@ fp32.
 The algorithm, shared exactly by every backend so that their labels can be compared:
 
 1. **k-means++ seeding, deterministic.** A counter-based hash gives one 31-bit integer
-   ``r[b, s]`` per frame ``b`` and seeding step ``s`` (:func:`kmeanspp_random_table`; the same
-   integers on every device). Step 0 takes patch ``r[b, 0] % N``. Step ``s >= 1`` weighs each
+   ``r[b, s]`` per seeding step ``s`` (:func:`kmeanspp_random_table`; the same integers on every
+   device, and the same for every frame ``b``, so a frame's result never depends on its position
+   in the batch: segmenting with another batch size gives the same clusters). Step 0 takes patch ``r[b, 0] % N``. Step ``s >= 1`` weighs each
    patch by ``w = clamp(1 - max_c cos(x, c), 0, 2)`` over the centres chosen so far (for unit
    vectors ``|x - c|^2 = 2 (1 - cos)``, so this is D^2 sampling), quantises
    ``q = floor(w * 2^16)`` (int), and takes the smallest index ``i`` whose inclusive prefix sum
@@ -82,22 +83,21 @@ def kmeanspp_random_table(
 ) -> torch.Tensor:
     """Counter-based integers driving the k-means++ seeding: ``[batch, k]`` int32 in [0, 2^31).
 
-    ``r[b, s] = lowbias32(seed*0x9E3779B1 + b*0x85EBCA77 + s*0xC2B2AE3D + 0x27D4EB2F) >> 1``
+    ``r[b, s] = lowbias32(seed*0x9E3779B1 + s*0xC2B2AE3D + 0x27D4EB2F) >> 1`` for every ``b``
     with all arithmetic mod 2^32 and lowbias32 the xor-shift-multiply mix
     ``x ^= x >> 16; x *= 0x7FEB352D; x ^= x >> 15; x *= 0x846CA68B; x ^= x >> 16``.
     Computed with int64 tensor ops on ``device`` (no host round trip, CUDA-graph safe); the
-    result depends only on (seed, b, s), never on the device or on ``batch``.
+    result depends only on (seed, s): never on the device, the batch size or the frame's row.
     """
-    b = torch.arange(batch, device=device, dtype=torch.int64)[:, None]
     s = torch.arange(k, device=device, dtype=torch.int64)[None, :]
     base = ((seed & _MASK32) * 0x9E3779B1 + 0x27D4EB2F) & _MASK32
-    h = (_mul32(b, 0x85EBCA77) + _mul32(s, 0xC2B2AE3D) + base) & _MASK32
+    h = (_mul32(s, 0xC2B2AE3D) + base) & _MASK32
     h = h ^ (h >> 16)
     h = _mul32(h, 0x7FEB352D)
     h = h ^ (h >> 15)
     h = _mul32(h, 0x846CA68B)
     h = h ^ (h >> 16)
-    return (h >> 1).to(torch.int32)
+    return (h >> 1).to(torch.int32).expand(batch, k).contiguous()
 
 
 def check_kmeans_args(x: torch.Tensor, k: int, max_iters: int) -> None:

@@ -8,19 +8,12 @@ batched over frames and device-agnostic.
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
 MatchMetric = Literal["iou", "coverage"]
-
-
-class FrameClusters(NamedTuple):
-    """k-means result the pipeline keeps: labels [B, N] int64, iterations [B] int32."""
-
-    labels: torch.Tensor
-    iterations: torch.Tensor
 
 
 def window_dbfs(audio: torch.Tensor) -> torch.Tensor:

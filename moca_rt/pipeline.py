@@ -5,8 +5,9 @@ Per batch of frames:
 1. silence gate (window RMS under ``silence_dbfs`` -> empty mask, record kept);
 2. audio window (2 s centred on the frame) -> fbank -> audio trunk; frame -> 224x224 -> adapted
    vision trunk -> audio-enhanced patch features ``f^a`` and their joint-space embeddings;
-3. cosine k-means on the 256 patch features (``moca_rt.kernels.cosine_kmeans``), one call per
-   frame so that a frame's clusters do not depend on its position in the batch;
+3. cosine k-means on the 256 patch features (``moca_rt.kernels.cosine_kmeans``), one batched
+   call; its k-means++ draws are the same for every batch row, so a frame's clusters do not
+   depend on its position in the batch;
 4. cluster choice against the audio embedding (``tau``, ``delta``; several sources may sound);
 5. the chosen clusters' soft membership upsampled -> coarse mask M;
 6. mask proposal matching (MPM): proposals with IoU(P, M) > 0.5 are united; none -> M.
@@ -211,7 +212,16 @@ class MocaPipeline:
         patches = vision.patch_features.float()
         grid = (patches.shape[1], patches.shape[2])
         with timer.stage("kmeans"):
-            km = _kmeans_per_frame(patches.reshape(b, -1, patches.shape[-1]), cfg)
+            from moca_rt.kernels import cosine_kmeans
+
+            # The k-means++ draws do not depend on a frame's batch row, so masks do not change
+            # with the batch size.
+            km = cosine_kmeans(
+                patches.reshape(b, -1, patches.shape[-1]),
+                cfg.num_clusters,
+                max_iters=cfg.kmeans_iters,
+                seed=cfg.kmeans_seed,
+            )
         with timer.stage("choose"):
             joint = vision.patch_embeddings.float().reshape(b, km.labels.shape[1], -1)
             scores = clustering.cluster_scores(joint, km.labels, cfg.num_clusters, audio_feats.embedding.float())
@@ -339,24 +349,6 @@ class MocaPipeline:
                 n_kept.append(k)
                 fallback.append(k == 0)
         return masks, n_props, n_kept, fallback
-
-
-def _kmeans_per_frame(x: torch.Tensor, cfg: PipelineConfig) -> clustering.FrameClusters:
-    """Cosine k-means of each frame on its own: labels [B, N] int64, iterations [B] int32.
-
-    The k-means++ draws of ``moca_rt.kernels.cosine_kmeans`` depend on a frame's row in the
-    batch (``r[b, s]``), so one batched call would give a frame different clusters at a
-    different position, i.e. masks that change with ``--batch``. Each frame runs as row 0.
-    """
-    from moca_rt.kernels import cosine_kmeans
-
-    runs = [
-        cosine_kmeans(x[i : i + 1], cfg.num_clusters, max_iters=cfg.kmeans_iters, seed=cfg.kmeans_seed)
-        for i in range(x.shape[0])
-    ]
-    return clustering.FrameClusters(
-        labels=torch.cat([r.labels for r in runs]), iterations=torch.cat([r.iterations for r in runs])
-    )
 
 
 PrecisionName = Literal["fp32", "bf16", "fp16"]

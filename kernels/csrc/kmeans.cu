@@ -230,7 +230,7 @@ extern "C" void moca_kmeanspp_random_table(uint64_t seed, int batch, int k, int3
   const uint32_t base = static_cast<uint32_t>(seed) * 0x9E3779B1u + 0x27D4EB2Fu;
   for (int b = 0; b < batch; ++b) {
     for (int s = 0; s < k; ++s) {
-      const uint32_t h = static_cast<uint32_t>(b) * 0x85EBCA77u + static_cast<uint32_t>(s) * 0xC2B2AE3Du + base;
+      const uint32_t h = static_cast<uint32_t>(s) * 0xC2B2AE3Du + base;  // same draws for every frame
       out[b * k + s] = static_cast<int32_t>(moca_mix32(h) >> 1);
     }
   }

@@ -48,7 +48,7 @@ extern "C" {
 #endif
 
 // Counter-based k-means++ draws, identical to moca_rt.kernels.kmeans.kmeanspp_random_table:
-// out[b * k + s] in [0, 2^31). Host function (no GPU needed).
+// out[b * k + s] in [0, 2^31), the same for every frame b. Host function (no GPU needed).
 void moca_kmeanspp_random_table(uint64_t seed, int batch, int k, int32_t* out);
 
 // Cosine k-means of B frames of x [B, N, D] (dtype MOCA_DTYPE_*), row-major contiguous.
