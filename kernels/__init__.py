@@ -32,23 +32,20 @@ __all__ = [
     "mask_iou_triton",
 ]
 
-try:  # written in parallel by the PMA work; the package stays importable without it
-    from .pma import (
-        PmaResult,
-        pma_cost,
-        pma_cost_reference,
-        pma_cost_torch_fast,
-        pma_cost_triton,
-        pma_triplet_loss,
-    )
-except ImportError:  # pragma: no cover - only while kernels/pma.py is missing or incomplete
-    pass
-else:
-    __all__ += [
-        "PmaResult",
-        "pma_cost",
-        "pma_cost_reference",
-        "pma_cost_torch_fast",
-        "pma_cost_triton",
-        "pma_triplet_loss",
-    ]
+from .pma import (
+    PmaResult,
+    pma_cost,
+    pma_cost_reference,
+    pma_cost_torch_fast,
+    pma_cost_triton,
+    pma_triplet_loss,
+)
+
+__all__ += [
+    "PmaResult",
+    "pma_cost",
+    "pma_cost_reference",
+    "pma_cost_torch_fast",
+    "pma_cost_triton",
+    "pma_triplet_loss",
+]

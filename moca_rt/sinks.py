@@ -335,7 +335,9 @@ class OverlayVideoWriter:
         if shown.shape[0] % 2 or shown.shape[1] % 2:
             shown = np.pad(shown, ((0, shown.shape[0] % 2), (0, shown.shape[1] % 2), (0, 0)),
                            mode="edge")
+        # Convert to yuv420p here: the encoder's own conversion is not bit-reproducible.
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(shown), format="rgb24")
+        frame = frame.reformat(format="yuv420p")
         frame.pts, frame.time_base = pts_out, self.TIME_BASE
         for packet in self._video.encode(frame):
             self._container.mux(packet)

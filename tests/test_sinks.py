@@ -147,3 +147,16 @@ def test_overlay_odd_size_and_non_increasing_pts(tmp_path: Path) -> None:
     with av.open(str(out)) as c:
         frames = list(c.decode(video=0))
     assert len(frames) == 3 and (frames[0].height, frames[0].width) == (34, 48)
+
+
+def test_overlay_bytes_are_reproducible(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (8, 64, 80, 3), dtype=np.uint8)
+    digests = set()
+    for k in range(4):
+        path = tmp_path / f"overlay{k}.mp4"
+        with OverlayVideoWriter(path, frame_rate=25) as writer:
+            for i, image in enumerate(images):
+                writer.write(image, image[..., 0] > 128, i / 25)
+        digests.add(path.read_bytes())
+    assert len(digests) == 1
