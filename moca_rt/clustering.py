@@ -110,22 +110,3 @@ def match_scores(
         )
     op = mask_iou if metric == "iou" else mask_coverage
     return op(proposals.bool(), coarse.bool().unsqueeze(1))[:, :, 0]
-
-
-def refine_with_proposals(
-    proposals: torch.Tensor, coarse: torch.Tensor, threshold: float, metric: MatchMetric = "iou"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mask proposal matching (MPM): union of the proposals that match M; M where none does.
-
-    Args:
-        proposals: [B, P, h, w] bool.
-        coarse: [B, h, w] bool.
-        threshold: keep proposals whose score is strictly above it (0.5 in the paper).
-    Returns:
-        (refined [B, h, w] bool, kept [B, P] bool).
-    """
-    kept = match_scores(proposals, coarse, metric) > threshold
-    union = (proposals.bool() & kept[:, :, None, None]).any(dim=1)
-    any_kept = kept.any(dim=1)
-    refined = torch.where(any_kept[:, None, None], union, coarse.bool())
-    return refined, kept

@@ -49,19 +49,16 @@ def test_sounding_probability_upsamples_chosen_patches() -> None:
     assert (prob[0] > 0.5).sum().item() == 4  # the top-left quadrant
 
 
-def test_refine_with_proposals_keeps_matching_and_falls_back() -> None:
+def test_match_scores_iou_and_coverage() -> None:
     coarse = torch.zeros(1, 8, 8, dtype=torch.bool)
     coarse[0, :4, :4] = True
-    props = torch.zeros(1, 3, 8, 8, dtype=torch.bool)
-    props[0, 0, :4, :5] = True  # IoU 16/20 = 0.8 -> kept
-    props[0, 1, 4:, 4:] = True  # disjoint -> dropped
-    props[0, 2, :2, :2] = True  # IoU 4/16 = 0.25 -> dropped; coverage 1.0 -> kept
-    refined, kept = clustering.refine_with_proposals(props, coarse, 0.5, "iou")
-    assert kept.tolist() == [[True, False, False]]
-    assert torch.equal(refined[0], props[0, 0])
-    _, kept_cov = clustering.refine_with_proposals(props, coarse, 0.5, "coverage")
-    assert kept_cov.tolist() == [[True, False, True]]
-    nothing = torch.zeros_like(props)
-    fallback, kept_none = clustering.refine_with_proposals(nothing, coarse, 0.5, "iou")
-    assert not kept_none.any()
-    assert torch.equal(fallback, coarse)
+    props = torch.zeros(1, 4, 8, 8, dtype=torch.bool)
+    props[0, 0, :4, :5] = True  # IoU 16/20 = 0.8
+    props[0, 1, 4:, 4:] = True  # disjoint
+    props[0, 2, :2, :2] = True  # IoU 4/16 = 0.25, coverage 1.0
+    iou = clustering.match_scores(props, coarse, "iou")
+    assert iou[0].tolist() == pytest.approx([0.8, 0.0, 0.25, 0.0])  # empty proposal scores 0
+    coverage = clustering.match_scores(props, coarse, "coverage")
+    assert coverage[0].tolist() == pytest.approx([0.8, 0.0, 1.0, 0.0])
+    with pytest.raises(ValueError, match="share"):
+        clustering.match_scores(props, coarse[:, :4], "iou")
