@@ -28,6 +28,9 @@ bracketed by a device sync. Per row:
   it started, so it never goes down from one row to the next).
 * ``miou`` / ``fscore``: AVSBench mIoU and F-score (``moca_rt.metrics``, binary masks, one
   frame per meter batch) of the same timed calls against the scenes' ground-truth masks.
+* ``silent_frames`` (gated by the silence threshold), ``unchosen_frames`` (no cluster passed
+  ``tau``: empty mask), ``fallback_frames`` (no proposal matched: the coarse mask is used) and
+  ``mean_proposals`` (SAM masks per frame) say which work the frames needed.
 * ``floor_h100_ms``: for ``moca_huge`` (+ ``sam_vit_h``) the compute floor of DESIGN section 8
   at ~800 dense bf16 TFLOP/s: ImageBind-H vision 0.34 TFLOP, audio 0.04 TFLOP (one clip: the
   pipeline runs the trunk once per 2 s window), SAM-H encoder ~5.9 TFLOP, decoder ~0.9 TFLOP
@@ -78,6 +81,7 @@ COLUMNS = [
     "batch_ms_p99", "e2e_ms_p50", "e2e_ms_p99", "fps",
     *(f"{s}_ms_{q}" for s in STAGES for q in ("p50", "p99")),
     "peak_mem_mib", "peak_mem_kind", "miou", "fscore", "scored_frames", "silent_frames",
+    "unchosen_frames",
     "fallback_frames", "mean_proposals", "floor_h100_ms", "floor_fraction", "notes",
 ]  # fmt: skip
 
@@ -348,6 +352,7 @@ def _bench_one(
         "fscore": fscore,
         "scored_frames": n,
         "silent_frames": sum(r.silent for r in results),
+        "unchosen_frames": sum(not r.silent and not r.chosen for r in results),
         "fallback_frames": sum(r.used_fallback for r in results),
         "mean_proposals": float(np.mean([r.proposals for r in results])),
     }
