@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import requires_cuda
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "pipeline.py"
 
@@ -172,3 +173,16 @@ def test_cli_writes_rows(
         (1, "none", 0.0)
     ]
     assert bench.main([*args[:-2], "--splits", "s5", "--out", str(out)]) == 2
+
+
+@requires_cuda
+def test_cuda_rows(bench: ModuleType) -> None:
+    opts = bench.BenchOptions(
+        preset="moca_test", sam_preset="sam_synth", device="cuda", precision="bf16",
+        batches=(1, 2), frames=2, warmup=0, image_size=64, points_per_side=2,
+    )  # fmt: skip
+    rows = bench.run_pipeline_benchmark(opts)
+    for r in rows:
+        assert r["status"] == "ok", r["status"]
+        assert r["peak_mem_kind"] == "cuda_max_allocated" and r["peak_mem_mib"] > 0
+        assert 0 < r["e2e_ms_p50"] <= r["e2e_ms_p99"] and 0.0 <= r["miou"] <= 1.0
