@@ -9,13 +9,15 @@ The algorithm, shared exactly by every backend so that their labels can be compa
 
 1. **k-means++ seeding, deterministic.** A counter-based hash gives one 31-bit integer
    ``r[b, s]`` per seeding step ``s`` (:func:`kmeanspp_random_table`; the same integers on every
-   device, and the same for every frame ``b``, so a frame's result never depends on its position
-   in the batch: segmenting with another batch size gives the same clusters). Step 0 takes patch ``r[b, 0] % N``. Step ``s >= 1`` weighs each
-   patch by ``w = clamp(1 - max_c cos(x, c), 0, 2)`` over the centres chosen so far (for unit
+   device and for every frame ``b``, so a frame's draws do not depend on its batch row; its
+   result can still differ in rare cases, because batched matmuls may round the cosines
+   differently at another batch size). Step 0 takes patch ``r[b, 0] % N``. Step ``s >= 1``
+   weighs each patch by ``w = clamp(1 - max_c cos(x, c), 0, 2)`` over the centres chosen so far (for unit
    vectors ``|x - c|^2 = 2 (1 - cos)``, so this is D^2 sampling), quantises
    ``q = floor(w * 2^16)`` (int), and takes the smallest index ``i`` whose inclusive prefix sum
-   ``sum_{j<=i} q_j`` exceeds ``r[b, s] % sum(q)``. Integer prefix sums make the choice exact
-   once the ``q`` agree; the ``q`` come from fp32 dot products whose rounding differs slightly
+   ``sum_{j<=i} q_j`` exceeds ``t = (r[b, s] * sum(q)) >> 31`` (the draw scaled to the total,
+   so a total that rounding moves by a unit or two moves ``t`` by less than one). Integer
+   prefix sums make the choice exact once the ``q`` agree; the ``q`` come from fp32 dot products whose rounding differs slightly
    between backends, so two backends can only disagree when the draw lands within a few units of
    a prefix-sum boundary (about one draw in a million). If every ``q`` is 0 (all patches equal
    to a centre), step ``s`` takes ``r[b, s] % N``.
@@ -119,7 +121,7 @@ def check_kmeans_args(x: torch.Tensor, k: int, max_iters: int) -> None:
 def _seed_index(q: torch.Tensor, rand: torch.Tensor, n: int) -> torch.Tensor:
     """Seeding choice from integer weights q [..., N] and draws rand [...] (see module doc)."""
     total = q.sum(dim=-1)
-    r = rand.to(torch.int64) % total.clamp(min=1)
+    r = (rand.to(torch.int64) * total) >> 31
     idx = (q.cumsum(dim=-1) <= r.unsqueeze(-1)).sum(dim=-1)
     return torch.where(total > 0, idx, rand.to(torch.int64) % n)
 
@@ -156,7 +158,7 @@ def cosine_kmeans_reference(
             if total == 0:
                 idx = rand[b][s] % n
             else:
-                r = rand[b][s] % total
+                r = (rand[b][s] * total) >> 31
                 idx = int((q.cumsum(0) <= r).sum())
             centres.append(idx)
             best = torch.maximum(best, xb @ xb[idx])
@@ -309,7 +311,7 @@ def _triton_kernel(interpret: bool) -> Any:
             total = tl.sum(q, axis=0)
             csum = tl.cumsum(q, axis=0)
             rs = tl.load(rb + s)
-            r = rs % tl.maximum(total, 1)
+            r = (rs.to(tl.int64) * total.to(tl.int64)) >> 31
             idx = tl.sum(((csum <= r) & n_mask).to(tl.int32), axis=0)
             idx = tl.where(total > 0, idx, rs % N)
             dots = tl.zeros([BLOCK_N], dtype=tl.float32)

@@ -5,9 +5,9 @@ Per batch of frames:
 1. silence gate (window RMS under ``silence_dbfs`` -> empty mask, record kept);
 2. audio window (2 s centred on the frame) -> fbank -> audio trunk; frame -> 224x224 -> adapted
    vision trunk -> audio-enhanced patch features ``f^a`` and their joint-space embeddings;
-3. cosine k-means on the 256 patch features (``moca_rt.kernels.cosine_kmeans``), one batched
-   call; its k-means++ draws are the same for every batch row, so a frame's clusters do not
-   depend on its position in the batch;
+3. cosine k-means on the 256 patch features (``moca_rt.kernels.cosine_kmeans``), one call per
+   frame: the batched torch path's matmuls may round a frame's cosines differently at another
+   batch size, and masks must not change with the batch size;
 4. cluster choice against the audio embedding (``tau``, ``delta``; several sources may sound);
 5. the chosen clusters' soft membership upsampled -> coarse mask M;
 6. mask proposal matching (MPM): proposals with IoU(P, M) > 0.5 are united; none -> M.
@@ -212,21 +212,12 @@ class MocaPipeline:
         patches = vision.patch_features.float()
         grid = (patches.shape[1], patches.shape[2])
         with timer.stage("kmeans"):
-            from moca_rt.kernels import cosine_kmeans
-
-            # The k-means++ draws do not depend on a frame's batch row, so masks do not change
-            # with the batch size.
-            km = cosine_kmeans(
-                patches.reshape(b, -1, patches.shape[-1]),
-                cfg.num_clusters,
-                max_iters=cfg.kmeans_iters,
-                seed=cfg.kmeans_seed,
-            )
+            labels, iterations = _kmeans_per_frame(patches.reshape(b, -1, patches.shape[-1]), cfg)
         with timer.stage("choose"):
-            joint = vision.patch_embeddings.float().reshape(b, km.labels.shape[1], -1)
-            scores = clustering.cluster_scores(joint, km.labels, cfg.num_clusters, audio_feats.embedding.float())
+            joint = vision.patch_embeddings.float().reshape(b, labels.shape[1], -1)
+            scores = clustering.cluster_scores(joint, labels, cfg.num_clusters, audio_feats.embedding.float())
             chosen = clustering.choose_clusters(scores, cfg.tau, cfg.delta) & ~silent[:, None]
-        masks, n_props, n_kept, fallback = self._masks(images, boxes, km.labels, chosen, grid, timer)
+        masks, n_props, n_kept, fallback = self._masks(images, boxes, labels, chosen, grid, timer)
         results = []
         per_frame = {k: v / b for k, v in timer.ms.items()}
         scores_cpu, chosen_cpu = scores.cpu(), chosen.cpu()
@@ -239,7 +230,7 @@ class MocaPipeline:
                     level_dbfs=float(level[i]),
                     scores=[] if is_silent else [round(float(s), 6) for s in scores_cpu[i]],
                     chosen=[] if is_silent else [int(k) for k in chosen_cpu[i].nonzero().flatten()],
-                    kmeans_iterations=int(km.iterations[i]),
+                    kmeans_iterations=int(iterations[i]),
                     proposals=n_props[i],
                     proposals_kept=n_kept[i],
                     used_fallback=fallback[i],
@@ -311,18 +302,23 @@ class MocaPipeline:
     ) -> tuple[list[np.ndarray], list[int], list[int], list[bool]]:
         cfg = self.config
         b = len(images)
-        proposal_logits: list[torch.Tensor] | None = None
-        if self.proposals is not None and bool(chosen.any()):
+        # Proposals only for frames with a sounding cluster: the others get an empty mask anyway.
+        sounding = [i for i in range(b) if bool(chosen[i].any())]
+        proposal_logits: dict[int, torch.Tensor] = {}
+        if self.proposals is not None and sounding:
             with timer.stage("proposals"):
-                proposal_logits = self.proposals(images, boxes)
+                found = self.proposals(
+                    [images[i] for i in sounding], None if boxes is None else [boxes[i] for i in sounding]
+                )
+            proposal_logits = dict(zip(sounding, found, strict=True))
         masks, n_props, n_kept, fallback = [], [], [], []
         with timer.stage("mpm"):
             for i in range(b):
                 h, w = images[i].shape[:2]
-                props = None if proposal_logits is None else proposal_logits[i].to(self.device)
+                props = proposal_logits[i].to(self.device) if i in proposal_logits else None
                 if not bool(chosen[i].any()):
                     masks.append(np.zeros((h, w), dtype=bool))
-                    n_props.append(0 if props is None else int(props.shape[0]))
+                    n_props.append(0)
                     n_kept.append(0)
                     fallback.append(False)
                     continue
@@ -349,6 +345,17 @@ class MocaPipeline:
                 n_kept.append(k)
                 fallback.append(k == 0)
         return masks, n_props, n_kept, fallback
+
+
+def _kmeans_per_frame(x: torch.Tensor, cfg: PipelineConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine k-means of each frame on its own: labels [B, N] int64, iterations [B] int32."""
+    from moca_rt.kernels import cosine_kmeans
+
+    runs = [
+        cosine_kmeans(x[i : i + 1], cfg.num_clusters, max_iters=cfg.kmeans_iters, seed=cfg.kmeans_seed)
+        for i in range(x.shape[0])
+    ]
+    return torch.cat([r.labels for r in runs]), torch.cat([r.iterations for r in runs])
 
 
 PrecisionName = Literal["fp32", "bf16", "fp16"]

@@ -159,7 +159,7 @@ def test_seeding_follows_the_documented_rule() -> None:
         best = xn[b] @ xn[b, chosen[0]]
         for s in range(1, 4):
             q = [int(v) for v in torch.floor((1 - best).clamp(0, 2) * 65536).tolist()]
-            r = int(rand[b, s]) % sum(q)
+            r = (int(rand[b, s]) * sum(q)) >> 31
             cum, idx = 0, 0
             while cum + q[idx] <= r:
                 cum += q[idx]
@@ -345,7 +345,9 @@ def test_gpu_cupy_matches_reference(dtype: torch.dtype) -> None:
     )
 
 
-def test_a_frame_clusters_the_same_at_any_batch_row() -> None:
+def test_frames_cluster_alike_alone_and_in_a_batch() -> None:
+    # The draws do not depend on the batch row; batched matmuls may still round a frame's
+    # cosines differently (rarely moving a choice), so this holds for these fixed inputs.
     g = torch.Generator().manual_seed(21)
     x = torch.randn(4, 40, 24, generator=g)
     together = km.cosine_kmeans_torch_fast(x, 3, seed=9)

@@ -52,11 +52,13 @@ class FakeProposals:
     def __init__(self, logits: torch.Tensor) -> None:
         self.logits = logits
         self.calls = 0
+        self.frames_seen = 0
 
     def __call__(
         self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray | None] | None
     ) -> list[torch.Tensor]:
         self.calls += 1
+        self.frames_seen += len(images)
         return [self.logits.clone() for _ in images]
 
 
@@ -136,6 +138,19 @@ def test_mpm_keeps_the_overlapping_proposal(model: MocaModel) -> None:
     expected = np.zeros((64, 64), bool)
     expected[:, :48] = True  # 12 of 16 low-res columns, upsampled x4
     assert np.array_equal(res.mask, expected)
+
+
+def test_proposals_only_for_frames_with_a_sounding_cluster(model: MocaModel) -> None:
+    big = np.zeros((12, 16), bool)
+    big[:, :12] = True
+    fake = FakeProposals(_low_res_logits([big]))
+    pipe = MocaPipeline(model, proposals=fake, config=PipelineConfig(tau=-1.0, delta=2.0))
+    audio = _audio(3)
+    audio[1] = 0.0  # gated as silent: no cluster sounds, so SAM need not run on it
+    loud0, quiet, loud2 = pipe.segment_batch(_frames(3), audio)
+    assert fake.calls == 1 and fake.frames_seen == 2
+    assert quiet.silent and quiet.proposals == 0 and not quiet.mask.any()
+    assert loud0.proposals == 1 and loud2.proposals == 1
 
 
 def test_mpm_falls_back_to_coarse_mask(model: MocaModel) -> None:

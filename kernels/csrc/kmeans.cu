@@ -73,7 +73,7 @@ __device__ void moca_kmeans_frame(const void* xv, const int* rand, float* cent, 
       const int rs = rb[s];
       int idx;
       if (total > 0) {
-        const long long r = rs % total;
+        const long long r = (static_cast<long long>(rs) * total) >> 31;
         long long cum = 0;
         idx = 0;
         while (idx < N) {
