@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Every GPU check of the project in one call, for a session that is lent a GPU machine
+# (see the device tool's METHOD.md: few full calls beat many small ones).
+#
+# Prepare on the development machine, once (the GPU machine cannot reach PyPI; its image has
+# torch, triton, cupy, onnx, onnxruntime but no PyAV or pycocotools):
+#
+#   echo /.whl/ >> .git/info/exclude
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+#       -d .whl av==18.1.0 pycocotools==2.0.11
+#
+# Then call the device tool with carry [".whl"] and the command
+#
+#   bash benchmarks/gpu_session.sh
+#
+# Results land in $OUT (logs) and benchmarks/results/ (copied to $OUT/results): commit the CSVs.
+set -uo pipefail
+OUT=${OUT:-/tmp/moca_gpu_out}
+mkdir -p "$OUT/results"
+export PYTHONUNBUFFERED=1
+if [ -d .whl ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . > "$OUT/install.log" 2>&1 \
+    || { echo "install failed"; tail -20 "$OUT/install.log"; exit 1; }
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" \
+    | tee -a "$OUT/gpu.txt"
+
+status=0
+step() {  # name, command...
+    local name=$1; shift
+    echo "== $name"
+    local t0=$SECONDS
+    "$@" > "$OUT/$name.log" 2>&1
+    local rc=$?
+    echo "   rc=$rc in $((SECONDS - t0)) s"
+    tail -5 "$OUT/$name.log"
+    [ $rc -eq 0 ] || status=1
+}
+
+# Correctness first: every test that needs CUDA (they skip on CPU), then the whole suite.
+step gpu_tests python3 -m pytest -q -p no:cacheprovider -ra \
+    tests/test_kernels_pma.py tests/test_kernels_kmeans.py tests/test_kernels_iou.py \
+    tests/test_preprocess.py tests/test_moca.py tests/test_sam.py tests/test_pipeline.py \
+    tests/test_infer.py tests/test_benchmark_pipeline.py
+step cmake bash -c 'cmake -S . -B build/gpu -DCMAKE_CUDA_ARCHITECTURES=90 && cmake --build build/gpu -j 8 && (cd build/gpu && ctest --output-on-failure)'
+# Speed: kernels at the real shapes (fp32 + bf16), then the end-to-end pipeline.
+step kernels_bench python3 benchmarks/kernels.py --device cuda --out benchmarks/results/kernels_cuda.csv
+step pipeline_bench python3 benchmarks/pipeline.py --device cuda --precision bf16 --batch 1,8,32 \
+    --frames 64 --out benchmarks/results/pipeline_cuda.csv
+cp benchmarks/results/*cuda* "$OUT/results/" 2>/dev/null
+echo "== done (status $status); logs and CSVs in $OUT"
+exit $status
