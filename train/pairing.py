@@ -185,6 +185,33 @@ def compute_features(
     return torch.cat(feats)
 
 
+_LOW_BITS = 32
+_LOW_MASK = (1 << _LOW_BITS) - 1
+_SIGN = 1 << 31
+
+
+def _order_keys(sim: Tensor, col_ids: Tensor) -> Tensor:
+    """int64 keys whose order is (cosine desc, index asc) and which are all distinct.
+
+    ``sim`` is float32 [R, C]; ``col_ids`` int64 dataset indices broadcastable to it.
+
+    The float32 bits are mapped to an int that orders like the float (negative floats flipped),
+    shifted up 32 bits, and the low 32 bits hold ``2^32 - 1 - index``, so ``topk`` on the keys
+    has no ties and its result does not depend on the device, tile size or thread count.
+    """
+    bits = sim.contiguous().view(torch.int32).to(torch.int64)
+    ordered = torch.where(bits >= 0, bits, -(bits + _SIGN) - 1)
+    return (ordered << _LOW_BITS) | (_LOW_MASK - col_ids)
+
+
+def _decode_keys(keys: Tensor) -> tuple[Tensor, Tensor]:
+    """Inverse of :func:`_order_keys`: (float32 cosines, int64 indices)."""
+    ordered = keys >> _LOW_BITS
+    idx = _LOW_MASK - (keys & _LOW_MASK)
+    bits = torch.where(ordered >= 0, ordered, -(ordered + 1) - _SIGN)
+    return bits.to(torch.int32).view(torch.float32), idx
+
+
 @torch.inference_mode()
 def knn_table(
     features: Tensor, k: int = 10, chunk: int = 4096, device: torch.device | str | None = None
@@ -194,7 +221,8 @@ def knn_table(
     Features are L2-normalised here (a no-op for :func:`compute_features` output) and the
     cosines computed in float32 on ``device`` (default: the features' device). Rows are
     processed ``chunk`` at a time against ``chunk`` columns at a time, keeping a running top-K,
-    so the extra memory is about ``chunk * (chunk + k)`` values, never N x N.
+    so the extra memory is a few ``chunk x chunk`` tiles, never N x N. Ties are resolved
+    exactly by an int64 key per entry (:func:`_order_keys`), not by ``topk``'s own order.
 
     Args:
         features: float [N, E], row i = dataset item i.
@@ -222,20 +250,24 @@ def knn_table(
         rows = f[r0 : r0 + chunk]
         r = rows.shape[0]
         row_ids = torch.arange(r0, r0 + r, device=dev)
-        best_sim = torch.full((r, 0), float("-inf"), device=dev)
-        best_idx = torch.empty((r, 0), dtype=torch.int64, device=dev)
+        best = torch.empty((r, 0), dtype=torch.int64, device=dev)
         for c0 in range(0, n, chunk):
             cols = f[c0 : c0 + chunk]
             sim = rows @ cols.T
             col_ids = torch.arange(c0, c0 + cols.shape[0], device=dev)
             sim.masked_fill_(row_ids[:, None] == col_ids[None, :], float("-inf"))
-            # Running entries all have lower indices than this tile's and are already ordered
-            # (cosine desc, index asc); a stable descending sort keeps that order among ties.
-            cand_sim = torch.cat((best_sim, sim), dim=1)
-            cand_idx = torch.cat((best_idx, col_ids.expand(r, -1)), dim=1)
-            order = torch.sort(cand_sim, dim=1, descending=True, stable=True).indices[:, :k]
-            best_sim = cand_sim.gather(1, order)
-            best_idx = cand_idx.gather(1, order)
+            kk = min(k, cols.shape[0])
+            vals, sel = torch.topk(sim, kk, dim=1)
+            tile = _order_keys(vals, col_ids[sel])
+            # topk's choice among entries equal to the k-th value is unspecified: redo those
+            # rows (rare: duplicates or exact ties) on the keys of the whole tile row.
+            tied = ((sim >= vals[:, -1:]).sum(dim=1) > kk).nonzero().squeeze(1)
+            if tied.numel():
+                full = _order_keys(sim[tied], col_ids[None, :])
+                tile[tied] = torch.topk(full, kk, dim=1).values
+            merged = torch.cat((best, tile), dim=1)
+            best = torch.topk(merged, min(k, merged.shape[1]), dim=1).values
+        best_sim, best_idx = _decode_keys(best)
         out_idx[r0 : r0 + r] = best_idx.cpu()
         out_sim[r0 : r0 + r] = best_sim.cpu()
     return out_idx, out_sim
