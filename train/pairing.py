@@ -249,13 +249,13 @@ def knn_table(
     for r0 in range(0, n, chunk):
         rows = f[r0 : r0 + chunk]
         r = rows.shape[0]
-        row_ids = torch.arange(r0, r0 + r, device=dev)
         best = torch.empty((r, 0), dtype=torch.int64, device=dev)
         for c0 in range(0, n, chunk):
             cols = f[c0 : c0 + chunk]
             sim = rows @ cols.T
             col_ids = torch.arange(c0, c0 + cols.shape[0], device=dev)
-            sim.masked_fill_(row_ids[:, None] == col_ids[None, :], float("-inf"))
+            if c0 == r0:  # rows and columns share the tiling: self pairs lie on this diagonal
+                sim.fill_diagonal_(float("-inf"))
             kk = min(k, cols.shape[0])
             vals, sel = torch.topk(sim, kk, dim=1)
             tile = _order_keys(vals, col_ids[sel])
