@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import FIXTURES
+from conftest import FIXTURES, requires_cuda
 from numeric import assert_close_stage, compare
 from PIL import Image
 from safetensors.torch import load_file
@@ -183,3 +183,33 @@ def test_model_rejects_bad_images(model: DinoViT) -> None:
         model(torch.zeros(3, 224, 224))
     with pytest.raises(ValueError, match="patch size"):
         model(torch.zeros(1, 3, 8, 224))
+
+
+def test_sizes_not_multiple_of_patch_floor_like_the_original(
+    model: DinoViT, reference: dict[str, torch.Tensor]
+) -> None:
+    """Conv stride 16 drops the remainder and the grid is H//16 x W//16: extra rows/columns of
+    junk past the last full patch change nothing."""
+    case = next(c for c in _cases() if c != "224")
+    x = _input(case)
+    gen = torch.Generator().manual_seed(0)
+    padded = torch.randn(1, 3, x.shape[2] + 15, x.shape[3] + 9, generator=gen)
+    padded[..., : x.shape[2], : x.shape[3]] = x
+    with torch.no_grad():
+        cls = model(padded)
+    c = assert_close_stage(cls, reference[f"{case}.cls"], f"{case}.cls (padded input)")
+    print(f"padded {tuple(padded.shape[-2:])}: {c}")
+
+
+@requires_cuda
+def test_every_stage_matches_reference_on_cuda(reference: dict[str, torch.Tensor]) -> None:
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    gpu = load_dino(DINO / "weights.safetensors", _config_from_fixture(), device="cuda")
+    for case in _cases():
+        with torch.no_grad():
+            inter = gpu.forward_intermediates(_input(case).cuda())
+        assert_close_stage(inter.tokens_in, reference[f"{case}.tokens_in"], f"cuda {case}.in")
+        assert_close_stage(inter.cls, reference[f"{case}.cls"], f"cuda {case}.cls")
+        normed = reference[f"{case}.tokens_lastlayer_normed"]
+        assert_close_stage(inter.tokens_normed, normed, f"cuda {case}.normed")

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FIXTURES
+from conftest import FIXTURES, requires_cuda
 from moca_rt.train.pairing import (
     DinoFeaturiser,
     PairingTable,
@@ -248,3 +248,17 @@ def test_cli_writes_a_table(tmp_path: Path) -> None:
     assert (table.n, table.k) == (9, 3) and table.item_ids == tuple(f"{i}.png" for i in range(9))
     assert main([*args, "--k", "9", "--random-weights", "0"]) == 2
     assert main(args) == 2  # neither weights nor random weights
+
+
+@requires_cuda
+def test_knn_table_on_cuda_matches_cpu() -> None:
+    torch.backends.cuda.matmul.allow_tf32 = False
+    gen = torch.Generator().manual_seed(5)
+    feats = torch.randn(700, 64, generator=gen)
+    for chunk in (128, 300, 4096):
+        cuda_idx, cuda_sims = knn_table(feats, k=10, chunk=chunk, device="cuda")
+        assert cuda_idx.device.type == "cpu"
+        _assert_same_topk((cuda_idx, cuda_sims), feats, 10)
+    signs = torch.where(torch.rand(90, 8, generator=gen) < 0.5, -0.5, 0.5)
+    ties = signs * (torch.rand(90, 8, generator=gen).argsort(1) < 4)
+    assert torch.equal(knn_table(ties, 12, 13, "cuda")[0], knn_table(ties, 12, 13)[0])
