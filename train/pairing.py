@@ -52,6 +52,7 @@ __all__ = [
     "Featuriser",
     "PairingTable",
     "compute_features",
+    "featuriser_name",
     "knn_table",
     "load_table",
     "main",
