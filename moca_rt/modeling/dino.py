@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from moca_rt.checkpoints import load_strict, read_state_dict
 from moca_rt.config import DinoConfig
+from moca_rt.modeling.imagebind import Mlp
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -41,7 +42,6 @@ __all__ = [
     "DinoAttention",
     "DinoBlock",
     "DinoIntermediates",
-    "DinoMlp",
     "DinoViT",
     "load_dino",
     "preprocess_dino",
@@ -75,18 +75,6 @@ class DinoAttention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
 
-class DinoMlp(nn.Module):
-    """``fc1`` -> exact GELU -> ``fc2``."""
-
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
-
-
 class DinoBlock(nn.Module):
     """Pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``."""
 
@@ -95,7 +83,7 @@ class DinoBlock(nn.Module):
         self.norm1 = nn.LayerNorm(dim, eps=LN_EPS)
         self.attn = DinoAttention(dim, num_heads)
         self.norm2 = nn.LayerNorm(dim, eps=LN_EPS)
-        self.mlp = DinoMlp(dim, int(dim * mlp_ratio))
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))  # same fc1/GELU/fc2 as ImageBind's
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.attn(self.norm1(x))
