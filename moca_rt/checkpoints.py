@@ -66,12 +66,12 @@ def load_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], what:
         if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k].shape)
     )
     if missing or unexpected or wrong_shape:
-        parts = [f"checkpoint does not fit {what}:"]
+        parts = []
         if missing:
             parts.append(f"{len(missing)} missing keys [{_preview(missing)}]")
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected keys [{_preview(unexpected)}]")
         if wrong_shape:
             parts.append(f"{len(wrong_shape)} shape mismatches [{_preview(wrong_shape, 6)}]")
-        raise CheckpointMismatchError("; ".join(parts))
+        raise CheckpointMismatchError(f"checkpoint does not fit {what}: " + "; ".join(parts))
     module.load_state_dict(dict(state_dict), strict=True, assign=True)
