@@ -1,0 +1,952 @@
+"""AdaAV training of MoCA (DESIGN section 4, paper section 3.1): the loop and its CLI.
+
+One step, for a batch of B anchor items a_b:
+
+1. positives p_b: a random one of a_b's top-K in the pairing table; negatives n_b: a shuffle of
+   the batch that never gives a_b itself or one of its top-K (:mod:`moca_rt.train.pairing`);
+2. the anchor's audio runs once through the frozen audio trunk
+   (:meth:`~moca_rt.modeling.moca.MocaModel.encode_audio`) and the *same* audio features are
+   fused into the anchor, positive and negative images (one ``encode_vision`` call on the
+   3B images, the audio rows repeated);
+3. loss ``mean_b max(0, C(f_a, f_p) - C(f_a, f_n) + alpha)`` with the PMA cost C on the
+   audio-enhanced patch features [B, g, g, Dv] (:func:`~moca_rt.kernels.pma.pma_triplet_loss`);
+4. Adam on the adapter parameters only, cosine decay of the learning rate to 0 over ``iters``.
+
+Batches are a pure function of ``(seed, step)``: epoch e shuffles the N items with a generator
+seeded from ``(seed, e)`` and cuts it into ``N // (B * world_size)`` global batches (the tail
+is dropped); rank r takes its B-slice; positives and negatives come from a generator seeded from
+``(seed, step, rank)``. So a resumed run sees exactly the batches the uninterrupted one would.
+
+Checkpoints (every ``save_every`` steps and at the end) in ``out``:
+``adaav_step<NNNNNN>.safetensors`` (adapter weights only, keys ``adapters.<layer>.<name>``, what
+:meth:`~moca_rt.modeling.moca.MocaModel.load_adapter_state_dict` reads),
+``adaav_step<NNNNNN>.json`` (preset, data source, pairing, step, lr, loss summary, git commit,
+seed, the whole training config) and ``adaav_step<NNNNNN>.train.pt`` (Adam and scheduler state,
+loss history; read with ``weights_only=True``). ``--resume`` takes any of the three files or
+the folder (its latest step).
+
+Multi-GPU: under ``torchrun`` (``WORLD_SIZE > 1``) each process takes its rank's slice of every
+global batch and the adapter gradients are averaged with ``all_reduce`` before each Adam step;
+rank 0 alone writes checkpoints. That path is **untested here** (no multi-GPU machine).
+
+CLI: ``python -m moca_rt.train.adaav --preset moca_huge --imagebind imagebind_huge.pth
+--data /data/vggsound --pairing table.safetensors --out runs/adaav``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+import torch
+from moca_rt.kernels.pma import pma_triplet_loss
+from moca_rt.train.data import TrainingSet, open_training_set
+from moca_rt.train.pairing import (
+    PairingTable,
+    load_table,
+    sample_negatives,
+    sample_positive,
+    save_table,
+)
+from torch import Tensor
+
+from moca_rt.config import DINO_PRESETS, MOCA_PRESETS
+from moca_rt.modeling.moca import AudioFeatures, MocaModel
+
+__all__ = [
+    "AdaavTrainer",
+    "ClassPairing",
+    "KnnPairing",
+    "TrainConfig",
+    "anchor_batch",
+    "build_pairing",
+    "main",
+    "repeat_audio",
+    "run_training",
+    "triplet_loss",
+]
+
+Precision = Literal["fp32", "bf16"]
+SearchMode = Literal["row", "full"]
+CHECKPOINT_PREFIX = "adaav_step"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run depends on (the CLI flags; recorded in every checkpoint).
+
+    Attributes:
+        preset: key of ``MOCA_PRESETS``.
+        data: ``synth:N`` or a VGGSound-style folder (:mod:`moca_rt.train.data`).
+        pairing: a table file, ``auto`` (DINO kNN table built now) or ``class`` (synthetic world
+            only: positives share the anchor's sounding class; ground truth, NOT unsupervised).
+        out: checkpoint folder.
+        iters: optimisation steps (the cosine schedule reaches 0 here). batch: anchors per step
+            and process. lr: Adam's initial learning rate. alpha: triplet margin.
+        search, max_disparity: PMA search ("row" with ``max_disparity`` None = whole scanline,
+            0 = same pixel only; or "full" over all positions). ssd_weight, ncc_weight: weights.
+        precision: "fp32" or "bf16" (autocast; adapters and Adam stay fp32).
+        activation_checkpointing: recompute adapted blocks in the backward pass.
+        cache_prefix: compute each image's frozen vision prefix once and keep it on ``device``.
+        image_size: model input side; None = the preset's (224).
+        synth_image_size: rendered size of synthetic scenes. audio_window_s: see data.py.
+        k: neighbours of the ``auto`` table. imagebind, dino: weight files (None = random
+            weights, for smoke tests only). dino_preset: DINO architecture for ``auto``.
+        save_every, log_every: steps between checkpoints / loss-history entries.
+        seed: seeds the adapters' init, the batches, and the synthetic world.
+    """
+
+    preset: str = "moca_huge"
+    data: str = "synth:1000"
+    pairing: str = "auto"
+    out: str = "runs/adaav"
+    iters: int = 10000
+    batch: int = 8
+    lr: float = 1e-4
+    alpha: float = 0.3
+    search: SearchMode = "row"
+    max_disparity: int | None = None
+    ssd_weight: float = 1.0
+    ncc_weight: float = 1.0
+    precision: Precision = "fp32"
+    activation_checkpointing: bool = False
+    cache_prefix: bool = False
+    device: str = "cpu"
+    seed: int = 0
+    image_size: int | None = None
+    synth_image_size: int = 224
+    audio_window_s: float | None = None
+    k: int = 10
+    imagebind: str | None = None
+    dino: str | None = None
+    dino_preset: str = "dino_vitb16"
+    save_every: int = 1000
+    log_every: int = 10
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad field ("expected X, got Y")."""
+        if self.preset not in MOCA_PRESETS:
+            raise ValueError(f"preset: expected one of {sorted(MOCA_PRESETS)}, got {self.preset!r}")
+        if self.dino_preset not in DINO_PRESETS:
+            raise ValueError(
+                f"dino_preset: expected one of {sorted(DINO_PRESETS)}, got {self.dino_preset!r}"
+            )
+        for name in ("iters", "batch", "save_every", "log_every", "k", "synth_image_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        if self.batch < 2:
+            raise ValueError(
+                f"batch: expected >= 2 (negatives shuffle the batch), got {self.batch}"
+            )
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            raise ValueError(f"lr: expected a finite value > 0, got {self.lr}")
+        if not self.alpha >= 0:
+            raise ValueError(f"alpha: expected >= 0, got {self.alpha}")
+        if self.search not in ("row", "full"):
+            raise ValueError(f"search: expected 'row' or 'full', got {self.search!r}")
+        if self.max_disparity is not None:
+            if self.search == "full":
+                raise ValueError(
+                    f"max_disparity: expected None with search='full', got {self.max_disparity}"
+                )
+            if self.max_disparity < 0:
+                raise ValueError(f"max_disparity: expected None or >= 0, got {self.max_disparity}")
+        if self.ssd_weight < 0 or self.ncc_weight < 0 or self.ssd_weight + self.ncc_weight == 0:
+            raise ValueError(
+                f"ssd_weight, ncc_weight: expected >= 0 and not both 0, got "
+                f"{self.ssd_weight}, {self.ncc_weight}"
+            )
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision: expected 'fp32' or 'bf16', got {self.precision!r}")
+        if self.image_size is not None and self.image_size < 14:
+            raise ValueError(f"image_size: expected None or >= 14 pixels, got {self.image_size}")
+        if self.pairing == "class" and not self.data.startswith("synth:"):
+            raise ValueError(
+                f"pairing: expected 'class' only with synth:N data (labels needed), got data "
+                f"{self.data!r}"
+            )
+
+
+# --------------------------------------------------------------------------------------------
+# pairing
+
+
+class KnnPairing:
+    """Positives and negatives from a kNN :class:`~moca_rt.train.pairing.PairingTable`."""
+
+    def __init__(self, table: PairingTable, description: str) -> None:
+        self.table = table
+        self.description = description
+
+    def positives(self, anchors: Tensor, generator: torch.Generator) -> Tensor:
+        """int64 [B]: a uniformly random one of each anchor's top-K."""
+        pos = sample_positive(self.table, anchors, generator)
+        assert isinstance(pos, Tensor)
+        return pos
+
+    def negatives(self, anchors: Tensor, generator: torch.Generator) -> Tensor:
+        """int64 [B]: a shuffle of the batch avoiding each anchor and its top-K."""
+        return sample_negatives(anchors, self.table, generator)
+
+
+class ClassPairing:
+    """Ground-truth pairing of the synthetic world (debugging only, NOT unsupervised).
+
+    Positive: a uniformly random other item of the anchor's sounding class. Negatives: a shuffle
+    of the batch that never gives an item of the anchor's class (``sample_negatives`` on a table
+    whose row i lists i's class mates, padded by repeating them).
+    """
+
+    description = "class (ground-truth sounding class; not unsupervised)"
+
+    def __init__(self, class_ids: Sequence[int]) -> None:
+        classes = torch.as_tensor(list(class_ids), dtype=torch.int64)
+        n = classes.numel()
+        self.members: list[Tensor] = []
+        for i in range(n):
+            mates = torch.nonzero(classes == classes[i]).squeeze(1)
+            mates = mates[mates != i]
+            if mates.numel() == 0:
+                raise ValueError(
+                    f"pairing 'class': expected every sounding class to have >= 2 items, got "
+                    f"item {i} alone in class {int(classes[i])}; use more synthetic scenes"
+                )
+            self.members.append(mates)
+        width = max(m.numel() for m in self.members)
+        self.table = torch.stack([m[torch.arange(width) % m.numel()] for m in self.members])
+
+    def positives(self, anchors: Tensor, generator: torch.Generator) -> Tensor:
+        out = []
+        for a in anchors.tolist():
+            mates = self.members[a]
+            out.append(mates[int(torch.randint(0, mates.numel(), (1,), generator=generator))])
+        return torch.stack(out)
+
+    def negatives(self, anchors: Tensor, generator: torch.Generator) -> Tensor:
+        return sample_negatives(anchors, self.table, generator)
+
+
+Pairing = KnnPairing | ClassPairing
+
+
+def build_pairing(
+    spec: str,
+    data: TrainingSet,
+    out_dir: Path,
+    *,
+    k: int = 10,
+    dino: str | None = None,
+    dino_preset: str = "dino_vitb16",
+    device: str = "cpu",
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+    save: bool = True,
+) -> Pairing:
+    """The pairing of a run: a saved table, ``auto`` (DINO kNN now) or ``class``.
+
+    ``auto`` featurises every training image with DINO (``dino`` weights, or random weights
+    seeded by ``seed`` with a printed note: pairs from random DINO are not meaningful), builds
+    the exact cosine top-``k`` table and saves it as ``out_dir/pairing.safetensors`` (when
+    ``save``; other DDP ranks build the same table without writing it). A table
+    file must have one row per training item and, when it records item ids, the same ids.
+    """
+    if spec == "class":
+        classes = data.class_ids()
+        if classes is None:
+            raise ValueError(
+                f"pairing: expected 'class' only for the synthetic world, got data {data.source}"
+            )
+        log("note: pairing 'class' uses ground-truth sounding classes (debugging, not MoCA)")
+        return ClassPairing(classes)
+    if spec == "auto":
+        from moca_rt.train.pairing import DinoFeaturiser, compute_features
+        from torch import nn
+
+        from moca_rt.modeling.dino import DinoViT, load_dino
+
+        config = DINO_PRESETS[dino_preset]
+        if dino is not None:
+            model = load_dino(dino, config, device=device)
+        else:
+            log(
+                "note: --pairing auto without --dino uses a randomly initialised DINO "
+                f"(seed {seed}): the kNN pairs are not meaningful; pass --dino PATH for MoCA"
+            )
+            torch.manual_seed(seed)
+            model = DinoViT(config).to(device).eval()
+            nn.init.normal_(model.pos_embed, std=0.02)
+            nn.init.normal_(model.cls_token, std=0.02)
+        featuriser = DinoFeaturiser(model, "gap")
+        feats = compute_features(featuriser, data.images(), 64, device, config.image_size)
+        table = PairingTable.build(feats, k, featuriser.name, data.item_ids(), device=device)
+        path = out_dir / "pairing.safetensors"
+        if save:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            save_table(table, path)
+        return KnnPairing(table, f"auto:{path}")
+    path = Path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(f"pairing: expected a table file, 'auto' or 'class', got {spec!r}")
+    table = load_table(path)
+    if table.n != len(data):
+        raise ValueError(
+            f"pairing: expected a table with one row per training item ({len(data)}), got "
+            f"{table.n} rows in {path}"
+        )
+    if table.item_ids is not None:
+        ids = data.item_ids()
+        bad = next((i for i in range(len(ids)) if ids[i] != table.item_ids[i]), None)
+        if bad is not None:
+            raise ValueError(
+                f"pairing: expected the table's item {bad} to be {ids[bad]!r}, got "
+                f"{table.item_ids[bad]!r} ({path} was built for other data)"
+            )
+    return KnnPairing(table, str(path))
+
+
+# --------------------------------------------------------------------------------------------
+# batches and loss
+
+
+def _generator(*keys: int) -> torch.Generator:
+    seed = 0
+    for key in keys:  # a fixed mixing of the keys (not Python's salted hash)
+        seed = (seed * 1_000_003 + int(key) + 0x9E3779B9) % (2**61 - 1)
+    return torch.Generator().manual_seed(seed)
+
+
+def anchor_batch(
+    step: int, num_items: int, batch: int, seed: int, rank: int = 0, world_size: int = 1
+) -> Tensor:
+    """The anchors (int64 [batch] item indices) of ``step`` for ``rank`` (module docstring)."""
+    global_batch = batch * world_size
+    if num_items < global_batch:
+        raise ValueError(
+            f"data: expected at least batch x world size = {global_batch} items, got {num_items}"
+        )
+    per_epoch = num_items // global_batch
+    epoch, j = divmod(step, per_epoch)
+    perm = torch.randperm(num_items, generator=_generator(seed, 1, epoch))
+    start = j * global_batch + rank * batch
+    return perm[start : start + batch]
+
+
+def repeat_audio(audio: AudioFeatures, times: int) -> AudioFeatures:
+    """The audio features of B windows tiled ``times`` times along the batch ([times * B]).
+
+    Row ``t * B + b`` is window b, so images ordered (anchors, positives, negatives) all meet
+    their anchor's audio.
+    """
+
+    def tile(x: Tensor) -> Tensor:
+        return x.repeat(times, *([1] * (x.dim() - 1)))
+
+    return AudioFeatures(
+        tuple(tile(x) for x in audio.layer_inputs),
+        tuple(tile(x) for x in audio.layer_post_attention),
+        tile(audio.embedding),
+    )
+
+
+def triplet_loss(
+    model: MocaModel,
+    fbank: Tensor,
+    vision_inputs: Tensor,
+    *,
+    from_prefix: bool = False,
+    alpha: float = 0.3,
+    search: SearchMode = "row",
+    max_disparity: int | None = None,
+    ssd_weight: float = 1.0,
+    ncc_weight: float = 1.0,
+) -> Tensor:
+    """MoCA's loss for one batch: anchor audio fused into anchor, positive and negative images.
+
+    Args:
+        model: the MoCA model (adapters trainable).
+        fbank: [B, S, 1, 128, 204] the anchors' audio (ImageBind fbank clips).
+        vision_inputs: the 3B images [3B, 3, H, W] (CLIP-normalised) ordered anchors, positives,
+            negatives, or with ``from_prefix`` their prefix tokens [3B, 1 + N, Dv]
+            (:meth:`~moca_rt.modeling.moca.MocaModel.encode_vision_prefix`).
+        alpha, search, max_disparity, ssd_weight, ncc_weight: of
+            :func:`~moca_rt.kernels.pma.pma_triplet_loss`.
+
+    Returns:
+        scalar float32 loss (differentiable wrt the adapters).
+    """
+    b = fbank.shape[0]
+    if fbank.dim() != 5 or vision_inputs.shape[0] != 3 * b:
+        raise ValueError(
+            f"expected fbank [B, S, 1, M, T] and 3B vision inputs, got {tuple(fbank.shape)} and "
+            f"{tuple(vision_inputs.shape)}"
+        )
+    audio = repeat_audio(model.encode_audio(fbank), 3)
+    if from_prefix:
+        feats = model.encode_vision_from_prefix(vision_inputs, audio)
+    else:
+        feats = model.encode_vision(vision_inputs, audio)
+    f_anchor, f_pos, f_neg = feats.patch_features.float().split(b)
+    return pma_triplet_loss(
+        f_anchor,
+        f_pos,
+        f_neg,
+        alpha,
+        max_disparity=max_disparity,
+        search=search,
+        ssd_weight=ssd_weight,
+        ncc_weight=ncc_weight,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# trainer
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() or None
+
+
+@dataclass
+class _History:
+    """Loss history: every step's loss since the last entry, and one mean per log window."""
+
+    windows: list[tuple[int, float]] = field(default_factory=list)  # (last step, mean loss)
+    pending: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict[str, object]:
+        means = [m for _, m in self.windows]
+        return {
+            "window_means": [[s, m] for s, m in self.windows],
+            "first": means[0] if means else None,
+            "last": means[-1] if means else None,
+            "min": min(means) if means else None,
+        }
+
+
+class AdaavTrainer:
+    """The optimisation state of one run (model, Adam, cosine schedule, step, history).
+
+    Args:
+        model: a :class:`MocaModel` on its device; only its adapters are optimised.
+        data: the training items.
+        pairing: a :class:`KnnPairing` or :class:`ClassPairing` over ``data``.
+        config: the run's :class:`TrainConfig` (loss, schedule, precision, caching).
+    """
+
+    def __init__(
+        self,
+        model: MocaModel,
+        data: TrainingSet,
+        pairing: Pairing,
+        config: TrainConfig,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        config.validate()
+        self.model = model
+        self.data = data
+        self.pairing = pairing
+        self.config = config
+        self.rank, self.world_size = rank, world_size
+        self.device = next(model.parameters()).device
+        self.image_size = config.image_size or model.config.imagebind.vision.image_size
+        self.optimizer, self.scheduler = self._optimiser()
+        self.step = 0
+        self.history = _History()
+        self.prefix_cache: dict[int, Tensor] = {}
+        model.activation_checkpointing = config.activation_checkpointing
+        model.train()
+
+    def _optimiser(self) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.LambdaLR]:
+        """Adam on the adapters and the closed-form cosine decay to 0 at ``iters``."""
+        iters = self.config.iters
+        optimizer = torch.optim.Adam(self.model.trainable_parameters(), lr=self.config.lr)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: 0.5 * (1.0 + math.cos(math.pi * min(s, iters) / iters))
+        )
+        return optimizer, scheduler
+
+    def batch_indices(self, step: int) -> tuple[Tensor, Tensor, Tensor]:
+        """(anchors, positives, negatives) item indices of ``step``, each int64 [B]."""
+        c = self.config
+        anchors = anchor_batch(step, len(self.data), c.batch, c.seed, self.rank, self.world_size)
+        gen = _generator(c.seed, 2, step, self.rank)
+        return anchors, self.pairing.positives(anchors, gen), self.pairing.negatives(anchors, gen)
+
+    def _autocast(self) -> torch.autocast:
+        enabled = self.config.precision == "bf16"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def _prefix_tokens(self, idx: list[int]) -> Tensor:
+        """Cached frozen prefix tokens [len(idx), 1 + N, Dv] of items (computed once each)."""
+        missing = sorted({i for i in idx if i not in self.prefix_cache})
+        if missing:
+            images = self.data.model_images(missing, self.image_size).to(self.device)
+            with self._autocast():
+                tokens = self.model.encode_vision_prefix(images)
+            for i, t in zip(missing, tokens, strict=True):
+                self.prefix_cache[i] = t
+        return torch.stack([self.prefix_cache[i] for i in idx])
+
+    def loss_of(self, anchors: Tensor, positives: Tensor, negatives: Tensor) -> Tensor:
+        """The triplet loss of one batch of item indices (forward only; no optimiser step)."""
+        c = self.config
+        a_idx = [int(i) for i in anchors]
+        others = [int(i) for i in torch.cat([positives, negatives])]
+        if c.cache_prefix:
+            fbank = self.data.model_audio(a_idx)
+            vision = self._prefix_tokens(a_idx + others)
+        else:
+            images, fbank = self.data.model_inputs(a_idx, self.image_size)
+            others_images = self.data.model_images(others, self.image_size)
+            vision = torch.cat([images, others_images]).to(self.device)
+        with self._autocast():
+            return triplet_loss(
+                self.model,
+                fbank.to(self.device),
+                vision,
+                from_prefix=c.cache_prefix,
+                alpha=c.alpha,
+                search=c.search,
+                max_disparity=c.max_disparity,
+                ssd_weight=c.ssd_weight,
+                ncc_weight=c.ncc_weight,
+            )
+
+    def train_step(self, batch: tuple[Tensor, Tensor, Tensor] | None = None) -> float:
+        """One Adam step on ``batch`` (default: :meth:`batch_indices` of the current step).
+
+        Returns the loss before the step (a float, averaged over processes under DDP).
+        """
+        anchors, positives, negatives = (
+            batch if batch is not None else self.batch_indices(self.step)
+        )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.loss_of(anchors, positives, negatives)
+        loss.backward()
+        value = loss.detach().float()
+        if self.world_size > 1:  # DDP path: untested here (no multi-GPU machine)
+            import torch.distributed as dist
+
+            for p in self.model.trainable_parameters():
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                dist.all_reduce(p.grad)
+                p.grad /= self.world_size
+            dist.all_reduce(value)
+            value /= self.world_size
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        loss_value = float(value)
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"loss became {loss_value} at step {self.step}")
+        self.history.pending.append(loss_value)
+        if len(self.history.pending) >= self.config.log_every:
+            self._close_window()
+        return loss_value
+
+    def _close_window(self) -> None:
+        if self.history.pending:
+            mean = sum(self.history.pending) / len(self.history.pending)
+            self.history.windows.append((self.step, mean))
+            self.history.pending = []
+
+    # checkpoints ------------------------------------------------------------------------
+
+    def save(self, out_dir: str | Path, extra: dict[str, object] | None = None) -> Path:
+        """Write the three checkpoint files of the current step; returns the JSON path."""
+        from safetensors.torch import save_file
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        stem = out / f"{CHECKPOINT_PREFIX}{self.step:06d}"
+        weights = {k: v.contiguous().cpu() for k, v in self.model.adapter_state_dict().items()}
+        save_file(weights, str(stem) + ".safetensors", metadata={"step": str(self.step)})
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step,
+            "history_windows": [[s, m] for s, m in self.history.windows],
+            "history_pending": list(self.history.pending),
+        }
+        torch.save(state, str(stem) + ".train.pt")
+        c = self.config
+        meta: dict[str, object] = {
+            "format": 1,
+            "step": self.step,
+            "iters": c.iters,
+            "lr": self.scheduler.get_last_lr()[0],
+            "preset": c.preset,
+            "data": self.data.source,
+            "num_items": len(self.data),
+            "pairing": self.pairing.description,
+            "seed": c.seed,
+            "git_commit": _git_commit(),
+            "loss": self.history.summary(),
+            "weights": stem.name + ".safetensors",
+            "train_state": stem.name + ".train.pt",
+            "config": asdict(c),
+            "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        if extra:
+            meta.update(extra)
+        path = Path(str(stem) + ".json")
+        path.write_text(json.dumps(meta, indent=2) + "\n")
+        return path
+
+    def load(self, path: str | Path) -> None:
+        """Restore adapters, Adam, scheduler, step and loss history from a checkpoint.
+
+        Args:
+            path: a checkpoint's ``.json``, ``.safetensors`` or ``.train.pt`` file, or a folder
+                (its latest step).
+        """
+        stem = checkpoint_stem(path)
+        meta = json.loads(Path(str(stem) + ".json").read_text())
+        if meta["preset"] != self.config.preset:
+            raise ValueError(
+                f"resume: expected a checkpoint of preset {self.config.preset!r}, got "
+                f"{meta['preset']!r} in {stem}.json"
+            )
+        if meta["iters"] != self.config.iters:
+            raise ValueError(
+                f"resume: expected --iters {meta['iters']} (the cosine schedule of {stem}.json), "
+                f"got {self.config.iters}"
+            )
+        self.model.load_adapter_state_dict(str(stem) + ".safetensors")
+        state = torch.load(str(stem) + ".train.pt", map_location=self.device, weights_only=True)
+        # load_adapter_state_dict replaced the parameters: rebuild Adam on the new ones. The
+        # scheduler's constructor resets the group lr, so the optimiser state is loaded after it.
+        self.optimizer, self.scheduler = self._optimiser()
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = int(state["step"])
+        self.history = _History(
+            [(int(s), float(m)) for s, m in state["history_windows"]],
+            [float(v) for v in state["history_pending"]],
+        )
+
+
+def checkpoint_stem(path: str | Path) -> Path:
+    """``out/adaav_stepNNNNNN`` of a checkpoint file, or of a folder's latest checkpoint."""
+    p = Path(path)
+    if p.is_dir():
+        found = sorted(p.glob(f"{CHECKPOINT_PREFIX}*.json"))
+        if not found:
+            raise FileNotFoundError(
+                f"resume: expected {CHECKPOINT_PREFIX}*.json in {p}, found none"
+            )
+        p = found[-1]
+    name = p.name
+    for suffix in (".train.pt", ".safetensors", ".json"):
+        if name.endswith(suffix):
+            stem = p.with_name(name[: -len(suffix)])
+            break
+    else:
+        raise ValueError(
+            f"resume: expected a checkpoint .json, .safetensors or .train.pt file or a folder, "
+            f"got {p}"
+        )
+    for suffix in (".json", ".safetensors", ".train.pt"):
+        if not Path(str(stem) + suffix).is_file():
+            raise FileNotFoundError(f"resume: expected {stem}{suffix} beside {p}; it is missing")
+    return stem
+
+
+# --------------------------------------------------------------------------------------------
+# run
+
+
+@dataclass
+class TrainResult:
+    """What :func:`run_training` returns: the trainer (final state) and the last checkpoint."""
+
+    trainer: AdaavTrainer
+    checkpoint: Path | None
+    losses: list[float]
+
+
+def _distributed() -> tuple[int, int, int]:
+    """(rank, local rank, world size) from torchrun's environment; (0, 0, 1) without it."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 0, 1
+    return int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")), world
+
+
+def run_training(
+    config: TrainConfig,
+    resume: str | Path | None = None,
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+    model: MocaModel | None = None,
+) -> TrainResult:
+    """Train AdaAV as ``config`` says; the body of ``python -m moca_rt.train.adaav``.
+
+    Builds (or takes) the model, opens the data, builds or loads the pairing, optionally
+    resumes, runs until ``config.iters`` steps, checkpointing every ``save_every`` steps and at
+    the end (rank 0 only). Under ``torchrun`` with ``WORLD_SIZE > 1`` it initialises the process
+    group from the environment (NCCL on CUDA, gloo otherwise) and uses ``cuda:LOCAL_RANK``.
+    """
+    config.validate()
+    rank, local_rank, world = _distributed()
+    device = config.device
+    if world > 1:  # DDP path: untested here (no multi-GPU machine)
+        import torch.distributed as dist
+
+        cuda = device.startswith("cuda")
+        dist.init_process_group("nccl" if cuda else "gloo")
+        if cuda:
+            device = f"cuda:{local_rank}"
+            torch.cuda.set_device(device)
+    if rank != 0:
+        progress, log = False, (lambda _msg: None)
+    out = Path(config.out)
+    data = open_training_set(
+        config.data, config.seed, config.synth_image_size, config.audio_window_s
+    )
+    pairing = build_pairing(
+        config.pairing,
+        data,
+        out,
+        k=config.k,
+        dino=config.dino,
+        dino_preset=config.dino_preset,
+        device=device,
+        seed=config.seed,
+        log=log,
+        save=rank == 0,
+    )
+    if world > 1 and config.pairing == "auto":  # every rank built the same table; rank 0 saved
+        torch.distributed.barrier()
+    if model is None:
+        preset = MOCA_PRESETS[config.preset]
+        if config.imagebind is None:
+            log("note: no --imagebind given: ImageBind has random weights (smoke tests only)")
+        torch.manual_seed(config.seed)
+        model = MocaModel.from_config(preset, device=device, imagebind_weights=config.imagebind)
+        model = model.to(device)
+    trainer = AdaavTrainer(model, data, pairing, config, rank, world)
+    if resume is not None:
+        trainer.load(resume)
+        log(f"resumed from step {trainer.step}")
+    losses: list[float] = []
+    checkpoint: Path | None = None
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=config.iters, initial=trainer.step, desc="adaav", unit="step")
+    try:
+        while trainer.step < config.iters:
+            loss = trainer.train_step()
+            losses.append(loss)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{trainer.scheduler.get_last_lr()[0]:.2e}")
+            done = trainer.step == config.iters
+            if rank == 0 and (trainer.step % config.save_every == 0 or done):
+                if done:
+                    trainer._close_window()
+                checkpoint = trainer.save(out)
+    finally:
+        if bar is not None:
+            bar.close()
+        if world > 1:
+            torch.distributed.destroy_process_group()
+    return TrainResult(trainer, checkpoint, losses)
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = TrainConfig()
+    p = argparse.ArgumentParser(
+        prog="python -m moca_rt.train.adaav",
+        description="Train MoCA's audio-visual adapters (AdaAV) on frozen ImageBind with the "
+        "DINO-paired PMA triplet loss.",
+    )
+    p.add_argument(
+        "--preset",
+        default=d.preset,
+        choices=sorted(MOCA_PRESETS),
+        help="The model sizes (ImageBind and adapters).",
+    )
+    p.add_argument(
+        "--imagebind",
+        help="Official ImageBind weights (imagebind_huge.pth layout); "
+        "without it ImageBind is random, which is only good for smoke tests.",
+    )
+    p.add_argument(
+        "--data",
+        default=d.data,
+        help="synth:N for N scenes of the synthetic world, or a VGGSound-style folder.",
+    )
+    p.add_argument(
+        "--pairing",
+        default=d.pairing,
+        help="A pairing table file (python -m moca_rt.train.pairing), 'auto' to build "
+        "the DINO kNN table now, or 'class' (synthetic world only: ground-truth "
+        "positives for debugging; not unsupervised).",
+    )
+    p.add_argument(
+        "--dino",
+        help="DINO ViT-B/16 weights for --pairing auto; without them DINO "
+        "is random and the pairs are meaningless.",
+    )
+    p.add_argument(
+        "--dino-preset",
+        default=d.dino_preset,
+        choices=sorted(DINO_PRESETS),
+        help="DINO architecture for --pairing auto.",
+    )
+    p.add_argument("--k", type=int, default=d.k, help="Neighbours per image for --pairing auto.")
+    p.add_argument(
+        "--iters",
+        type=int,
+        default=d.iters,
+        help="Optimisation steps; the cosine schedule decays the rate to 0 here.",
+    )
+    p.add_argument("--batch", type=int, default=d.batch, help="Anchors per step and process.")
+    p.add_argument("--lr", type=float, default=d.lr, help="Adam's initial learning rate.")
+    p.add_argument("--alpha", type=float, default=d.alpha, help="Triplet margin.")
+    p.add_argument(
+        "--search",
+        default=d.search,
+        choices=["row", "full"],
+        help="PMA search: along the same row, or over all positions (ablation).",
+    )
+    p.add_argument(
+        "--max-disparity",
+        type=int,
+        default=None,
+        help="Largest row disparity; default the whole scanline, 0 compares the same "
+        "pixel only (the no-matching ablation).",
+    )
+    p.add_argument("--ssd-weight", type=float, default=d.ssd_weight, help="Weight of the SSD term.")
+    p.add_argument("--ncc-weight", type=float, default=d.ncc_weight, help="Weight of the NCC term.")
+    p.add_argument(
+        "--precision",
+        default=d.precision,
+        choices=["fp32", "bf16"],
+        help="fp32, or bf16 autocast (adapters and Adam stay fp32).",
+    )
+    p.add_argument(
+        "--activation-checkpointing",
+        action="store_true",
+        help="Recompute the adapted blocks in the backward pass to save memory.",
+    )
+    p.add_argument(
+        "--cache-prefix",
+        action="store_true",
+        help="Compute each image's frozen vision prefix once and keep it on the device.",
+    )
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="Model input side in pixels; default the preset's (224).",
+    )
+    p.add_argument(
+        "--synth-image-size",
+        type=int,
+        default=d.synth_image_size,
+        help="Rendered size of synthetic scenes.",
+    )
+    p.add_argument(
+        "--audio-window",
+        type=float,
+        default=None,
+        help="Cut the audio to this many seconds around the image's time first; "
+        "default the whole clip.",
+    )
+    p.add_argument("--device", default=d.device, help="Torch device, e.g. cuda or cpu.")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=d.seed,
+        help="Seeds batches, adapter init and the synthetic world.",
+    )
+    p.add_argument(
+        "--save-every", type=int, default=d.save_every, help="Steps between checkpoints."
+    )
+    p.add_argument(
+        "--log-every",
+        type=int,
+        default=d.log_every,
+        help="Steps per loss-history entry in the checkpoint JSON.",
+    )
+    p.add_argument("--resume", help="A checkpoint file or folder to continue from.")
+    p.add_argument("--out", default=d.out, help="Folder for checkpoints (and the auto table).")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m moca_rt.train.adaav``: 0 on success, 2 on bad arguments."""
+    args = build_parser().parse_args(argv)
+    config = replace(
+        TrainConfig(),
+        preset=args.preset,
+        data=args.data,
+        pairing=args.pairing,
+        out=args.out,
+        iters=args.iters,
+        batch=args.batch,
+        lr=args.lr,
+        alpha=args.alpha,
+        search=args.search,
+        max_disparity=args.max_disparity,
+        ssd_weight=args.ssd_weight,
+        ncc_weight=args.ncc_weight,
+        precision=args.precision,
+        activation_checkpointing=args.activation_checkpointing,
+        cache_prefix=args.cache_prefix,
+        device=args.device,
+        seed=args.seed,
+        image_size=args.image_size,
+        synth_image_size=args.synth_image_size,
+        audio_window_s=args.audio_window,
+        k=args.k,
+        imagebind=args.imagebind,
+        dino=args.dino,
+        dino_preset=args.dino_preset,
+        save_every=args.save_every,
+        log_every=args.log_every,
+    )
+    try:
+        result = run_training(config, resume=args.resume, progress=sys.stderr.isatty())
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    last = result.losses[-1] if result.losses else float("nan")
+    print(f"done: step {result.trainer.step}, last loss {last:.4f}, checkpoint {result.checkpoint}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
