@@ -7,6 +7,9 @@ of the synthetic world fed to the model at 56 pixels (a 4 x 4 patch grid).
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -336,3 +339,37 @@ def test_resume_rejects_another_schedule_and_missing_files(tmp_path: Path) -> No
     (Path(cfg.out) / "adaav_step000002.train.pt").unlink()
     with pytest.raises(FileNotFoundError, match=r"train\.pt"):
         adaav.checkpoint_stem(ckpt)
+
+
+def test_torchrun_with_two_cpu_processes_averages_the_gradients(tmp_path: Path) -> None:
+    """DDP path (gloo on CPU): Adam's first moment after one step is 0.1 x the mean of the two
+    ranks' gradients, each rank on its own slice of the global batch."""
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        "-m", "moca_rt.train.adaav", "--preset", "moca_test", "--data", "synth:16",
+        "--synth-image-size", "64", "--image-size", "56", "--pairing", "class", "--iters", "1",
+        "--batch", "2", "--alpha", "2.0", "--out", str(out),
+    ]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("done: step 1") == 1  # only rank 0 reports
+
+    config = _config(tmp_path, iters=1, batch=2, alpha=2.0)  # a large margin: hinge active
+    torch.manual_seed(0)  # as run_training builds its model
+    model = MocaModel.from_config(MOCA_PRESETS["moca_test"], device="cpu")
+    data = open_training_set("synth:16", 0, 64)
+    pairing = ClassPairing(data.class_ids())
+    grads = []
+    for rank in range(2):
+        trainer = AdaavTrainer(model, data, pairing, config, rank=rank, world_size=2)
+        model.zero_grad(set_to_none=True)
+        trainer.loss_of(*trainer.batch_indices(0)).backward()
+        grads.append([p.grad.clone() for p in model.trainable_parameters()])
+    state = torch.load(out / "adaav_step000001.train.pt", weights_only=True)["optimizer"]
+    moments = [state["state"][i]["exp_avg"] for i in range(len(grads[0]))]
+    assert all(any(g.abs().max() > 0 for g in rank_grads) for rank_grads in grads)
+    for m, g0, g1 in zip(moments, *grads, strict=True):
+        torch.testing.assert_close(m, 0.1 * (g0 + g1) / 2, rtol=1e-5, atol=1e-12)
+    assert any(not torch.allclose(g0, g1) for g0, g1 in zip(*grads, strict=True))

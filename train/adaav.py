@@ -943,6 +943,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
     last = result.losses[-1] if result.losses else float("nan")
     print(f"done: step {result.trainer.step}, last loss {last:.4f}, checkpoint {result.checkpoint}")
     return 0
