@@ -13,6 +13,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from moca_rt.kernels.pma import pma_cost
@@ -373,3 +374,34 @@ def test_torchrun_with_two_cpu_processes_averages_the_gradients(tmp_path: Path) 
     for m, g0, g1 in zip(moments, *grads, strict=True):
         torch.testing.assert_close(m, 0.1 * (g0 + g1) / 2, rtol=1e-5, atol=1e-12)
     assert any(not torch.allclose(g0, g1) for g0, g1 in zip(*grads, strict=True))
+
+
+def test_folder_items_are_channel_0_resampled_to_16k(tmp_path: Path) -> None:
+    from moca_rt.datasets.io import write_png, write_wav
+
+    rng = np.random.default_rng(0)
+    images = []
+    for i in range(3):
+        image = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+        images.append(image)
+        write_png(tmp_path / "clips" / f"c{i}.png", image)
+        t = np.arange(22050) / 22050
+        stereo = np.stack(
+            [0.5 * np.sin(2 * np.pi * (300 + 100 * i) * t), 0.1 * rng.standard_normal(22050)]
+        )
+        write_wav(tmp_path / "clips" / f"c{i}.wav", stereo, 22050)
+    data = open_training_set(str(tmp_path / "clips"))
+    assert len(data) == 3 and data.item_ids() == ["c0.png", "c1.png", "c2.png"]
+    assert data.class_ids() is None
+    image, audio, time_s = data.item(1)
+    assert np.array_equal(image, images[1]) and time_s == pytest.approx(0.5)
+    assert audio.dtype == np.float32 and audio.shape == (16000,)
+    # channel 0 (a 400 Hz tone) survives, channel 1 (noise) does not: compare spectra
+    spectrum = np.abs(np.fft.rfft(audio))
+    assert abs(int(spectrum.argmax()) - 400) <= 1
+    imgs, fbank = data.model_inputs([0, 2], 56)
+    assert imgs.shape == (2, 3, 56, 56) and fbank.shape == (2, 3, 1, 128, 204)
+    with pytest.raises(ValueError, match="class"):
+        build_pairing("class", data, tmp_path)
+    with pytest.raises(ValueError, match="audio_window_s"):
+        open_training_set(str(tmp_path / "clips"), audio_window_s=0.0)
