@@ -592,7 +592,9 @@ class PretrainTrainer:
         save_file(
             official_state_dict(self.model),
             str(weights_path),
-            metadata={"step": str(self.step), "preset": self.config.preset, "format": "imagebind"},
+            # One metadata entry: safetensors writes several in hash-map order, so the bytes
+            # (and the manifest's sha256) would differ between identical runs.
+            metadata={"moca_rt": json.dumps({"step": self.step, "preset": self.config.preset})},
         )
         state = {
             "optimizer": self.optimizer.state_dict(),
