@@ -135,7 +135,7 @@ def test_retrieval_accuracy_hand_made_cases() -> None:
 def test_a_few_steps_on_a_fixed_batch_reduce_the_loss(
     tmp_path: Path, data: SynthTrainingSet
 ) -> None:
-    config = _config(tmp_path, iters=100, warmup=0, lr=2e-3, batch=8)
+    config = _config(tmp_path, iters=100, warmup=0, lr=1e-3, batch=8)
     trainer = PretrainTrainer(init_model(config), data, config)
     batch = torch.arange(8)
     with torch.no_grad():
@@ -146,7 +146,7 @@ def test_a_few_steps_on_a_fixed_batch_reduce_the_loss(
     with torch.no_grad():
         after = float(trainer.loss_of(batch))
     assert losses[0] == pytest.approx(before, rel=1e-5)
-    assert after < 0.8 * before, (before, losses, after)
+    assert after < 0.75 * before, (before, losses, after)
     changed = [
         k for k, v in trainer.model.state_dict().items() if not torch.equal(v, params_before[k])
     ]

@@ -31,8 +31,9 @@ Checkpoints in ``out`` (every ``save_every`` steps and at the end):
   slice = our Conv2d kernel / T, so the loader's time sum gives it back exactly for T = 2), the
   file :func:`~moca_rt.modeling.imagebind.load_imagebind` and
   ``MocaModel.from_config(imagebind_weights=...)`` load strictly;
-* ``imagebind_step<NNNNNN>.json``: the manifest (command, seed, step, iters, final loss, loss
-  history, held-out retrieval accuracy, temperature, sha256 of the weights file, config);
+* ``imagebind_step<NNNNNN>.json``: the manifest (command, seed, step, iters, final loss = the
+  loss of the last step's batch before its update, loss history, held-out retrieval accuracy,
+  temperature, sha256 of the weights file, git commit, config);
 * ``imagebind_step<NNNNNN>.train.pt``: AdamW, scheduler, temperature, step, loss history
   (read with ``weights_only=True``).
 
@@ -635,6 +636,10 @@ class PretrainTrainer:
 
     def load(self, path: str | Path) -> None:
         """Restore weights, AdamW, scheduler, temperature, step and loss history.
+
+        The weights are read back through :func:`~moca_rt.modeling.imagebind.load_imagebind`
+        (the official layout, strictly), so :attr:`model` becomes a new module: hold the
+        trainer, not the model passed in.
 
         Args:
             path: a checkpoint's ``.json``, ``.safetensors`` or ``.train.pt``, or a folder (its
