@@ -190,17 +190,22 @@ def compare_unit(
     num_points: int = 3,
     providers: Sequence[str] = ("CPUExecutionProvider",),
     seed: int = 1,
+    strict_provider: bool = False,
 ) -> CompareReport:
     """Run the wrapper of ``unit`` in torch and the ONNX file in onnxruntime on the same inputs.
 
     ``model`` must be the one the file was exported from (same weights, same dtype). Inputs are
     :func:`~moca_rt.export.create_onnx.example_inputs` at ``batch`` (decoder: ``batch`` prompts
     of ``num_points`` points) with ``seed``. The ONNX graph's names must equal the constants.
+    With ``strict_provider`` a session that did not get ``providers[0]`` raises ``RuntimeError``
+    (otherwise it warns and the report says which provider ran).
     """
     num_layers = num_layers_of(model)
     ins = names.input_names(unit, num_layers)
     outs = names.output_names(unit, num_layers)
-    engine = OrtEngine(onnx_path, providers, input_names=ins, output_names=outs)
+    engine = OrtEngine(
+        onnx_path, providers, input_names=ins, output_names=outs, strict_provider=strict_provider
+    )
     reference = TorchEngine(build_wrapper(unit, model), ins, outs)
     feeds = example_inputs(unit, model, batch, num_points, precision, seed)
     return compare_outputs(
@@ -209,7 +214,8 @@ def compare_unit(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: exit 0 when every output passes, 1 when one fails, 2 on bad arguments."""
+    """CLI: exit 0 when every output passes, 1 when one fails, 2 on bad arguments, 3 when
+    ``--strict-provider`` is given and onnxruntime did not get the first requested provider."""
     parser = argparse.ArgumentParser(
         prog="python -m moca_rt.export.compare",
         description="Compare an exported ONNX unit run by onnxruntime with the torch model.",
@@ -232,14 +238,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--provider", action="append", default=None,
                         help="onnxruntime execution provider, repeatable, in priority order "
                              "(default CPUExecutionProvider).")  # fmt: skip
+    parser.add_argument("--strict-provider", action="store_true",
+                        help="Fail (exit 3) when onnxruntime falls back from the first provider.")  # fmt: skip
     args = parser.parse_args(argv)
     model = build_model(
         args.unit, args.preset, args.sam_preset, args.precision,
         args.imagebind, args.adapter, args.sam, args.seed,
     )  # fmt: skip
     providers = args.provider or ["CPUExecutionProvider"]
-    report = compare_unit(args.unit, model, args.onnx, args.precision, args.batch,
-                          providers=providers)  # fmt: skip
+    try:
+        report = compare_unit(
+            args.unit, model, args.onnx, args.precision, args.batch, providers=providers,
+            strict_provider=args.strict_provider,
+        )  # fmt: skip
+    except RuntimeError as exc:
+        print(f"provider check failed: {exc}", file=sys.stderr)
+        return 3
     print(report)
     return 0 if report.passed else 1
 

@@ -274,6 +274,11 @@ def test_clis_export_and_compare_fp16(tmp_path: Path, capsys: pytest.CaptureFixt
     assert compare_main([*cmp, "--precision", "fp16", "--seed", "1"]) == 1
     assert "first failing output: image_embeddings" in capsys.readouterr().out
     assert create_main([*argv, "--sam", str(tmp_path / "nope.pth")]) == 1
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        strict = [*cmp, "--precision", "fp16", "--provider", "CUDAExecutionProvider"]
+        assert compare_main([*strict, "--strict-provider"]) == 3
 
 
 def test_bad_arguments() -> None:
