@@ -8,12 +8,11 @@ Wrappers hold references to the model's modules (no copies of weights).
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from moca_rt.export import names
 from torch import Tensor, nn
 
 from moca_rt.modeling.moca import AudioFeatures, MocaModel
-from moca_rt.modeling.sam import LayerNorm2d, Sam
+from moca_rt.modeling.sam import Sam
 
 __all__ = ["AudioEncoderUnit", "SamDecoderUnit", "SamEncoderUnit", "VisionUnit", "build_wrapper"]
 
@@ -66,35 +65,14 @@ class VisionUnit(nn.Module):
 
 
 class SamEncoderUnit(nn.Module):
-    """SAM image encoder: [B, 3, S, S] normalised, zero-padded -> embeddings [B, 256, S/16, S/16].
-
-    The neck's two channel LayerNorms are evaluated here with their width as a Python int:
-    ``LayerNorm2d`` reads the width off the input shape, which the TorchScript exporter (the one
-    this unit needs, see :data:`moca_rt.export.create_onnx.EXPORTERS`) turns into a tensor that
-    ``layer_norm`` cannot take. The maths is the same as ``ImageEncoderViT.forward``.
-    """
+    """SAM image encoder: [B, 3, S, S] normalised, zero-padded -> embeddings [B, 256, S/16, S/16]."""
 
     def __init__(self, sam: Sam) -> None:
         super().__init__()
         self.image_encoder = sam.image_encoder
-        self.neck_channels = sam.config.prompt_embed_dim
-
-    def _norm(self, x: Tensor, norm: nn.Module) -> Tensor:
-        if not isinstance(norm, LayerNorm2d):
-            raise ValueError(f"expected LayerNorm2d in the SAM neck, got {type(norm).__name__}")
-        y = F.layer_norm(
-            x.permute(0, 2, 3, 1), (self.neck_channels,), norm.weight, norm.bias, norm.eps
-        )
-        return y.permute(0, 3, 1, 2)
 
     def forward(self, sam_images: Tensor) -> Tensor:
-        enc = self.image_encoder
-        x = enc.embed(sam_images)
-        for blk in enc.blocks:
-            x = blk(x)
-        conv_1, norm_1, conv_2, norm_2 = enc.neck
-        x = self._norm(conv_1(x.permute(0, 3, 1, 2)), norm_1)
-        return self._norm(conv_2(x), norm_2)
+        return self.image_encoder(sam_images)
 
 
 class SamDecoderUnit(nn.Module):
