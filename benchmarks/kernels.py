@@ -139,6 +139,7 @@ def _backends_available(device: str) -> tuple[bool, bool]:
 
 def kmeans_cases(device: str, dtype: str, small: bool) -> Iterable[Case]:
     import torch
+
     from moca_rt.kernels import kmeans as km
 
     triton_ok, cupy_ok = _backends_available(device)

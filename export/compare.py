@@ -21,6 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import Tensor
+
+from moca_rt.config import MOCA_PRESETS, SAM_PRESETS
+from moca_rt.engines.base import TorchEngine
+from moca_rt.engines.ort import OrtEngine
 from moca_rt.export import names
 from moca_rt.export.create_onnx import (
     PRECISIONS,
@@ -30,11 +35,6 @@ from moca_rt.export.create_onnx import (
     num_layers_of,
 )
 from moca_rt.export.wrappers import build_wrapper
-from torch import Tensor
-
-from moca_rt.config import MOCA_PRESETS, SAM_PRESETS
-from moca_rt.engines.base import TorchEngine
-from moca_rt.engines.ort import OrtEngine
 from moca_rt.modeling.moca import MocaModel
 from moca_rt.modeling.sam import Sam
 

@@ -34,11 +34,11 @@ from pathlib import Path
 from typing import Literal, cast
 
 import torch
-from moca_rt.export import names
-from moca_rt.export.wrappers import build_wrapper
 from torch import Tensor, nn
 
 from moca_rt.config import MOCA_PRESETS, SAM_PRESETS
+from moca_rt.export import names
+from moca_rt.export.wrappers import build_wrapper
 from moca_rt.modeling.moca import MocaModel
 from moca_rt.modeling.sam import Sam, build_sam, load_sam
 

@@ -8,9 +8,9 @@ Wrappers hold references to the model's modules (no copies of weights).
 
 from __future__ import annotations
 
-from moca_rt.export import names
 from torch import Tensor, nn
 
+from moca_rt.export import names
 from moca_rt.modeling.moca import AudioFeatures, MocaModel
 from moca_rt.modeling.sam import Sam
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 from typing import Literal, NamedTuple
 
 import torch
+
 from moca_rt.kernels.dispatch import choose_backend, triton_can_run_on
 
 Search = Literal["row", "full"]

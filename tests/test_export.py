@@ -17,6 +17,9 @@ import onnx
 import pytest
 import torch
 from conftest import FIXTURES
+
+from moca_rt.config import SAM_PRESETS
+from moca_rt.engines import Engine, OrtEngine, TorchEngine
 from moca_rt.export import names
 from moca_rt.export.compare import (
     COMPARE_BATCH,
@@ -36,9 +39,6 @@ from moca_rt.export.create_onnx import (
 )
 from moca_rt.export.create_onnx import main as create_main
 from moca_rt.export.wrappers import SamDecoderUnit, build_wrapper
-
-from moca_rt.config import SAM_PRESETS
-from moca_rt.engines import Engine, OrtEngine, TorchEngine
 from moca_rt.modeling.moca import MocaModel
 from moca_rt.modeling.sam import Sam
 

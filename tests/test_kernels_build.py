@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from moca_rt.kernels.kmeans import kmeanspp_random_table
 
 ROOT = Path(__file__).resolve().parents[1]

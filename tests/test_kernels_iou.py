@@ -12,6 +12,7 @@ import os
 import pytest
 import torch
 from conftest import requires_cuda, run_in_interpreter_child
+
 from moca_rt.kernels.dispatch import cupy_available
 
 # The package exports a function named mask_iou, which hides the submodule as an attribute.

@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import requires_cuda, run_in_interpreter_child
+
 from moca_rt.kernels import kmeans as km
 from moca_rt.kernels.dispatch import cupy_available
 

@@ -15,6 +15,7 @@ import os
 import pytest
 import torch
 from conftest import requires_cuda, run_in_interpreter_child
+
 from moca_rt.kernels import pma
 from moca_rt.kernels.pma import (
     PmaResult,

@@ -8,6 +8,10 @@ import numpy as np
 import pytest
 import torch
 from conftest import FIXTURES, requires_cuda
+from PIL import Image
+
+from moca_rt.config import DINO_PRESETS
+from moca_rt.modeling.dino import load_dino, preprocess_dino
 from moca_rt.train.pairing import (
     DinoFeaturiser,
     PairingTable,
@@ -19,10 +23,6 @@ from moca_rt.train.pairing import (
     sample_positive,
     save_table,
 )
-from PIL import Image
-
-from moca_rt.config import DINO_PRESETS
-from moca_rt.modeling.dino import load_dino, preprocess_dino
 
 
 def _brute_force(features: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,7 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
+
+from moca_rt.config import MOCA_PRESETS
 from moca_rt.kernels.pma import pma_cost
+from moca_rt.modeling.moca import AudioFeatures, MocaModel
 from moca_rt.train import adaav
 from moca_rt.train.adaav import (
     AdaavTrainer,
@@ -30,10 +34,6 @@ from moca_rt.train.adaav import (
 )
 from moca_rt.train.data import SynthTrainingSet, open_training_set
 from moca_rt.train.pairing import PairingTable, save_table
-from safetensors.torch import load_file
-
-from moca_rt.config import MOCA_PRESETS
-from moca_rt.modeling.moca import AudioFeatures, MocaModel
 
 BATCH = 4
 

@@ -48,7 +48,11 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from torch import Tensor
+
+from moca_rt.config import DINO_PRESETS, MOCA_PRESETS
 from moca_rt.kernels.pma import pma_triplet_loss
+from moca_rt.modeling.moca import AudioFeatures, MocaModel
 from moca_rt.train.data import TrainingSet, open_training_set
 from moca_rt.train.pairing import (
     PairingTable,
@@ -57,10 +61,6 @@ from moca_rt.train.pairing import (
     sample_positive,
     save_table,
 )
-from torch import Tensor
-
-from moca_rt.config import DINO_PRESETS, MOCA_PRESETS
-from moca_rt.modeling.moca import AudioFeatures, MocaModel
 
 __all__ = [
     "AdaavTrainer",
@@ -269,10 +269,10 @@ def build_pairing(
         log("note: pairing 'class' uses ground-truth sounding classes (debugging, not MoCA)")
         return ClassPairing(classes)
     if spec == "auto":
-        from moca_rt.train.pairing import DinoFeaturiser, compute_features
         from torch import nn
 
         from moca_rt.modeling.dino import DinoViT, load_dino
+        from moca_rt.train.pairing import DinoFeaturiser, compute_features
 
         config = DINO_PRESETS[dino_preset]
         if dino is not None:
