@@ -15,6 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from moca_rt.checkpoints import CheckpointMismatchError
+from moca_rt.config import IMAGEBIND_PRESETS, MOCA_PRESETS
+from moca_rt.modeling.imagebind import load_imagebind, official_key_layout
+from moca_rt.modeling.moca import MocaModel
 from moca_rt.train.data import SynthTrainingSet
 from moca_rt.train.pretrain_imagebind import (
     ContrastiveTemperature,
@@ -30,12 +36,6 @@ from moca_rt.train.pretrain_imagebind import (
     retrieval_accuracy,
     run_pretraining,
 )
-from safetensors.torch import load_file
-
-from moca_rt.checkpoints import CheckpointMismatchError
-from moca_rt.config import IMAGEBIND_PRESETS, MOCA_PRESETS
-from moca_rt.modeling.imagebind import load_imagebind, official_key_layout
-from moca_rt.modeling.moca import MocaModel
 
 PRESET = "imagebind_test"
 

@@ -63,8 +63,6 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from moca_rt.train.adaav import _git_commit, _History, anchor_batch
-from moca_rt.train.data import SynthTrainingSet, TrainingSet, open_training_set
 from torch import Tensor, nn
 
 from moca_rt.config import IMAGEBIND_PRESETS, ImageBindConfig
@@ -74,6 +72,8 @@ from moca_rt.modeling.imagebind import (
     load_imagebind,
     official_key_layout,
 )
+from moca_rt.train.adaav import _git_commit, _History, anchor_batch
+from moca_rt.train.data import SynthTrainingSet, TrainingSet, open_training_set
 
 __all__ = [
     "CHECKPOINT_PREFIX",
