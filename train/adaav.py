@@ -412,7 +412,7 @@ def triplet_loss(
 # trainer
 
 
-def _git_commit() -> str | None:
+def git_commit() -> str | None:
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"],
@@ -429,7 +429,7 @@ def _git_commit() -> str | None:
 
 
 @dataclass
-class _History:
+class LossHistory:
     """Loss history: every step's loss since the last entry, and one mean per log window."""
 
     windows: list[tuple[int, float]] = field(default_factory=list)  # (last step, mean loss)
@@ -474,7 +474,7 @@ class AdaavTrainer:
         self.image_size = config.image_size or model.config.imagebind.vision.image_size
         self.optimizer, self.scheduler = self._optimiser()
         self.step = 0
-        self.history = _History()
+        self.history = LossHistory()
         self.prefix_cache: dict[int, Tensor] = {}
         model.activation_checkpointing = config.activation_checkpointing
         model.train()
@@ -604,7 +604,7 @@ class AdaavTrainer:
             "num_items": len(self.data),
             "pairing": self.pairing.description,
             "seed": c.seed,
-            "git_commit": _git_commit(),
+            "git_commit": git_commit(),
             "loss": self.history.summary(),
             "weights": stem.name + ".safetensors",
             "train_state": stem.name + ".train.pt",
@@ -644,21 +644,22 @@ class AdaavTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
-        self.history = _History(
+        self.history = LossHistory(
             [(int(s), float(m)) for s, m in state["history_windows"]],
             [float(v) for v in state["history_pending"]],
         )
 
 
-def checkpoint_stem(path: str | Path) -> Path:
-    """``out/adaav_stepNNNNNN`` of a checkpoint file, or of a folder's latest checkpoint."""
+def checkpoint_stem(path: str | Path, prefix: str = CHECKPOINT_PREFIX) -> Path:
+    """``out/<prefix>NNNNNN`` of a checkpoint file, or of a folder's latest checkpoint.
+
+    Shared by every training loop here (``prefix`` is each loop's file-name prefix).
+    """
     p = Path(path)
     if p.is_dir():
-        found = sorted(p.glob(f"{CHECKPOINT_PREFIX}*.json"))
+        found = sorted(p.glob(f"{prefix}*.json"))
         if not found:
-            raise FileNotFoundError(
-                f"resume: expected {CHECKPOINT_PREFIX}*.json in {p}, found none"
-            )
+            raise FileNotFoundError(f"resume: expected {prefix}*.json in {p}, found none")
         p = found[-1]
     name = p.name
     for suffix in (".train.pt", ".safetensors", ".json"):

@@ -72,7 +72,8 @@ from moca_rt.modeling.imagebind import (
     load_imagebind,
     official_key_layout,
 )
-from moca_rt.train.adaav import _git_commit, _History, anchor_batch
+from moca_rt.train.adaav import LossHistory, anchor_batch, git_commit
+from moca_rt.train.adaav import checkpoint_stem as _stem_with_prefix
 from moca_rt.train.data import SynthTrainingSet, TrainingSet, open_training_set
 
 __all__ = [
@@ -420,27 +421,7 @@ def sha256_file(path: str | Path) -> str:
 
 def checkpoint_stem(path: str | Path) -> Path:
     """``out/imagebind_stepNNNNNN`` of a checkpoint file, or of a folder's latest checkpoint."""
-    p = Path(path)
-    if p.is_dir():
-        found = sorted(p.glob(f"{CHECKPOINT_PREFIX}*.json"))
-        if not found:
-            raise FileNotFoundError(
-                f"resume: expected {CHECKPOINT_PREFIX}*.json in {p}, found none"
-            )
-        p = found[-1]
-    for suffix in (".train.pt", ".safetensors", ".json"):
-        if p.name.endswith(suffix):
-            stem = p.with_name(p.name[: -len(suffix)])
-            break
-    else:
-        raise ValueError(
-            f"resume: expected a checkpoint .json, .safetensors or .train.pt file or a folder, "
-            f"got {p}"
-        )
-    for suffix in (".json", ".safetensors", ".train.pt"):
-        if not Path(str(stem) + suffix).is_file():
-            raise FileNotFoundError(f"resume: expected {stem}{suffix} beside {p}; it is missing")
-    return stem
+    return _stem_with_prefix(path, CHECKPOINT_PREFIX)
 
 
 # --------------------------------------------------------------------------------------------
@@ -484,7 +465,7 @@ class PretrainTrainer:
         ).to(self.device)
         self.optimizer, self.scheduler = self._optimiser()
         self.step = 0
-        self.history = _History()
+        self.history = LossHistory()
         self.cache: dict[int, tuple[Tensor, Tensor]] = {}
         self.model.train()
 
@@ -626,7 +607,7 @@ class PretrainTrainer:
             "weights": weights_path.name,
             "weights_sha256": sha256_file(weights_path),
             "train_state": stem.name + ".train.pt",
-            "git_commit": _git_commit(),
+            "git_commit": git_commit(),
             "config": asdict(c),
             "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
@@ -675,7 +656,7 @@ class PretrainTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
-        self.history = _History(
+        self.history = LossHistory(
             [(int(s), float(m)) for s, m in state["history_windows"]],
             [float(v) for v in state["history_pending"]],
         )
