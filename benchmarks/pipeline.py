@@ -258,39 +258,20 @@ def _weights(opts: BenchOptions) -> str:
 
 def build_pipeline(opts: BenchOptions) -> tuple[Any, int]:
     """The MocaPipeline the CLI would build for these options, and SAM's points per side (0: no SAM)."""
-    from moca_rt.infer import DEMO_POINTS_PER_SIDE, InferOptions, _pipeline_config, build_models
-    from moca_rt.pipeline import PRECISIONS, MocaPipeline, SamProposals
-    from moca_rt.proposals import ProposalConfig
+    from moca_rt.infer import InferOptions
+    from moca_rt.infer import build_pipeline as build_cli_pipeline
 
     use_sam = opts.sam_preset != "none"
     infer_opts = InferOptions(
         source=None, out=Path("."), preset=opts.preset, imagebind=opts.imagebind,
         adapter=opts.adapter, sam=opts.sam if use_sam else None,
         sam_preset=opts.sam_preset if use_sam else None, proposals="grid" if use_sam else "none",
-        device=opts.device, precision=opts.precision, seed=opts.seed, progress=False,
+        points_per_side=opts.points_per_side, device=opts.device, precision=opts.precision,
+        seed=opts.seed, progress=False,
     )  # fmt: skip
-    model, sam = build_models(infer_opts)
+    pipeline, points = build_cli_pipeline(infer_opts, "grid" if use_sam else "none")
     opts.notes.extend(infer_opts.notes)
-    dtype = PRECISIONS[opts.precision]
-    if dtype != torch.float32:
-        model = model.to(dtype)
-        if sam is not None:
-            sam = sam.to(dtype)
-    proposals = None
-    points = 0
-    if sam is not None:
-        points = opts.points_per_side or (DEMO_POINTS_PER_SIDE if opts.sam is None else 16)
-        if opts.sam is None:
-            # As the CLI: a random SAM never passes the quality filters, so they are off.
-            pcfg = ProposalConfig(
-                points_per_side=points, pred_iou_thresh=0.0, stability_score_thresh=0.0
-            )
-            opts.notes.append("random SAM: proposal quality filters are off (as the CLI's demo)")
-        else:
-            pcfg = ProposalConfig(points_per_side=points)
-        proposals = SamProposals(sam, pcfg)
-    config = _pipeline_config(infer_opts)
-    return MocaPipeline(model, proposals, config, device=opts.device, dtype=dtype), points
+    return pipeline, points
 
 
 def _bench_one(

@@ -194,6 +194,41 @@ def make_demo_clip(out_dir: Path, seed: int = 0) -> Path:
                      sample_rate=scene.sample_rate)
 
 
+def build_pipeline(opts: InferOptions, use: str) -> tuple[Any, int]:
+    """The MocaPipeline for ``opts`` with proposals from ``use`` ("grid", "boxes" or "none").
+
+    Returns the pipeline and SAM's points per side (0 without SAM). Shared by the CLI and
+    ``benchmarks/pipeline.py`` so both measure the same thing.
+    """
+    from moca_rt.pipeline import PRECISIONS, MocaPipeline, SamProposals
+    from moca_rt.proposals import ProposalConfig
+
+    model, sam = build_models(opts)
+    dtype = PRECISIONS[opts.precision]
+    if dtype != torch.float32:
+        model = model.to(dtype)
+        if sam is not None:
+            sam = sam.to(dtype)
+    proposals = None
+    points = 0
+    if sam is not None and use != "none":
+        points = opts.points_per_side or (DEMO_POINTS_PER_SIDE if opts.sam is None else 16)
+        if opts.sam is None:
+            # Without --sam, SAM has random weights (no trained tiny SAM ships yet, DESIGN 6).
+            # A random SAM never passes the quality filters (predicted IoU 0.88, stability
+            # 0.95), so MPM would never run; with them off the demo exercises every stage.
+            # Once trained tiny weights ship, keep the filters for them.
+            pcfg = ProposalConfig(points_per_side=points, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+            opts.notes.append("random SAM: proposal quality filters are off (no trained SAM to filter)")
+        else:
+            pcfg = ProposalConfig(points_per_side=points)
+        proposals = SamProposals(sam, pcfg)
+    if proposals is None and use != "none":
+        opts.notes.append(f"--proposals {opts.proposals}: no SAM (give --sam, or --proposals grid for a "
+                          "random one), so the masks are the cluster masks without proposal matching")
+    return MocaPipeline(model, proposals, _pipeline_config(opts), device=opts.device, dtype=dtype), points
+
+
 def run_infer(opts: InferOptions) -> InferSummary:
     """Run the whole job; raises on unusable input or checkpoints, returns the summary.
 
@@ -202,8 +237,7 @@ def run_infer(opts: InferOptions) -> InferSummary:
     ``summary.interrupted``.
     """
     from moca_rt.media import MediaError, NoAudioStreamError, open_source
-    from moca_rt.pipeline import PRECISIONS, MocaPipeline, SamProposals
-    from moca_rt.proposals import ProposalConfig, load_box_prompts
+    from moca_rt.proposals import load_box_prompts
     from moca_rt.sinks import JsonlWriter, MaskPngWriter, OverlayVideoWriter
 
     if opts.batch < 1:
@@ -228,29 +262,7 @@ def run_infer(opts: InferOptions) -> InferSummary:
     use = opts.proposals if opts.proposals != "auto" else ("boxes" if box_prompts else "grid")
     if use == "boxes" and box_prompts is None:
         raise InputError("--proposals boxes needs --boxes FILE.json")
-    model, sam = build_models(opts)
-    dtype = PRECISIONS[opts.precision]
-    if dtype != torch.float32:
-        model = model.to(dtype)
-        if sam is not None:
-            sam = sam.to(dtype)
-    proposals = None
-    if sam is not None and use != "none":
-        points = opts.points_per_side or (DEMO_POINTS_PER_SIDE if opts.sam is None else 16)
-        if opts.sam is None:
-            # Without --sam, SAM has random weights (no trained tiny SAM ships yet, DESIGN 6).
-            # A random SAM never passes the quality filters (predicted IoU 0.88, stability
-            # 0.95), so MPM would never run; with them off the demo exercises every stage.
-            # Once trained tiny weights ship, keep the filters for them.
-            pcfg = ProposalConfig(points_per_side=points, pred_iou_thresh=0.0, stability_score_thresh=0.0)
-            opts.notes.append("random SAM: proposal quality filters are off (no trained SAM to filter)")
-        else:
-            pcfg = ProposalConfig(points_per_side=points)
-        proposals = SamProposals(sam, pcfg)
-    if proposals is None and use != "none":
-        opts.notes.append(f"--proposals {opts.proposals}: no SAM (give --sam, or --proposals grid for a "
-                          "random one), so the masks are the cluster masks without proposal matching")
-    pipeline = MocaPipeline(model, proposals, _pipeline_config(opts), device=opts.device, dtype=dtype)
+    pipeline, _ = build_pipeline(opts, use)
 
     try:
         source = open_source(source_spec, **_source_options(source_spec, opts))
