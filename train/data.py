@@ -128,13 +128,15 @@ def _check_window(audio_window_s: float | None) -> float | None:
 
 
 class SynthTrainingSet(TrainingSet):
-    """Scenes ``0 .. count-1`` of the synthetic world's ``s4`` split (train partition).
+    """Scenes ``0 .. count-1`` of the synthetic world's ``s4`` split in one partition.
 
     Args:
         count: number of items N (>= 2).
         seed: the world's seed.
         image_size: side of the rendered scenes in pixels (>= 32).
         audio_window_s: see the module docstring; None keeps each scene's whole audio (1-5 s).
+        partition: the world's partition (one of the seeds of every scene): ``train`` items have
+            ids ``synth:s4:<i>``, other partitions ``synth:s4:<partition>:<i>``.
     """
 
     def __init__(
@@ -143,6 +145,7 @@ class SynthTrainingSet(TrainingSet):
         seed: int = 0,
         image_size: int = 224,
         audio_window_s: float | None = None,
+        partition: str = "train",
     ) -> None:
         from moca_rt.datasets.synth import SynthWorld
 
@@ -152,24 +155,28 @@ class SynthTrainingSet(TrainingSet):
         self.count = count
         self.seed = seed
         self.audio_window_s = _check_window(audio_window_s)
-        self.source = f"synth:{count}"
+        self.partition = partition
+        tag = "" if partition == "train" else f":{partition}"
+        self.source = f"synth:{count}{tag}"
+        self._id_prefix = f"synth:s4{tag}:"
         self._classes: list[int] | None = None
 
     def __len__(self) -> int:
         return self.count
 
     def item(self, index: int) -> tuple[np.ndarray, np.ndarray, float]:
-        scene = self.world.sample("s4", self._check_index(index))
+        scene = self.world.sample("s4", self._check_index(index), self.partition)
         return scene.image, scene.audio, float(scene.frame_times[0])
 
     def item_id(self, index: int) -> str:
-        return f"synth:s4:{self._check_index(index)}"
+        return f"{self._id_prefix}{self._check_index(index)}"
 
     def class_ids(self) -> list[int]:
         """The one sounding class id of every scene (``s4`` has exactly one)."""
         if self._classes is None:
             self._classes = [
-                self.world.sample("s4", i).sounding_class_ids[0] for i in range(self.count)
+                self.world.sample("s4", i, self.partition).sounding_class_ids[0]
+                for i in range(self.count)
             ]
         return list(self._classes)
 

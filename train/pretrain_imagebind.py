@@ -60,7 +60,6 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -306,27 +305,9 @@ class HeldOutSynthSet(SynthTrainingSet):
         audio_window_s: float | None = None,
         partition: str = "val",
     ) -> None:
-        super().__init__(count, seed, image_size, audio_window_s)
         if partition not in ("val", "test"):
             raise ValueError(f"partition: expected 'val' or 'test', got {partition!r}")
-        self.partition = partition
-        self._partition_classes: list[int] | None = None
-        self.source = f"synth:{count}:{partition}"
-
-    def item(self, index: int) -> tuple[np.ndarray, np.ndarray, float]:
-        scene = self.world.sample("s4", self._check_index(index), self.partition)
-        return scene.image, scene.audio, float(scene.frame_times[0])
-
-    def item_id(self, index: int) -> str:
-        return f"synth:s4:{self.partition}:{self._check_index(index)}"
-
-    def class_ids(self) -> list[int]:
-        if self._partition_classes is None:
-            self._partition_classes = [
-                self.world.sample("s4", i, self.partition).sounding_class_ids[0]
-                for i in range(self.count)
-            ]
-        return list(self._partition_classes)
+        super().__init__(count, seed, image_size, audio_window_s, partition)
 
 
 @torch.no_grad()
