@@ -40,7 +40,7 @@ the values' precision, is what varies run to run). Bytes: read ``f`` and the sel
 """
 
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import triton
@@ -49,6 +49,12 @@ import triton.language as tl
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _MAX_GRID_Y = 65535
 _MIN_PROGRAMS = 256
+DETERMINISTIC_MAX_L = 64
+_NUM_WARPS = 8
+# Tile-size budgets in elements (see "Launch configurations" in the module docstring).
+_FWD_TILE_BUDGET = 8192  # (BLOCK_J + BLOCK_K) * BLOCK_C + BLOCK_J * BLOCK_K
+_BWD_TILE_BUDGET = 2048  # BLOCK_J * BLOCK_C, atomic path
+_DET_DOT_BUDGET = 32768  # BLOCK_J**2 * BLOCK_C, deterministic path (fp32 one-hot dot)
 
 
 def _pma_fwd_body(
@@ -149,6 +155,7 @@ def _pma_bwd_body(
     inv_c,
     BLOCK_J: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    DETERMINISTIC: tl.constexpr,
 ):
     pid_q = tl.program_id(0).to(tl.int64)
     pid_j = tl.program_id(1)
@@ -177,6 +184,10 @@ def _pma_bwd_body(
     cross = -(a + ncc_w / den) * go
     uu = (a + tl.where(nu > 0, ncc_w * s * nv / (tl.where(nu > 0, nu, 1.0) * den * den), 0.0)) * go
     vv = (a + tl.where(nv > 0, ncc_w * s * nu / (tl.where(nv > 0, nv, 1.0) * den * den), 0.0)) * go
+    if DETERMINISTIC:
+        # The whole group is this program (BLOCK_J >= L, pid_j == 0): onehot[k, j] = 1 where
+        # position j chose k, so grad_g rows are onehot @ gv, summed in a fixed order.
+        onehot = ((j[:, None] == ks[None, :]) & j_ok[None, :]).to(tl.float32)
 
     for c0 in range(0, C, BLOCK_C):
         c = c0 + cc
@@ -190,7 +201,16 @@ def _pma_bwd_body(
             gu.to(gf_ptr.dtype.element_ty),
             mask=m,
         )
-        tl.atomic_add(gg_ptr + base + ks[:, None] * C + c[None, :], gv, mask=m)
+        if DETERMINISTIC:
+            # padded rows could hold NaN (eps = 0 and a zero vector): keep them out of the sum
+            gk = tl.dot(onehot, tl.where(m, gv, 0.0), input_precision="ieee")
+            tl.store(
+                gg_ptr + base + j[:, None] * C + c[None, :],
+                gk.to(gg_ptr.dtype.element_ty),
+                mask=m,
+            )
+        else:
+            tl.atomic_add(gg_ptr + base + ks[:, None] * C + c[None, :], gv, mask=m)
 
 
 @functools.cache
@@ -248,6 +268,30 @@ def check_inputs(f: torch.Tensor, g: torch.Tensor) -> None:
         raise ValueError(f"expected at most {_MAX_GRID_Y * 16} positions per group, got {L}")
 
 
+class FwdConfig(NamedTuple):
+    """Launch configuration of the forward kernel: tiles (constexprs) and launch options."""
+
+    block_j: int
+    block_k: int
+    block_c: int
+    num_warps: int
+    num_stages: int | None
+
+
+class BwdConfig(NamedTuple):
+    """Launch configuration of the backward kernel.
+
+    deterministic: one program per group, ``grad_g`` by a one-hot ``tl.dot`` (no atomics);
+    otherwise ``(group, tile of j)`` programs adding into an fp32 ``grad_g`` with atomics.
+    """
+
+    deterministic: bool
+    block_j: int
+    block_c: int
+    num_warps: int
+    num_stages: int | None
+
+
 def _block_j(G: int, L: int, largest: int) -> int:
     """Tile of positions per program: as large as ``largest``, but small enough that there are
     at least ``_MIN_PROGRAMS`` programs (an H100 has 132 SMs) when the problem allows it."""
@@ -257,11 +301,42 @@ def _block_j(G: int, L: int, largest: int) -> int:
     return block_j
 
 
-def _fwd_blocks(G: int, L: int, C: int, D: int) -> tuple[int, int, int]:
+def fwd_config(G: int, L: int, C: int, D: int, dtype: torch.dtype) -> FwdConfig:
+    """The forward launch configuration for grouped ``[G, L, C]`` inputs searching ``|k-j| <= D``.
+
+    See the module docstring for the reasoning; :func:`forward_grouped` and :func:`aot_specs`
+    both call this.
+    """
     block_j = _block_j(G, L, 64)
     block_k = _pow2_between(min(L, 2 * D + 1), 16, 64)
-    block_c = _pow2_between(C, 16, 64 if block_j * block_k >= 4096 else 128)
-    return block_j, block_k, block_c
+    block_c = _pow2_between(C, 16, 128)
+    while block_c > 16 and (block_j + block_k) * block_c + block_j * block_k > _FWD_TILE_BUDGET:
+        block_c //= 2
+    del dtype  # one configuration fits every supported dtype (checked by aot_specs)
+    return FwdConfig(block_j, block_k, block_c, _NUM_WARPS, None)
+
+
+def bwd_config(G: int, L: int, C: int, dtype: torch.dtype) -> BwdConfig:
+    """The backward launch configuration for grouped ``[G, L, C]`` inputs.
+
+    ``L <= DETERMINISTIC_MAX_L``: the deterministic one-program-per-group path, else the
+    atomic path. :func:`backward_grouped` and :func:`aot_specs` both call this.
+    """
+    del dtype  # one configuration fits every supported dtype (checked by aot_specs)
+    if L <= DETERMINISTIC_MAX_L:
+        block_j = _pow2_between(L, 16, DETERMINISTIC_MAX_L)
+        block_c = _pow2_between(C, 16, max(16, _DET_DOT_BUDGET // (block_j * block_j)))
+        return BwdConfig(True, block_j, block_c, _NUM_WARPS, None)
+    block_j = _block_j(G, L, 32)
+    block_c = _pow2_between(C, 16, _BWD_TILE_BUDGET // block_j)
+    return BwdConfig(False, block_j, block_c, _NUM_WARPS, None)
+
+
+def _launch_options(num_warps: int, num_stages: int | None) -> dict[str, int]:
+    out = {"num_warps": num_warps}
+    if num_stages is not None:
+        out["num_stages"] = num_stages
+    return out
 
 
 def forward_grouped(
@@ -284,17 +359,22 @@ def forward_grouped(
         raise ValueError(f"expected max_disparity in [0, {L - 1}], got {max_disparity}")
     min_cost = torch.empty((G, L), device=f.device, dtype=torch.float32)
     argk = torch.empty((G, L), device=f.device, dtype=torch.int64)
-    block_j, block_k, block_c = _fwd_blocks(G, L, C, max_disparity)
+    cfg = fwd_config(G, L, C, max_disparity, f.dtype)
     fwd, _ = _kernels(_interpreting())
-    grid = (G, triton.cdiv(L, block_j))
+    grid = (G, triton.cdiv(L, cfg.block_j))
     fwd[grid](
         f, g, min_cost, argk, L, C, max_disparity,
         float(ssd_weight), float(ncc_weight), float(eps), 1.0 / C,
-        BLOCK_J=block_j, BLOCK_K=block_k, BLOCK_C=block_c,
-        PRECISION="ieee" if f.dtype == torch.float32 else "tf32",
+        BLOCK_J=cfg.block_j, BLOCK_K=cfg.block_k, BLOCK_C=cfg.block_c,
+        PRECISION=_fwd_precision(f.dtype),
         UPCAST_DOT=f.dtype == torch.bfloat16 and _interpreting(),
+        **_launch_options(cfg.num_warps, cfg.num_stages),
     )  # fmt: skip
     return min_cost, argk
+
+
+def _fwd_precision(dtype: torch.dtype) -> str:
+    return "ieee" if dtype == torch.float32 else "tf32"
 
 
 def backward_grouped(
@@ -306,10 +386,12 @@ def backward_grouped(
     ncc_weight: float,
     eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launch the backward kernel: gradients wrt grouped ``f`` and ``g`` (their dtype).
+    """Launch the backward kernel: gradients wrt grouped ``f`` and ``g`` ``[G, L, C]`` (their dtype).
 
     ``argk`` ``[G, L]`` int64 holds the selected ``k`` per position (from :func:`forward_grouped`),
-    ``grad_min`` ``[G, L]`` the upstream gradient of each position's min cost.
+    ``grad_min`` ``[G, L]`` float32 the upstream gradient of each position's min cost (other
+    dtypes or layouts are converted, a ``[G, L]`` copy). The path (deterministic for
+    ``L <= DETERMINISTIC_MAX_L``, atomic otherwise) comes from :func:`bwd_config`.
     """
     check_inputs(f, g)
     G, L, C = f.shape
@@ -320,15 +402,62 @@ def backward_grouped(
         )
     argk = argk.to(device=f.device, dtype=torch.int64).contiguous()
     grad_min = grad_min.to(device=f.device, dtype=torch.float32).contiguous()
+    cfg = bwd_config(G, L, C, f.dtype)
     grad_f = torch.empty_like(f)
-    grad_g32 = torch.zeros(f.shape, device=f.device, dtype=torch.float32)
-    block_j = _block_j(G, L, 32)
-    block_c = _pow2_between(C, 16, 128)
+    if cfg.deterministic:
+        grad_g = torch.empty_like(g)  # every element is written once by its group's program
+        grid = (G, 1)
+    else:
+        grad_g = torch.zeros(f.shape, device=f.device, dtype=torch.float32)
+        grid = (G, triton.cdiv(L, cfg.block_j))
     _, bwd = _kernels(_interpreting())
-    grid = (G, triton.cdiv(L, block_j))
     bwd[grid](
-        f, g, argk, grad_min, grad_f, grad_g32, L, C,
+        f, g, argk, grad_min, grad_f, grad_g, L, C,
         float(ssd_weight), float(ncc_weight), float(eps), 1.0 / C,
-        BLOCK_J=block_j, BLOCK_C=block_c,
+        BLOCK_J=cfg.block_j, BLOCK_C=cfg.block_c, DETERMINISTIC=cfg.deterministic,
+        **_launch_options(cfg.num_warps, cfg.num_stages),
     )  # fmt: skip
-    return grad_f, grad_g32.to(g.dtype)
+    return grad_f, grad_g.to(g.dtype)
+
+
+_TL_TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+# (label, G, L, C, D) of the project's real shape: B = 8 pairs of 16x16x1280 feature maps.
+REAL_SHAPES = (("row B8 16x16x1280", 128, 16, 1280, 15), ("full B8 16x16x1280", 8, 256, 1280, 255))
+
+
+def aot_specs() -> list[Any]:
+    """The forward and backward kernels at the configurations the launchers pick for the real
+    shapes (:data:`REAL_SHAPES`: row search ``G=128, L=16, D=15`` and full search ``G=8,
+    L=256, D=255``), each in fp32, bf16 and fp16, for :mod:`moca_rt.kernels.aot` to compile
+    for sm_90 (registers, spills, shared memory). Call without ``TRITON_INTERPRET=1``."""
+    from .aot import KernelSpec
+
+    fwd, bwd = _kernels(False)
+    scalars = {"ssd_w": "fp32", "ncc_w": "fp32", "eps": "fp32", "inv_c": "fp32"}
+    specs = []
+    for label, G, L, C, D in REAL_SHAPES:
+        for dtype, ty in _TL_TYPES.items():
+            fc = fwd_config(G, L, C, D, dtype)
+            fsig = {"f_ptr": f"*{ty}", "g_ptr": f"*{ty}", "min_ptr": "*fp32", "arg_ptr": "*i64",
+                    "L": "i32", "C": "i32", "D": "i32", **scalars}  # fmt: skip
+            fconst = {"BLOCK_J": fc.block_j, "BLOCK_K": fc.block_k, "BLOCK_C": fc.block_c,
+                      "PRECISION": _fwd_precision(dtype), "UPCAST_DOT": False}  # fmt: skip
+            specs.append(KernelSpec(
+                f"pma_fwd {label} {ty} J{fc.block_j} K{fc.block_k} C{fc.block_c}", fwd,
+                {**fsig, **{k: "constexpr" for k in fconst}}, fconst, fc.num_warps,
+                fc.num_stages,
+            ))  # fmt: skip
+            bc = bwd_config(G, L, C, dtype)
+            gg_ty = ty if bc.deterministic else "fp32"
+            bsig = {"f_ptr": f"*{ty}", "g_ptr": f"*{ty}", "arg_ptr": "*i64", "go_ptr": "*fp32",
+                    "gf_ptr": f"*{ty}", "gg_ptr": f"*{gg_ty}", "L": "i32", "C": "i32",
+                    **scalars}  # fmt: skip
+            bconst = {"BLOCK_J": bc.block_j, "BLOCK_C": bc.block_c,
+                      "DETERMINISTIC": bc.deterministic}  # fmt: skip
+            path = "deterministic" if bc.deterministic else "atomic"
+            specs.append(KernelSpec(
+                f"pma_bwd {label} {ty} {path} J{bc.block_j} C{bc.block_c}", bwd,
+                {**bsig, **{k: "constexpr" for k in bconst}}, bconst, bc.num_warps,
+                bc.num_stages,
+            ))  # fmt: skip
+    return specs
