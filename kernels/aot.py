@@ -15,6 +15,7 @@ Must run in a process where triton was imported without ``TRITON_INTERPRET=1``.
 
 from __future__ import annotations
 
+import importlib
 import re
 import subprocess
 import sys
@@ -111,9 +112,11 @@ def compile_spec(spec: KernelSpec, arch: int = 90) -> CompileReport:
 
 def all_specs() -> list[KernelSpec]:
     """Every Triton kernel of the package at the configurations its launchers use."""
-    from . import kmeans, mask_iou, pma_triton
-
-    return [*kmeans.aot_specs(), *mask_iou.aot_specs(), *pma_triton.aot_specs()]
+    specs: list[KernelSpec] = []
+    # By module path: the package re-exports a function named mask_iou over the module's name.
+    for module in ("kmeans", "mask_iou", "pma_triton"):
+        specs += importlib.import_module(f"{__package__}.{module}").aot_specs()
+    return specs
 
 
 def main() -> int:
@@ -121,9 +124,7 @@ def main() -> int:
     print(f"{'kernel':60s} {'regs':>5s} {'spill':>6s} {'shared':>7s}")
     for spec in all_specs():
         rep = compile_spec(spec)
-        print(
-            f"{rep.name:60s} {rep.registers:5d} {rep.spill_store_bytes:6d} {rep.shared_bytes:7d}"
-        )
+        print(f"{rep.name:60s} {rep.registers:5d} {rep.spill_store_bytes:6d} {rep.shared_bytes:7d}")
         failures += rep.problems()
     for line in failures:
         print("FAIL", line)

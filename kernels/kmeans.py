@@ -45,7 +45,7 @@ one read of the features, ``N D itemsize`` bytes (the "bytes floor" of the bench
 from __future__ import annotations
 
 import functools
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -270,6 +270,7 @@ def _triton_kernel(interpret: bool) -> Any:
         BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr,
         BLOCK_D: tl.constexpr,
+        DOT_PRECISION: tl.constexpr,
     ):
         b = tl.program_id(0)
         offs_n = tl.arange(0, BLOCK_N)
@@ -354,11 +355,11 @@ def _triton_kernel(interpret: bool) -> Any:
                 tile_mask = k_mask[:, None] & dm[None, :]
                 cptr = cb + offs_k[:, None] * D + d[None, :]
                 prev = tl.load(cptr, mask=tile_mask, other=0.0)
-                new = tl.dot(tl.trans(wts), xt, input_precision="ieee")
+                new = tl.dot(tl.trans(wts), xt, input_precision=DOT_PRECISION)
                 row = tl.where((counts > 0)[:, None], new, prev)
                 tl.store(cptr, row, mask=tile_mask)
                 sq += tl.sum(row * row, axis=1)
-                raw += tl.dot(xt, tl.trans(row), input_precision="ieee")
+                raw += tl.dot(xt, tl.trans(row), input_precision=DOT_PRECISION)
             inv_norm = 1.0 / tl.maximum(tl.sqrt(sq), 1e-12)
             sc = tl.where(k_mask[None, :], raw * inv_norm[None, :], float("-inf"))
             new_labels = tl.argmax(sc, axis=1, tie_break_left=True).to(tl.int32)
@@ -397,19 +398,67 @@ def triton_kmeans_supports(x: torch.Tensor, k: int) -> str | None:
     return None
 
 
+DotPrecision = Literal["tf32x3", "ieee"]
+DOT_PRECISIONS: tuple[DotPrecision, ...] = ("tf32x3", "ieee")
+
+
+class TritonKMeansConfig(NamedTuple):
+    """Launch configuration of the Triton k-means kernel for one (N, K)."""
+
+    block_n: int
+    block_k: int
+    block_d: int
+    num_warps: int
+
+
+def triton_kmeans_config(n: int, k: int) -> TritonKMeansConfig:
+    """Tiles and warps the launcher uses for ``N`` rows and ``k`` clusters.
+
+    All ``N`` rows of a frame live in the program (``BLOCK_N = next_pow2(N)``), centroids in
+    ``BLOCK_K = max(16, next_pow2(k))`` columns (``tl.dot`` needs 16), features stream through in
+    ``BLOCK_D = 16`` column tiles. Warps: 4 up to ``BLOCK_N * BLOCK_K = 1024``, else 8.
+    Compiled for sm_90 (Triton 3.7.1, ``ptxas -v``, fp32 input, ``ieee`` products): the real
+    shape N = 256, k <= 16 uses 208 registers and no spills with 8 warps (4 warps: 312 bytes
+    spilled, 16 warps: 28); beyond it every warp count spills (N = 256, k = 32: 32 bytes; k = 64:
+    1.4 KB; N = 512, k = 16: 252 bytes), so larger shapes run, slower. ``aot_specs`` lists the
+    real-shape configurations that ``tests/test_kernels_build.py`` keeps spill-free.
+    """
+    block_n = max(16, _next_pow2(n))
+    block_k = max(16, _next_pow2(k))
+    num_warps = 4 if block_n * block_k <= 1024 else 8
+    return TritonKMeansConfig(block_n, block_k, 16, num_warps)
+
+
 def cosine_kmeans_triton(
-    x: torch.Tensor, k: int, *, max_iters: int = 20, seed: int = 0, early_stop: bool = True
+    x: torch.Tensor,
+    k: int,
+    *,
+    max_iters: int = 20,
+    seed: int = 0,
+    early_stop: bool = True,
+    dot_precision: DotPrecision = "ieee",
 ) -> KMeansResult:
     """Triton launcher: the whole k-means of every frame in one launch (grid = B programs).
 
     Same arguments, result and algorithm as :func:`cosine_kmeans_reference`. Limits:
-    N <= 512, k <= 64 (all rows of a frame stay in one program). fp32 products use IEEE fp32
-    (no TF32) so that labels agree with the references.
+    N <= 512, k <= 64 (all rows of a frame stay in one program).
+
+    ``dot_precision`` is how the two products per feature tile (centroid update and
+    assignment, fp32 operands) run on the GPU. ``"ieee"`` (default): fp32 FMA, the same
+    arithmetic as the references; the kernel then does ``4 N BLOCK_K D`` FMAs per iteration on
+    one SM per frame, which at the real shape (N 256, D 1280, BLOCK_K 16: 21 MFMA per
+    iteration) may bound it by the FMA units rather than by memory. ``"tf32x3"``: three TF32
+    tensor-core products per tile, about fp32 accuracy; on sm_90 it compiles with ~850 bytes of
+    register spills at the real shape (``ieee``: none). Which is faster is for
+    ``benchmarks/kernels.py`` (rows ``triton`` and ``triton_tf32x3``) on a GPU to say; the
+    interpreter computes both in fp32.
     """
     check_kmeans_args(x, k, max_iters)
     reason = triton_kmeans_supports(x, k)
     if reason is not None:
         raise ValueError(reason)
+    if dot_precision not in DOT_PRECISIONS:
+        raise ValueError(f"expected dot_precision in {list(DOT_PRECISIONS)}, got {dot_precision!r}")
     from .dispatch import triton_interpreting
 
     x = x if x.stride(-1) == 1 else x.contiguous()
@@ -418,18 +467,43 @@ def cosine_kmeans_triton(
     cent = torch.empty(bsz, k, d, device=x.device, dtype=torch.float32)
     labels = torch.empty(bsz, n, device=x.device, dtype=torch.int64)
     iters = torch.empty(bsz, device=x.device, dtype=torch.int32)
-    block_n = max(16, _next_pow2(n))
-    # BLOCK_D = 16 and these warp counts compile for sm_90 without register spills at
-    # N <= 256 (ptxas -v: 198 registers at N = 256; N = 512 spills ~140 bytes).
-    block_d = 16
-    num_warps = 8 if block_n >= 256 else 4
+    cfg = triton_kmeans_config(n, k)
     kernel = _triton_kernel(triton_interpreting())
     kernel[(bsz,)](
         x, rand, cent, labels, iters, n, d, k, max_iters, x.stride(0), x.stride(1),
-        EARLY_STOP=early_stop, BLOCK_N=block_n, BLOCK_K=max(16, _next_pow2(k)),
-        BLOCK_D=block_d, num_warps=num_warps,
+        EARLY_STOP=early_stop, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, BLOCK_D=cfg.block_d,
+        DOT_PRECISION=dot_precision, num_warps=cfg.num_warps,
     )  # fmt: skip
     return KMeansResult(labels, cent, iters)
+
+
+def aot_specs() -> list[Any]:
+    """The k-means kernel at the configurations the launcher picks for the real shapes
+    (N = 256, D = 1280, k from 2 to 16: one configuration, ``BLOCK_K = 16``; default ``ieee``
+    products), in every dtype: :mod:`moca_rt.kernels.aot` compiles them for sm_90 to check
+    registers and shared memory."""
+    from .aot import KernelSpec
+
+    fn = _triton_kernel(False)
+    specs = []
+    for dtype in ("fp32", "bf16", "fp16"):
+        for k in (16,):
+            cfg = triton_kmeans_config(256, k)
+            assert cfg == triton_kmeans_config(256, 2), "k = 2..16 share one configuration"
+            sig = {
+                "x_ptr": f"*{dtype}", "rand_ptr": "*i32", "cent_ptr": "*fp32",
+                "labels_ptr": "*i64", "iters_ptr": "*i32", "N": "i32", "D": "i32", "K": "i32",
+                "max_iters": "i32", "stride_xb": "i32", "stride_xn": "i32",
+                "EARLY_STOP": "constexpr", "BLOCK_N": "constexpr", "BLOCK_K": "constexpr",
+                "BLOCK_D": "constexpr", "DOT_PRECISION": "constexpr",
+            }  # fmt: skip
+            consts = {
+                "EARLY_STOP": True, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k,
+                "BLOCK_D": cfg.block_d, "DOT_PRECISION": "ieee",
+            }  # fmt: skip
+            name = f"kmeans {dtype} N=256 D=1280 k=2..{k}"
+            specs.append(KernelSpec(name, fn, sig, consts, cfg.num_warps))
+    return specs
 
 
 # --------------------------------------------------------------------------------------------

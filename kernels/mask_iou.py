@@ -33,6 +33,11 @@ from .dispatch import check_forced_cupy, choose_backend, triton_unsupported_reas
 Metric = Literal["iou", "coverage"]
 MAX_PIXELS = 1 << 24
 TRITON_MAX_K = 64
+# Launch configuration of the Triton kernel: 16 proposals x 256 pixels per tile (128 for 4-byte
+# logits: 256 spills 44 bytes there), 8 warps; no register spills on sm_90 for K <= 16 (Triton
+# 3.7.1), checked through aot_specs().
+TRITON_BLOCK_P = 16
+TRITON_NUM_WARPS = 8
 _INT_DTYPES = (torch.bool, torch.uint8)
 
 
@@ -193,6 +198,41 @@ def triton_mask_supports(proposals: torch.Tensor, clusters: torch.Tensor) -> str
     return None
 
 
+def _block_k(n_k: int) -> int:
+    return max(16, 1 << (n_k - 1).bit_length())
+
+
+def _block_hw(itemsize: int) -> int:
+    return 128 if itemsize >= 4 else 256
+
+
+def aot_specs() -> list[Any]:
+    """The kernel at the launcher's configuration for the pipeline's case (P = 256 proposals,
+    K = 4 and 16 clusters, 256 x 256 masks): bool masks for IoU and coverage, and bf16 / fp32
+    logits with a threshold. :mod:`moca_rt.kernels.aot` compiles them for sm_90."""
+    from .aot import KernelSpec
+
+    fn = _triton_kernel(False)
+    specs = []
+    for in_type, metric in (("u8", "iou"), ("u8", "coverage"), ("bf16", "iou"), ("fp32", "iou")):
+        for n_k in (4, 16):
+            sig = {
+                "p_ptr": f"*{in_type}", "c_ptr": f"*{in_type}", "out_ptr": "*fp32", "P": "i32",
+                "K": "i32", "HW": "i32", "threshold": "fp32", "P_FLOAT": "constexpr",
+                "C_FLOAT": "constexpr", "COVERAGE": "constexpr", "BLOCK_P": "constexpr",
+                "BLOCK_K": "constexpr", "BLOCK_HW": "constexpr",
+            }  # fmt: skip
+            is_float = in_type != "u8"
+            consts = {
+                "P_FLOAT": is_float, "C_FLOAT": is_float, "COVERAGE": metric == "coverage",
+                "BLOCK_P": TRITON_BLOCK_P, "BLOCK_K": _block_k(n_k),
+                "BLOCK_HW": _block_hw(4 if in_type == "fp32" else 2 if is_float else 1),
+            }  # fmt: skip
+            name = f"mask_{metric} {in_type} P=256 K={n_k} 256x256"
+            specs.append(KernelSpec(name, fn, sig, consts, TRITON_NUM_WARPS))
+    return specs
+
+
 def _kernel_view(t: torch.Tensor) -> torch.Tensor:
     t = t.flatten(2)
     t = t if t.is_contiguous() else t.contiguous()
@@ -209,7 +249,8 @@ def mask_iou_triton(
     """Triton launcher; same arguments and result as :func:`mask_iou_reference`.
 
     Grid: (B, ceil(P / 16)); each program streams its 16 proposals and all K cluster masks
-    through 256-pixel tiles once (16 x 256 tiles, 8 warps: no register spills for sm_90). Limit: K <= 64. Bool input is read as uint8 (no copy).
+    through 256-pixel tiles once (128 for 4-byte logits; 8 warps: no register spills on sm_90).
+    Limit: K <= 64. Bool input is read as uint8 (no copy).
     """
     _check_masks(proposals, clusters, threshold, metric)
     reason = triton_mask_supports(proposals, clusters)
@@ -224,13 +265,12 @@ def mask_iou_triton(
     out = torch.empty(bsz, n_p, n_k, device=proposals.device, dtype=torch.float32)
     if n_p == 0 or n_k == 0:
         return out
-    block_p = 16
     kernel = _triton_kernel(triton_interpreting())
-    kernel[(bsz, (n_p + block_p - 1) // block_p)](
+    kernel[(bsz, (n_p + TRITON_BLOCK_P - 1) // TRITON_BLOCK_P)](
         pv, cv, out, n_p, n_k, h * w, float(threshold if threshold is not None else 0.0),
         P_FLOAT=pv.dtype.is_floating_point, C_FLOAT=cv.dtype.is_floating_point,
-        COVERAGE=metric == "coverage", BLOCK_P=block_p, BLOCK_K=max(16, 1 << (n_k - 1).bit_length()),
-        BLOCK_HW=256, num_warps=8,
+        COVERAGE=metric == "coverage", BLOCK_P=TRITON_BLOCK_P, BLOCK_K=_block_k(n_k),
+        BLOCK_HW=_block_hw(max(pv.element_size(), cv.element_size())), num_warps=TRITON_NUM_WARPS,
     )  # fmt: skip
     return out
 

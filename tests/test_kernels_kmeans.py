@@ -278,6 +278,11 @@ def test_sub_triton_matches_reference(dtype: torch.dtype) -> None:
     for k in (1, 3, 5):
         ref = km.cosine_kmeans_reference(x, k, seed=4)
         assert_same_result(km.cosine_kmeans_triton(x, k, seed=4), ref, TOL[dtype])
+    # The interpreter runs tf32x3 products in fp32: only the GPU tells the two apart.
+    tf = km.cosine_kmeans_triton(x, 3, seed=4, dot_precision="tf32x3")
+    assert_same_result(tf, km.cosine_kmeans_reference(x, 3, seed=4), TOL[dtype])
+    with pytest.raises(ValueError, match="expected dot_precision in"):
+        km.cosine_kmeans_triton(x, 3, dot_precision="tf32")  # type: ignore[arg-type]
 
 
 @interp
@@ -322,6 +327,8 @@ def test_gpu_triton_real_shape(dtype: torch.dtype, k: int) -> None:
     tri = km.cosine_kmeans_triton(xc, k)
     assert_same_result(tri, ref, 1e-5)
     assert same_partition(tri.labels.cpu(), truth)
+    tf32x3 = km.cosine_kmeans_triton(xc, k, dot_precision="tf32x3")
+    assert_same_result(tf32x3, ref, 1e-5)
     fast = km.cosine_kmeans_torch_fast(xc, k)
     assert_same_result(fast, ref, 1e-5)
 
