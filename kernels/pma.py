@@ -351,15 +351,19 @@ class _PmaTritonFunction(torch.autograd.Function):
 def _pixel_grad(
     grad_cost: torch.Tensor | None, grad_min: torch.Tensor | None, f: torch.Tensor
 ) -> torch.Tensor:
-    """Upstream gradient per pixel ``[B, H, W]`` float32: ``grad_min + grad_cost / (H*W)``."""
+    """Upstream gradient per pixel ``[B, H, W]`` float32 (float64 for float64 ``f``):
+    ``grad_min + grad_cost / (H*W)``, a missing gradient counting as zero. One small
+    ``[B, H, W]`` tensor (the kernels read it contiguous)."""
     B, H, W, _ = f.shape
     dt = _compute_dtype(f)
-    out = torch.zeros((B, H, W), dtype=dt, device=f.device)
-    if grad_min is not None:
-        out = out + grad_min.to(dt)
-    if grad_cost is not None:
-        out = out + (grad_cost.to(dt) / (H * W)).reshape(B, 1, 1)
-    return out
+    if grad_cost is None:
+        if grad_min is None:
+            return torch.zeros((B, H, W), dtype=dt, device=f.device)
+        return grad_min.to(dt).contiguous()
+    per_pixel = (grad_cost.to(dt) / (H * W)).reshape(B, 1, 1)
+    if grad_min is None:
+        return per_pixel.expand(B, H, W).contiguous()
+    return grad_min.to(dt) + per_pixel
 
 
 def _grouped_pix(grad_pix: torch.Tensor, full: bool) -> torch.Tensor:
@@ -382,9 +386,11 @@ def pma_cost_triton(
     Arguments and result as in :func:`pma_cost_reference`. ``f`` and ``g`` must be contiguous
     CUDA tensors of dtype float32, bfloat16 or float16 (any device under ``TRITON_INTERPRET=1``);
     accumulation is float32 and ``cost``/``min_cost`` are float32. Raises ``ValueError`` naming
-    the offending property otherwise. Backward adds into ``g``'s gradient with float32 atomics,
-    so its last bits may differ run to run. See :mod:`moca_rt.kernels.pma_triton` for the
-    kernels, FLOPs and bytes.
+    the offending property otherwise. Backward: bitwise deterministic when a group has at most
+    64 positions (row search with ``W <= 64``, full search with ``H*W <= 64``); beyond that it
+    adds into ``g``'s gradient with float32 atomics, so the last bits of ``g``'s gradient may
+    differ run to run. See :mod:`moca_rt.kernels.pma_triton` for the two backward paths, the
+    FLOPs, bytes and the memory allocated beyond inputs, outputs and gradients.
     """
     D = _validate(f, g, max_disparity, search, eps)
     if f.dtype not in _TRITON_DTYPES:

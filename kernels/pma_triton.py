@@ -32,11 +32,59 @@ Backward, per ``(q, j)`` with ``u = f_j``, ``v = g_{k*}``, ``s = <u, v>``, ``den
     dc/du = (a + w_ncc s |v| / (|u| den^2)) u - (a + w_ncc / den) v
     dc/dv = (a + w_ncc s |u| / (|v| den^2)) v - (a + w_ncc / den) u
 
-(the ``|u|``/``|v|`` terms are dropped for a zero vector, like autograd's norm). One program per
-``(q, tile of j)``: a first pass over ``C`` gets ``s, |u|^2, |v|^2``, a second writes
-``grad_f[q, j]`` and atomically adds into ``grad_g[q, k*]`` (fp32 buffer, so the sum order, not
-the values' precision, is what varies run to run). Bytes: read ``f`` and the selected rows of
-``g`` twice, write ``grad_f``, atomics into ``grad_g``: about ``G * L * C * (4 * itemsize + 4)``.
+(the ``|u|``/``|v|`` terms are dropped for a zero vector, like autograd's norm). A first pass
+over ``C`` gets ``s, |u|^2, |v|^2`` per position, a second writes ``grad_f[q, j]`` and the
+contributions ``gv_j = dc/dv`` to ``grad_g[q, k*_j]``. ``grad_g[q, k]`` is the sum of ``gv_j``
+over the positions ``j`` of the group whose arg-min is ``k`` (zero if none chose it). Two paths
+(:func:`bwd_config` picks by ``L``, nothing else):
+
+* **Deterministic** (``L <= DETERMINISTIC_MAX_L = 64``; the real row search has ``L = W = 16``):
+  one program per group holds all ``L`` positions (``BLOCK_J >= L``). In the second pass, per
+  ``C`` tile, ``grad_g`` rows are ``onehot @ gv`` with ``onehot[k, j] = (argk_j == k)``, one
+  ``tl.dot`` in fp32 (``input_precision="ieee"``: exact products with 0/1, fp32 sums in a
+  fixed order), written once, straight in the input dtype. No atomics, no zero-fill, no fp32
+  side buffer: bitwise reproducible run to run. Bytes: ``G * L * C * itemsize * 6`` (``f`` and
+  the gathered ``g`` rows read twice, ``grad_f`` and ``grad_g`` written once).
+* **Atomic** (``L > 64``, e.g. full search ``L = H*W = 256``): programs over ``(group, tile of
+  BLOCK_J positions)`` add ``gv`` into a zero-filled fp32 ``grad_g`` buffer with
+  ``tl.atomic_add``; the buffer is cast to the input dtype at the end (no copy for fp32). The
+  order of the float additions varies, so the last bits of ``grad_g`` may differ run to run
+  (``grad_f`` is deterministic). A one-program-per-group scheme would serialise all ``H*W``
+  positions of a map into ``B`` programs, too few for 132 SMs. Bytes: ``G * L * C * (5 *
+  itemsize + 4)`` plus the zero-fill (``4``) and, for bf16/fp16, the cast (``4 + itemsize``).
+
+Memory the Triton path allocates beyond the inputs ``f``, ``g``, the outputs (``cost``,
+``min_cost``, ``argmin``) and the gradients (``grad_f``, ``grad_g``), at ``G * L`` positions
+(see :class:`moca_rt.kernels.pma._PmaTritonFunction` and the custom op, which reshape views
+only): the grouped arg-min ``argk`` (8 bytes a position; the autograd function keeps the
+forward's for backward, the custom op recomputes it from the public ``argmin`` in backward) and
+the per-position upstream gradient (4 bytes a position, float32). Nothing of size ``L * C`` on the deterministic path, any dtype. On the atomic path,
+fp32: nothing (the fp32 buffer is ``grad_g`` itself); bf16/fp16: the fp32 ``grad_g`` buffer,
+``4 * G * L * C`` bytes (10.5 MB for B = 8 maps of 16x16x1280), live until the cast.
+
+Launch configurations (:func:`fwd_config`, :func:`bwd_config`; :func:`aot_specs` derives the
+ahead-of-time compile checks from the same functions). At the real shape (``B = 8`` pairs of
+16x16x1280 maps) both searches have about 128 programs (row: ``G = 128`` groups, one ``j`` tile
+each; full: ``G = 8`` groups x 16 tiles of ``BLOCK_J = 16``; backward row: 128 groups), one
+wave on the 132 SMs of an H100 with one program per SM. Parallelism within an SM therefore
+comes from warps, not from more programs, so every kernel runs 8 warps (256 threads), and the
+tiles are sized so that the per-thread share stays small enough for 0 spills on sm_90
+(checked with ``ptxas -v``, Triton 3.7.1):
+
+* forward: ``BLOCK_J`` 16..64 (halved until there are 256 programs, when ``G`` and ``L``
+  allow), ``BLOCK_K = next_pow2(min(L, 2D+1))`` in 16..64, and the largest ``BLOCK_C <= 128``
+  with ``(BLOCK_J + BLOCK_K) * BLOCK_C + BLOCK_J * BLOCK_K <= 8192`` elements (operand tiles of
+  the dot plus the accumulator: 32 per thread). Row: (16, 16, 128), 150 registers fp32, 128
+  bf16/fp16; full: (16, 64, 64), 204 fp32, 216 bf16/fp16; shared memory at most 41 KB.
+* deterministic backward: ``BLOCK_J = next_pow2(L)`` (>= 16, the ``tl.dot`` minimum),
+  ``BLOCK_C = 32768 / BLOCK_J^2`` (16..128): the fp32 one-hot dot is the register-heavy part.
+  Row real shape: (16, 128), 202 registers fp32, 158 bf16/fp16, 42 KB shared.
+* atomic backward: ``BLOCK_J`` 16..32 as the forward, ``BLOCK_C = 2048 / BLOCK_J``; full real
+  shape (16, 128): 151 registers, no shared memory to speak of.
+
+``num_stages`` is left to Triton's default. Work per program, row search forward: a
+``16 x 1280 x 16`` product (0.66 MFLOP) over 80 KB of input (fp32); full search forward:
+``16 x 1280 x 256`` (10.5 MFLOP) with ``g`` re-read from L2 per ``j`` tile.
 """
 
 import functools
@@ -323,7 +371,11 @@ def bwd_config(G: int, L: int, C: int, dtype: torch.dtype) -> BwdConfig:
     atomic path. :func:`backward_grouped` and :func:`aot_specs` both call this.
     """
     del dtype  # one configuration fits every supported dtype (checked by aot_specs)
-    if L <= DETERMINISTIC_MAX_L:
+    return _forced_bwd_config(G, L, C, L <= DETERMINISTIC_MAX_L)
+
+
+def _forced_bwd_config(G: int, L: int, C: int, deterministic: bool) -> BwdConfig:
+    if deterministic:
         block_j = _pow2_between(L, 16, DETERMINISTIC_MAX_L)
         block_c = _pow2_between(C, 16, max(16, _DET_DOT_BUDGET // (block_j * block_j)))
         return BwdConfig(True, block_j, block_c, _NUM_WARPS, None)
@@ -385,13 +437,18 @@ def backward_grouped(
     ssd_weight: float,
     ncc_weight: float,
     eps: float,
+    *,
+    deterministic: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launch the backward kernel: gradients wrt grouped ``f`` and ``g`` ``[G, L, C]`` (their dtype).
+    """Launch the backward kernel: gradients wrt grouped ``f`` and ``g`` ``[G, L, C]``.
 
-    ``argk`` ``[G, L]`` int64 holds the selected ``k`` per position (from :func:`forward_grouped`),
-    ``grad_min`` ``[G, L]`` float32 the upstream gradient of each position's min cost (other
-    dtypes or layouts are converted, a ``[G, L]`` copy). The path (deterministic for
-    ``L <= DETERMINISTIC_MAX_L``, atomic otherwise) comes from :func:`bwd_config`.
+    ``argk`` ``[G, L]`` int64 holds the selected ``k`` per position, in ``[0, L)`` (from
+    :func:`forward_grouped`, or any choice: ``grad_g[q, k]`` sums over the positions that chose
+    ``k``); ``grad_min`` ``[G, L]`` the upstream gradient of each position's min cost (other
+    dtypes or layouts are converted, a ``[G, L]`` float32 copy). Returns ``grad_f``, ``grad_g``
+    ``[G, L, C]`` in the inputs' dtype. ``deterministic``: None picks the path by ``L``
+    (:func:`bwd_config`); True forces the one-program-per-group path (``L`` must be at most
+    ``DETERMINISTIC_MAX_L``), False the atomic one.
     """
     check_inputs(f, g)
     G, L, C = f.shape
@@ -400,9 +457,15 @@ def backward_grouped(
             f"expected argk and grad_min of shape {(G, L)}, got {tuple(argk.shape)} and "
             f"{tuple(grad_min.shape)}"
         )
+    if deterministic and L > DETERMINISTIC_MAX_L:
+        raise ValueError(
+            f"expected L <= {DETERMINISTIC_MAX_L} for the deterministic backward, got {L}"
+        )
     argk = argk.to(device=f.device, dtype=torch.int64).contiguous()
     grad_min = grad_min.to(device=f.device, dtype=torch.float32).contiguous()
     cfg = bwd_config(G, L, C, f.dtype)
+    if deterministic is not None and deterministic != cfg.deterministic:
+        cfg = _forced_bwd_config(G, L, C, deterministic)
     grad_f = torch.empty_like(f)
     if cfg.deterministic:
         grad_g = torch.empty_like(g)  # every element is written once by its group's program

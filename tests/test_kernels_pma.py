@@ -215,6 +215,107 @@ def test_triton_interpreter_half_precision(
     _compare(ours, ref, f"triton {dtype}", atol=1e-4, grad_atol=grad_atol)
 
 
+def _grouped_inputs(
+    G: int, L: int, C: int, seed: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Grouped f, g ``[G, L, C]``, an arg-min with repeated and never-chosen k, and weights."""
+    gen = torch.Generator().manual_seed(seed)
+    f = (torch.randn(G, L, C, generator=gen) + 0.1).to(dtype)
+    g = (torch.randn(G, L, C, generator=gen) - 0.1).to(dtype)
+    # k drawn from the first ceil(L/2) positions: many collisions, the rest never chosen
+    argk = torch.randint(0, (L + 1) // 2, (G, L), generator=gen)
+    go = torch.rand(G, L, generator=gen) + 0.5
+    return f, g, argk, go
+
+
+def _grouped_grad_ref(
+    f: torch.Tensor, g: torch.Tensor, argk: torch.Tensor, go: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Autograd of ``sum(go * c(f_j, g_argk_j))`` in float64 (the DESIGN formula)."""
+    fr = f.detach().double().requires_grad_(True)
+    gr = g.detach().double().requires_grad_(True)
+    sel = gr.gather(1, argk.unsqueeze(-1).expand_as(gr))
+    c = _pair_cost64(fr, sel)
+    gf, gg = torch.autograd.grad((c * go.double()).sum(), (fr, gr))
+    return gf, gg
+
+
+# dtype -> tolerance relative to the largest |gradient| (the result is rounded to the dtype)
+GROUPED_TOL = {torch.float32: 2e-6, torch.bfloat16: 8e-3, torch.float16: 1e-3}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(("G", "L", "C"), [(3, 13, 77), (2, 40, 20)])
+def test_triton_backward_paths_match_reference(
+    interpret: None, dtype: torch.dtype, G: int, L: int, C: int
+) -> None:
+    from moca_rt.kernels import pma_triton
+
+    f, g, argk, go = _grouped_inputs(G, L, C, seed=30 + L, dtype=dtype)
+    qf, qg = _grouped_grad_ref(f, g, argk, go)
+    tol = GROUPED_TOL[dtype]
+    grads = {}
+    for det in (True, False):
+        gf, gg = pma_triton.backward_grouped(f, g, argk, go, 1.0, 1.0, 1e-6, deterministic=det)
+        assert gf.dtype == dtype and gg.dtype == dtype
+        for name, ours, want in (("grad f", gf, qf), ("grad g", gg, qg)):
+            scale = float(want.abs().max())
+            assert_close_report(f"det={det} {dtype} {name}", ours, want, tol * scale, tol)
+        grads[det] = (gf, gg)
+    # positions nobody chose get exactly zero (the deterministic path writes them, no zero-fill)
+    unchosen = torch.ones(G, L, dtype=torch.bool).scatter_(1, argk, False)
+    assert unchosen.any()
+    assert torch.equal(grads[True][1][unchosen], torch.zeros_like(grads[True][1][unchosen]))
+    # The two paths agree to the last bits of one fp32 sum, rounded to the dtype: within one
+    # unit in the last place (Triton 3.7's interpreter truncates fp32 -> bf16 in the kernel's
+    # cast, where the GPU and torch round to nearest).
+    ulp = {torch.float32: 1e-6, torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}[dtype]
+    for i, name in enumerate(("grad f", "grad g")):
+        a, b = grads[True][i], grads[False][i]
+        scale = float(b.abs().max())
+        assert_close_report(f"{dtype} {name} det vs atomic", a, b, 1e-6 * scale, ulp)
+
+
+def test_triton_backward_deterministic_is_bitwise_reproducible(interpret: None) -> None:
+    from moca_rt.kernels import pma_triton
+
+    f, g, argk, go = _grouped_inputs(4, 16, 50, seed=40, dtype=torch.float32)
+    first = pma_triton.backward_grouped(f, g, argk, go, 1.0, 0.5, 1e-6)
+    second = pma_triton.backward_grouped(f, g, argk, go, 1.0, 0.5, 1e-6)
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+    with pytest.raises(ValueError, match=r"expected L <= 64 for the deterministic backward"):
+        z = torch.zeros(1, 65, 4) + 1.0
+        pma_triton.backward_grouped(z, z, torch.zeros(1, 65, dtype=torch.int64),
+                                    torch.ones(1, 65), 1.0, 1.0, 1e-6, deterministic=True)  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_triton_interpreter_irregular_rows_half(interpret: None, dtype: torch.dtype) -> None:
+    # H > 1 row search with irregular L and C, through the autograd function (deterministic path)
+    f, g, w = _inputs((2, 3, 13, 77), seed=41, dtype=dtype)
+    ours = _run(pma_cost_triton, f, g, w, max_disparity=4)
+    ref = _run(pma_cost_reference, f, g, w, max_disparity=4)
+    assert ours[1].dtype == dtype and ours[2].dtype == dtype
+    grad_atol = 3e-2 if dtype == torch.bfloat16 else 4e-3
+    _compare(ours, ref, f"triton rows {dtype}", atol=1e-4, grad_atol=grad_atol)
+
+
+def test_backward_path_choice_by_group_length() -> None:
+    from moca_rt.kernels import pma_triton
+
+    assert pma_triton.DETERMINISTIC_MAX_L == 64
+    for L, det in ((1, True), (16, True), (64, True), (65, False), (256, False)):
+        cfg = pma_triton.bwd_config(8, L, 1280, torch.bfloat16)
+        assert cfg.deterministic is det, (L, cfg)
+        if det:  # one program holds the whole group, tiles >= 16 for tl.dot
+            assert cfg.block_j >= max(L, 16) and cfg.block_c >= 16
+    # the real shapes: row search (G=128, L=16) deterministic, full search (G=8, L=256) atomic
+    names = [s.name for s in pma_triton.aot_specs() if s.name.startswith("pma_bwd")]
+    assert len(names) == 6
+    assert all("deterministic" in n for n in names if " row " in n)
+    assert all("atomic" in n for n in names if " full " in n)
+
+
 def test_ties_pick_the_smallest_disparity(interpret: None) -> None:
     B, H, W, C = 2, 3, 7, 37
     f, g, _ = _inputs((B, H, W, C), seed=5)
@@ -469,3 +570,14 @@ def test_dispatcher_on_gpu_uses_triton_and_compiles(no_interpret: None) -> None:
     assert_close_report("compiled min_cost", ours[0].min_cost, ref[0].min_cost, 1e-5, 1e-5)
     assert_close_report("compiled grad f", ours[1], ref[1], 1e-5, 1e-4)
     assert pma.select_pma_backend(f.double()) == "torch"
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_gpu_row_backward_bitwise_reproducible(
+    no_interpret: None, dtype: torch.dtype
+) -> None:
+    f, g, w = _inputs((8, 16, 16, 1280), seed=22, dtype=dtype, device="cuda")
+    runs = [_run(pma_cost_triton, f, g, w) for _ in range(3)]
+    for other in runs[1:]:
+        assert torch.equal(other[1], runs[0][1]) and torch.equal(other[2], runs[0][2])
