@@ -52,6 +52,7 @@ class Case:
     impls: dict[str, Callable[[], Any]]
     floor_bytes: float = 0.0
     skipped: dict[str, str] = field(default_factory=dict)
+    held_bytes: Callable[[], int] | None = None  # after a call: bytes every impl must hold too
 
 
 def _version(name: str) -> str:
@@ -82,8 +83,20 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def measure(fn: Callable[[], Any], device: str, warmup: int, reps: int) -> dict[str, float]:
-    """First-call time, then median / p99 over ``reps`` synced calls, and peak extra memory."""
+def measure(
+    fn: Callable[[], Any],
+    device: str,
+    warmup: int,
+    reps: int,
+    held_bytes: Callable[[], int] | None = None,
+) -> dict[str, float]:
+    """First-call time, then median / p99 over ``reps`` synced calls, and peak extra memory.
+
+    Peak extra memory (CUDA only): the peak allocated during one call, minus what was allocated
+    before it (the inputs), the outputs' bytes and ``held_bytes()`` read after the call (the
+    gradients of a forward + backward): the memory an implementation needs beyond what every
+    implementation must hold.
+    """
     import numpy as np
     import torch
 
@@ -103,7 +116,8 @@ def measure(fn: Callable[[], Any], device: str, warmup: int, reps: int) -> dict[
         base = torch.cuda.memory_allocated()
         fn()
         _sync(device)
-        peak = (torch.cuda.max_memory_allocated() - base - out_bytes) / 2**20
+        held = held_bytes() if held_bytes is not None else 0
+        peak = (torch.cuda.max_memory_allocated() - base - out_bytes - held) / 2**20
     times = []
     for _ in range(reps):
         _sync(device)
@@ -160,6 +174,9 @@ def kmeans_cases(device: str, dtype: str, small: bool) -> Iterable[Case]:
                 skipped["torch_reference"] = "skipped: per-frame loop, B > 8"
             if triton_ok:
                 impls["triton"] = partial(km.cosine_kmeans_triton, x, k, **kw)
+                impls["triton_tf32x3"] = partial(
+                    km.cosine_kmeans_triton, x, k, dot_precision="tf32x3", **kw
+                )
             else:
                 skipped["triton"] = "skipped: Triton cannot run on this device"
             if cupy_ok:
@@ -248,6 +265,7 @@ def pma_cases(device: str, dtype: str, small: bool) -> Iterable[Case]:
     yield Case(
         "pma_fwd_bwd", f"B={b} {h}x{w}x{ch} row search D=W-1", dtype, {"f": f, "g": gg}, impls,
         floor_bytes=float(2 * _tensor_bytes((f, gg))), skipped=skipped,
+        held_bytes=lambda: _tensor_bytes((f.grad, gg.grad)),
     )  # fmt: skip
 
 
@@ -301,7 +319,7 @@ def run_benchmarks(
                     row = {**base, "impl": impl, "floor_mb": case.floor_bytes / 1e6}
                     n_reps = max(1, reps // 10) if impl == "torch_reference" else reps
                     try:
-                        stats = measure(fn, device, warmup, n_reps)
+                        stats = measure(fn, device, warmup, n_reps, case.held_bytes)
                     except Exception as err:  # a failing impl must not hide the others' rows
                         rows.append({**row, "status": f"error: {type(err).__name__}: {err}"[:300]})
                         continue
@@ -317,6 +335,74 @@ def run_benchmarks(
                         flush=True,
                     )
     return rows
+
+
+KERNEL_IMPLS = ("triton", "triton_tf32x3", "cupy")
+
+
+def _ok_rows(rows: list[dict[str, Any]], **match: str) -> list[dict[str, Any]]:
+    return [
+        r for r in rows if r.get("status") == "ok" and all(r.get(k) == v for k, v in match.items())
+    ]
+
+
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def target_report(rows: list[dict[str, Any]]) -> list[str]:
+    """The issue's speed and memory targets, checked against benchmark rows, one line each.
+
+    * PMA forward + backward: our kernel >= 3x faster than ``torch_fast`` (median) and at most
+      1/4 of its peak extra memory.
+    * k-means: >= 10x faster than ``torch_reference`` (the per-frame loop, where it ran) and
+      within 3x of the bytes floor (``floor_fraction >= 1/3``; needs the device's peak
+      bandwidth).
+    * mask IoU: faster than ``torch_reference``.
+
+    Only meaningful for ``--device cuda`` at the real shapes; every kernel implementation
+    (``triton``, ``triton_tf32x3``, ``cupy``) present in the rows gets its own line.
+    """
+    lines = []
+    for ref in _ok_rows(rows, op="pma_fwd_bwd", impl="torch_fast"):
+        for impl in KERNEL_IMPLS:
+            for r in _ok_rows(rows, op="pma_fwd_bwd", impl=impl, dtype=ref["dtype"]):
+                speedup = ref["median_ms"] / r["median_ms"]
+                ratio = r["peak_extra_mib"] / max(ref["peak_extra_mib"], 1e-9)
+                lines.append(
+                    f"{_verdict(speedup >= 3.0)} pma {impl} {r['dtype']}: {speedup:.2f}x faster "
+                    f"than torch_fast (target >= 3)"
+                )
+                lines.append(
+                    f"{_verdict(ratio <= 0.25)} pma {impl} {r['dtype']}: extra memory "
+                    f"{r['peak_extra_mib']:.2f} MiB = {ratio:.3f} of torch_fast's "
+                    f"{ref['peak_extra_mib']:.2f} MiB (target <= 0.25)"
+                )
+    for r in _ok_rows(rows, op="kmeans"):
+        if r["impl"] not in KERNEL_IMPLS:
+            continue
+        what = f"kmeans {r['impl']} {r['dtype']} {r['config']}"
+        for ref in _ok_rows(rows, op="kmeans", impl="torch_reference", dtype=r["dtype"]):
+            if ref["config"] == r["config"]:
+                speedup = ref["median_ms"] / r["median_ms"]
+                lines.append(
+                    f"{_verdict(speedup >= 10.0)} {what}: {speedup:.1f}x faster than the "
+                    f"per-frame torch loop (target >= 10)"
+                )
+        frac = r.get("floor_fraction")
+        if isinstance(frac, float) and frac == frac:
+            lines.append(
+                f"{_verdict(frac >= 1 / 3)} {what}: {1 / frac:.2f}x the bytes floor (target <= 3)"
+            )
+    for ref in _ok_rows(rows, op="mask_iou", impl="torch_reference"):
+        for impl in KERNEL_IMPLS:
+            for r in _ok_rows(rows, op="mask_iou", impl=impl, dtype=ref["dtype"]):
+                speedup = ref["median_ms"] / r["median_ms"]
+                lines.append(
+                    f"{_verdict(speedup > 1.0)} mask_iou {impl} {r['dtype']}: {speedup:.2f}x "
+                    f"faster than torch_reference (target > 1)"
+                )
+    return lines
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
@@ -419,6 +505,15 @@ def main(argv: list[str] | None = None) -> int:
     write_csv(rows, out)
     write_plot(rows, out.with_suffix(".png"))
     print(f"wrote {len(rows)} rows to {out}")
+    report = target_report(rows)
+    if args.device == "cuda" and not small:
+        targets = out.with_name(out.stem + "_targets.txt")
+        header = f"# targets of issue #4 on {rows[0]['device_name']} (from {out.name})\n"
+        targets.write_text(header + "\n".join(report) + "\n")
+        print("\n".join(report))
+        print(f"wrote {targets}")
+    else:
+        print("targets are for --device cuda at the real shapes; not checked on this run")
     return 0
 
 
