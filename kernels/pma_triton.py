@@ -58,9 +58,10 @@ Memory the Triton path allocates beyond the inputs ``f``, ``g``, the outputs (``
 (see :class:`moca_rt.kernels.pma._PmaTritonFunction` and the custom op, which reshape views
 only): the grouped arg-min ``argk`` (8 bytes a position; the autograd function keeps the
 forward's for backward, the custom op recomputes it from the public ``argmin`` in backward) and
-the per-position upstream gradient (4 bytes a position, float32). Nothing of size ``L * C`` on the deterministic path, any dtype. On the atomic path,
-fp32: nothing (the fp32 buffer is ``grad_g`` itself); bf16/fp16: the fp32 ``grad_g`` buffer,
-``4 * G * L * C`` bytes (10.5 MB for B = 8 maps of 16x16x1280), live until the cast.
+the per-position upstream gradient (4 bytes a position, float32). Nothing of size ``L * C`` on
+the deterministic path, any dtype. On the atomic path, fp32: nothing (the fp32 buffer is
+``grad_g`` itself); bf16/fp16: the fp32 ``grad_g`` buffer, ``4 * G * L * C`` bytes (10.5 MB for
+B = 8 maps of 16x16x1280), live until the cast.
 
 Launch configurations (:func:`fwd_config`, :func:`bwd_config`; :func:`aot_specs` derives the
 ahead-of-time compile checks from the same functions). At the real shape (``B = 8`` pairs of
@@ -74,17 +75,29 @@ tiles are sized so that the per-thread share stays small enough for 0 spills on 
 * forward: ``BLOCK_J`` 16..64 (halved until there are 256 programs, when ``G`` and ``L``
   allow), ``BLOCK_K = next_pow2(min(L, 2D+1))`` in 16..64, and the largest ``BLOCK_C <= 128``
   with ``(BLOCK_J + BLOCK_K) * BLOCK_C + BLOCK_J * BLOCK_K <= 8192`` elements (operand tiles of
-  the dot plus the accumulator: 32 per thread). Row: (16, 16, 128), 150 registers fp32, 128
-  bf16/fp16; full: (16, 64, 64), 204 fp32, 216 bf16/fp16; shared memory at most 41 KB.
+  the dot plus the accumulator: 32 per thread); ``num_stages`` 2 for fp32 (twice the bytes
+  per tile), Triton's default (3) for bf16/fp16.
 * deterministic backward: ``BLOCK_J = next_pow2(L)`` (>= 16, the ``tl.dot`` minimum),
   ``BLOCK_C = 32768 / BLOCK_J^2`` (16..128): the fp32 one-hot dot is the register-heavy part.
-  Row real shape: (16, 128), 202 registers fp32, 158 bf16/fp16, 42 KB shared.
-* atomic backward: ``BLOCK_J`` 16..32 as the forward, ``BLOCK_C = 2048 / BLOCK_J``; full real
-  shape (16, 128): 151 registers, no shared memory to speak of.
+* atomic backward: ``BLOCK_J`` 16..32 as the forward, ``BLOCK_C = 2048 / BLOCK_J``.
 
-``num_stages`` is left to Triton's default. Work per program, row search forward: a
-``16 x 1280 x 16`` product (0.66 MFLOP) over 80 KB of input (fp32); full search forward:
-``16 x 1280 x 256`` (10.5 MFLOP) with ``g`` re-read from L2 per ``j`` tile.
+At the real shapes, registers per thread / shared memory on sm_90 (every spec 0 spill bytes),
+as :mod:`moca_rt.kernels.aot` compiles them (no alignment hints) and, in brackets, with the
+hints the run-time compile gets (16-byte aligned pointers, ``L`` and ``C`` multiples of 16):
+
+=========================  ========================  ========================
+kernel, search (tiles)     fp32                      bf16 / fp16
+=========================  ========================  ========================
+forward, row (16,16,128)   100 (48) / 16 KB          128 (78) / 8 (16) KB
+forward, full (16,64,64)   203 (80) / 21 KB          216 (106) / 10 (20) KB
+backward det, row (16,128) 202 (118) / 42 KB         158 (102) / 9 (25) KB
+backward atomic, full      151 (48) / 0              149 (40) / 0 (8) KB
+=========================  ========================  ========================
+
+Work per program, row search forward: a ``16 x 1280 x 16`` product (0.66 MFLOP) over 80 KB of
+input (fp32); full search forward: ``16 x 1280 x 256`` (10.5 MFLOP) with ``g`` re-read from L2
+per ``j`` tile; deterministic backward: 4 x 80 KB read (fp32), 2 x 80 KB written, and a
+``16 x 16 x 1280`` one-hot product.
 """
 
 import functools
@@ -360,8 +373,11 @@ def fwd_config(G: int, L: int, C: int, D: int, dtype: torch.dtype) -> FwdConfig:
     block_c = _pow2_between(C, 16, 128)
     while block_c > 16 and (block_j + block_k) * block_c + block_j * block_k > _FWD_TILE_BUDGET:
         block_c //= 2
-    del dtype  # one configuration fits every supported dtype (checked by aot_specs)
-    return FwdConfig(block_j, block_k, block_c, _NUM_WARPS, None)
+    # fp32 tiles are twice the bytes of bf16/fp16 ones: two pipeline stages instead of Triton's
+    # default three (with three, the full-search tile spills 16 B once L and C are specialised
+    # as multiples of 16, as they are at run time)
+    stages = 2 if dtype == torch.float32 else None
+    return FwdConfig(block_j, block_k, block_c, _NUM_WARPS, stages)
 
 
 def bwd_config(G: int, L: int, C: int, dtype: torch.dtype) -> BwdConfig:
