@@ -50,7 +50,7 @@ from typing import Any, Literal, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .dispatch import check_forced_cupy, choose_backend, triton_unsupported_reason
+from .dispatch import Backend, check_forced_cupy, choose_backend, triton_unsupported_reason
 
 NORM_EPS = 1e-12
 WEIGHT_SCALE = 65536.0  # 2^16: quantisation of the seeding weights (see module docstring).
@@ -510,18 +510,46 @@ def aot_specs() -> list[Any]:
 # Dispatcher and torch.library registration
 
 
+def selected_backend(x: torch.Tensor, k: int) -> Backend:
+    """The backend :func:`cosine_kmeans` runs for ``x`` and ``k``, after its fallbacks.
+
+    ``MOCA_RT_KERNELS`` or the automatic choice (:func:`moca_rt.kernels.dispatch.choose_backend`),
+    then ``"torch"`` where the chosen kernel cannot take the input (size limits). A forced
+    ``cupy`` without a usable CuPy and CUDA tensor raises ``ValueError``.
+    """
+    backend = choose_backend(x)
+    if backend == "cupy":
+        check_forced_cupy(x)
+        from .cupy_kmeans import cupy_kmeans_supports
+
+        return "cupy" if cupy_kmeans_supports(x, k) is None else "torch"
+    if backend == "triton" and triton_kmeans_supports(x, k) is None:
+        return "triton"
+    return "torch"
+
+
+def batch_invariant(x: torch.Tensor, k: int) -> bool:
+    """Whether :func:`cosine_kmeans` clusters every frame of ``x`` bit for bit as it would
+    cluster that frame alone.
+
+    True for the Triton and CuPy kernels (one program / block per frame, no arithmetic shared
+    between frames); False for the batched torch path, whose ``bmm`` may round a frame's cosines
+    differently at another batch size. Callers that need results independent of the batch
+    size (the pipeline) batch frames only when this holds.
+    """
+    return selected_backend(x, k) != "torch"
+
+
 def _run_backend(
     x: torch.Tensor, k: int, max_iters: int, seed: int, early_stop: bool
 ) -> KMeansResult:
-    backend = choose_backend(x)
     kwargs: dict[str, Any] = {"max_iters": max_iters, "seed": seed, "early_stop": early_stop}
+    backend = selected_backend(x, k)
     if backend == "cupy":
-        check_forced_cupy(x)
-        from .cupy_kmeans import cosine_kmeans_cupy, cupy_kmeans_supports
+        from .cupy_kmeans import cosine_kmeans_cupy
 
-        if cupy_kmeans_supports(x, k) is None:
-            return cosine_kmeans_cupy(x, k, **kwargs)
-    elif backend == "triton" and triton_kmeans_supports(x, k) is None:
+        return cosine_kmeans_cupy(x, k, **kwargs)
+    if backend == "triton":
         return cosine_kmeans_triton(x, k, **kwargs)
     return cosine_kmeans_torch_fast(x, k, **kwargs)
 

@@ -5,9 +5,10 @@ Per batch of frames:
 1. silence gate (window RMS under ``silence_dbfs`` -> empty mask, record kept);
 2. audio window (2 s centred on the frame) -> fbank -> audio trunk; frame -> 224x224 -> adapted
    vision trunk -> audio-enhanced patch features ``f^a`` and their joint-space embeddings;
-3. cosine k-means on the 256 patch features (``moca_rt.kernels.cosine_kmeans``), one call per
-   frame: the batched torch path's matmuls may round a frame's cosines differently at another
-   batch size, and masks must not change with the batch size;
+3. cosine k-means on the 256 patch features (``moca_rt.kernels.cosine_kmeans``): one call for
+   the whole batch where the kernel clusters each frame on its own (Triton, CuPy: one program
+   per frame), else one call per frame: the batched torch path's matmuls may round a frame's
+   cosines differently at another batch size, and masks must not change with the batch size;
 4. cluster choice against the audio embedding (``tau``, ``delta``; several sources may sound);
 5. the chosen clusters' soft membership upsampled -> coarse mask M;
 6. mask proposal matching (MPM): proposals with IoU(P, M) > 0.5 are united; none -> M.
@@ -348,9 +349,17 @@ class MocaPipeline:
 
 
 def _kmeans_per_frame(x: torch.Tensor, cfg: PipelineConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cosine k-means of each frame on its own: labels [B, N] int64, iterations [B] int32."""
-    from moca_rt.kernels import cosine_kmeans
+    """Cosine k-means of each frame as if on its own: labels [B, N] int64, iterations [B] int32.
 
+    One batched call when the selected backend is batch-invariant (a GPU kernel), one call per
+    frame otherwise; the labels are the same either way.
+    """
+    from moca_rt.kernels import cosine_kmeans
+    from moca_rt.kernels.kmeans import batch_invariant
+
+    if batch_invariant(x, cfg.num_clusters):
+        res = cosine_kmeans(x, cfg.num_clusters, max_iters=cfg.kmeans_iters, seed=cfg.kmeans_seed)
+        return res.labels, res.iterations
     runs = [
         cosine_kmeans(x[i : i + 1], cfg.num_clusters, max_iters=cfg.kmeans_iters, seed=cfg.kmeans_seed)
         for i in range(x.shape[0])

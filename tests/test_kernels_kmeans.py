@@ -310,6 +310,31 @@ def test_sub_dispatcher_uses_triton_and_strided_input() -> None:
     assert_same_result(km.cosine_kmeans_triton(y, 3), km.cosine_kmeans_reference(y, 3), 2e-6)
 
 
+@interp
+def test_sub_triton_batch_is_frame_by_frame() -> None:
+    # One program per frame: a frame's result does not depend on the batch around it, which is
+    # what lets the pipeline batch k-means on a GPU (kmeans.batch_invariant).
+    x = torch.randn(5, 48, 40, generator=torch.Generator().manual_seed(22))
+    assert km.selected_backend(x, 4) == "triton" and km.batch_invariant(x, 4)
+    together = km.cosine_kmeans(x, 4, seed=3)
+    for b in range(5):
+        alone = km.cosine_kmeans(x[b : b + 1], 4, seed=3)
+        assert torch.equal(alone.labels[0], together.labels[b]), b
+        assert torch.equal(alone.centroids[0], together.centroids[b]), b
+        assert int(alone.iterations[0]) == int(together.iterations[b])
+
+
+def test_backend_selection_and_batch_invariance(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = torch.randn(2, 16, 8)
+    if not INTERPRETING:  # plain CPU process: the batched torch path, not batch-invariant
+        assert km.selected_backend(x, 3) == "torch" and not km.batch_invariant(x, 3)
+    monkeypatch.setenv("MOCA_RT_KERNELS", "torch")
+    assert km.selected_backend(x, 3) == "torch" and not km.batch_invariant(x, 3)
+    monkeypatch.setenv("MOCA_RT_KERNELS", "cupy")
+    with pytest.raises(ValueError, match="MOCA_RT_KERNELS=cupy"):
+        km.selected_backend(x, 3)  # a CPU tensor: a setup error, not a silent fallback
+
+
 # ------------------------------------------------------------------------------------------
 # GPU
 

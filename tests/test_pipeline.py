@@ -245,3 +245,27 @@ def test_cuda_runs_the_same_decisions() -> None:
         assert abs(a.level_dbfs - b.level_dbfs) < 1e-3 or a.silent
         if not b.silent:
             assert b.chosen and all(np.isfinite(b.scores))
+
+
+@pytest.mark.parametrize("invariant", [True, False])
+def test_kmeans_batches_only_where_the_backend_is_batch_invariant(
+    monkeypatch: pytest.MonkeyPatch, invariant: bool
+) -> None:
+    import moca_rt.kernels as kernels
+    import moca_rt.kernels.kmeans as km
+    from moca_rt import pipeline
+
+    calls: list[int] = []
+    real = kernels.cosine_kmeans
+
+    def recording(x: torch.Tensor, k: int, **kw: object) -> km.KMeansResult:
+        calls.append(x.shape[0])
+        return real(x, k, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(kernels, "cosine_kmeans", recording)
+    monkeypatch.setattr(km, "batch_invariant", lambda x, k: invariant)
+    x = torch.randn(3, 16, 8, generator=torch.Generator().manual_seed(5))
+    labels, iters = pipeline._kmeans_per_frame(x, PipelineConfig(num_clusters=3))
+    assert calls == ([3] if invariant else [1, 1, 1])
+    assert labels.shape == (3, 16) and labels.dtype == torch.int64
+    assert iters.shape == (3,) and iters.dtype == torch.int32
