@@ -300,6 +300,19 @@ def test_triton_interpreter_irregular_rows_half(interpret: None, dtype: torch.dt
     _compare(ours, ref, f"triton rows {dtype}", atol=1e-4, grad_atol=grad_atol)
 
 
+def test_pixel_grad_combines_upstream_gradients() -> None:
+    f = torch.ones(2, 3, 4, 5)
+    gen = torch.Generator().manual_seed(42)
+    gc, gm = torch.rand(2, generator=gen), torch.rand(2, 3, 4, generator=gen)
+    want = gm + gc.reshape(2, 1, 1) / 12.0
+    for a, b, expect in ((gc, gm, want), (gc, None, want - gm), (None, gm, gm),
+                         (None, None, torch.zeros(2, 3, 4))):  # fmt: skip
+        out = pma._pixel_grad(a, b, f)
+        assert out.shape == (2, 3, 4) and out.dtype == torch.float32 and out.is_contiguous()
+        assert_close_report("pixel grad", out, expect, 1e-7)
+    assert pma._pixel_grad(gc.double(), None, f.double()).dtype == torch.float64
+
+
 def test_backward_path_choice_by_group_length() -> None:
     from moca_rt.kernels import pma_triton
 
