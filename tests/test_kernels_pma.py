@@ -594,3 +594,20 @@ def test_triton_gpu_row_backward_bitwise_reproducible(
     runs = [_run(pma_cost_triton, f, g, w) for _ in range(3)]
     for other in runs[1:]:
         assert torch.equal(other[1], runs[0][1]) and torch.equal(other[2], runs[0][2])
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_triton_gpu_backward_paths_agree(no_interpret: None, dtype: torch.dtype) -> None:
+    from moca_rt.kernels import pma_triton
+
+    f, g, argk, go = _grouped_inputs(128, 16, 1280, seed=23, dtype=dtype)
+    f, g, argk, go = f.cuda(), g.cuda(), argk.cuda(), go.cuda()
+    det = pma_triton.backward_grouped(f, g, argk, go, 1.0, 1.0, 1e-6)
+    atomic = pma_triton.backward_grouped(f, g, argk, go, 1.0, 1.0, 1e-6, deterministic=False)
+    qf, qg = _grouped_grad_ref(f.cpu(), g.cpu(), argk.cpu(), go.cpu())
+    ulp = {torch.float32: 1e-6, torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}[dtype]
+    for i, (name, want) in enumerate((("grad f", qf), ("grad g", qg))):
+        scale = float(want.abs().max())
+        assert_close_report(f"{dtype} {name} det", det[i], want, GPU_TOL[dtype][1] * scale)
+        assert_close_report(f"{dtype} {name} det vs atomic", det[i], atomic[i], 1e-6 * scale, ulp)
