@@ -177,6 +177,11 @@ def kmeans_cases(device: str, dtype: str, small: bool) -> Iterable[Case]:
                 impls["triton_tf32x3"] = partial(
                     km.cosine_kmeans_triton, x, k, dot_precision="tf32x3", **kw
                 )
+                if dtype != "float32":  # half inputs launch unpipelined to avoid spills
+                    piped = km.TritonKMeansConfig(256, max(16, k), 16, 8, num_stages=3)
+                    impls["triton_pipelined"] = partial(
+                        km.cosine_kmeans_triton, x, k, config=piped, **kw
+                    )
             else:
                 skipped["triton"] = "skipped: Triton cannot run on this device"
             if cupy_ok:
@@ -337,7 +342,7 @@ def run_benchmarks(
     return rows
 
 
-KERNEL_IMPLS = ("triton", "triton_tf32x3", "cupy")
+KERNEL_IMPLS = ("triton", "triton_tf32x3", "triton_pipelined", "cupy")
 
 
 def _ok_rows(rows: list[dict[str, Any]], **match: str) -> list[dict[str, Any]]:

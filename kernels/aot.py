@@ -45,6 +45,7 @@ class KernelSpec:
     num_warps: int
     num_stages: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    divisible: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -87,8 +88,14 @@ def compile_spec(spec: KernelSpec, arch: int = 90) -> CompileReport:
     options: dict[str, Any] = {"num_warps": spec.num_warps, **spec.options}
     if spec.num_stages is not None:
         options["num_stages"] = spec.num_stages
+    unknown = [name for name in spec.divisible if spec.signature.get(name, "*")[0] in "*c"]
+    if unknown:
+        raise ValueError(f"expected integer arguments in divisible, got {unknown} ({spec.name})")
+    names = list(spec.fn.arg_names)
+    hinted = [n for n, t in spec.signature.items() if t.startswith("*")] + list(spec.divisible)
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in hinted}
     src = triton.compiler.ASTSource(
-        fn=spec.fn, signature=spec.signature, constexprs=spec.constexprs
+        fn=spec.fn, signature=spec.signature, constexprs=spec.constexprs, attrs=attrs
     )
     kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
     suffix = "a" if arch >= 90 else ""

@@ -403,30 +403,44 @@ DOT_PRECISIONS: tuple[DotPrecision, ...] = ("tf32x3", "ieee")
 
 
 class TritonKMeansConfig(NamedTuple):
-    """Launch configuration of the Triton k-means kernel for one (N, K)."""
+    """Launch configuration of the Triton k-means kernel (``num_stages`` None: Triton's
+    default software pipelining, 3 stages on sm_90; 1: none)."""
 
     block_n: int
     block_k: int
     block_d: int
     num_warps: int
+    num_stages: int | None = None
 
 
-def triton_kmeans_config(n: int, k: int) -> TritonKMeansConfig:
-    """Tiles and warps the launcher uses for ``N`` rows and ``k`` clusters.
+def triton_kmeans_config(n: int, k: int, dtype: torch.dtype = torch.float32) -> TritonKMeansConfig:
+    """Tiles, warps and pipelining the launcher uses for ``N`` rows, ``k`` clusters, ``dtype``.
 
     All ``N`` rows of a frame live in the program (``BLOCK_N = next_pow2(N)``), centroids in
-    ``BLOCK_K = max(16, next_pow2(k))`` columns (``tl.dot`` needs 16), features stream through in
-    ``BLOCK_D = 16`` column tiles. Warps: 4 up to ``BLOCK_N * BLOCK_K = 1024``, else 8.
-    Compiled for sm_90 (Triton 3.7.1, ``ptxas -v``, fp32 input, ``ieee`` products): the real
-    shape N = 256, k <= 16 uses 208 registers and no spills with 8 warps (4 warps: 312 bytes
-    spilled, 16 warps: 28); beyond it every warp count spills (N = 256, k = 32: 32 bytes; k = 64:
-    1.4 KB; N = 512, k = 16: 252 bytes), so larger shapes run, slower. ``aot_specs`` lists the
-    real-shape configurations that ``tests/test_kernels_build.py`` keeps spill-free.
+    ``BLOCK_K = max(16, next_pow2(k))`` columns (``tl.dot`` needs 16); features stream through in
+    ``BLOCK_D``-column tiles. Warps: 4 up to ``BLOCK_N * BLOCK_K = 1024``, else 8.
+
+    Compiled for sm_90 with the alignment hints the real shape gets at run time (Triton 3.7.1,
+    ``ptxas -v``, ``ieee`` products, N = 256, k <= 16, 8 warps):
+
+    * fp32: ``BLOCK_D = 16`` with the default 3-stage pipeline, 199 registers, no spills
+      (16 warps: 20 bytes spilled; ``BLOCK_D = 32``: 8).
+    * bf16 / fp16: ``BLOCK_D = 32`` without pipelining (``num_stages=1``), 128 registers, no
+      spills. Every pipelined variant spills there (``BLOCK_D = 16``: 272 bytes with 3 stages,
+      256 with 2; ``BLOCK_D = 32``: about 5 KB). Whether the pipeline would be worth its spills
+      is for a GPU to say: ``benchmarks/kernels.py`` times the 3-stage variant as
+      ``triton_pipelined``.
+
+    Beyond the real shape every configuration spills (N = 256, k = 32 or 64; N = 512), so larger
+    shapes run, slower. ``aot_specs`` lists the real-shape configurations that
+    ``tests/test_kernels_build.py`` keeps spill-free.
     """
     block_n = max(16, _next_pow2(n))
     block_k = max(16, _next_pow2(k))
     num_warps = 4 if block_n * block_k <= 1024 else 8
-    return TritonKMeansConfig(block_n, block_k, 16, num_warps)
+    if dtype == torch.float32:
+        return TritonKMeansConfig(block_n, block_k, 16, num_warps)
+    return TritonKMeansConfig(block_n, block_k, 32, num_warps, num_stages=1)
 
 
 def cosine_kmeans_triton(
@@ -437,6 +451,7 @@ def cosine_kmeans_triton(
     seed: int = 0,
     early_stop: bool = True,
     dot_precision: DotPrecision = "ieee",
+    config: TritonKMeansConfig | None = None,
 ) -> KMeansResult:
     """Triton launcher: the whole k-means of every frame in one launch (grid = B programs).
 
@@ -452,6 +467,9 @@ def cosine_kmeans_triton(
     register spills at the real shape (``ieee``: none). Which is faster is for
     ``benchmarks/kernels.py`` (rows ``triton`` and ``triton_tf32x3``) on a GPU to say; the
     interpreter computes both in fp32.
+
+    ``config`` overrides :func:`triton_kmeans_config` (tuning and benchmarks; ``block_n`` must
+    cover N, ``block_k`` cover k and be >= 16).
     """
     check_kmeans_args(x, k, max_iters)
     reason = triton_kmeans_supports(x, k)
@@ -467,12 +485,17 @@ def cosine_kmeans_triton(
     cent = torch.empty(bsz, k, d, device=x.device, dtype=torch.float32)
     labels = torch.empty(bsz, n, device=x.device, dtype=torch.int64)
     iters = torch.empty(bsz, device=x.device, dtype=torch.int32)
-    cfg = triton_kmeans_config(n, k)
+    cfg = config or triton_kmeans_config(n, k, x.dtype)
+    if cfg.block_n < n or cfg.block_k < max(k, 16) or cfg.block_d < 1:
+        raise ValueError(
+            f"expected a config with block_n >= {n}, block_k >= {max(k, 16)}, got {cfg}"
+        )
     kernel = _triton_kernel(triton_interpreting())
     kernel[(bsz,)](
         x, rand, cent, labels, iters, n, d, k, max_iters, x.stride(0), x.stride(1),
         EARLY_STOP=early_stop, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, BLOCK_D=cfg.block_d,
         DOT_PRECISION=dot_precision, num_warps=cfg.num_warps,
+        **({} if cfg.num_stages is None else {"num_stages": cfg.num_stages}),
     )  # fmt: skip
     return KMeansResult(labels, cent, iters)
 
@@ -486,10 +509,12 @@ def aot_specs() -> list[Any]:
 
     fn = _triton_kernel(False)
     specs = []
-    for dtype in ("fp32", "bf16", "fp16"):
+    for dtype, torch_dtype in (
+        ("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)
+    ):  # fmt: skip
         for k in (16,):
-            cfg = triton_kmeans_config(256, k)
-            assert cfg == triton_kmeans_config(256, 2), "k = 2..16 share one configuration"
+            cfg = triton_kmeans_config(256, k, torch_dtype)
+            assert cfg == triton_kmeans_config(256, 2, torch_dtype), "k = 2..16: one config"
             sig = {
                 "x_ptr": f"*{dtype}", "rand_ptr": "*i32", "cent_ptr": "*fp32",
                 "labels_ptr": "*i64", "iters_ptr": "*i32", "N": "i32", "D": "i32", "K": "i32",
@@ -502,7 +527,13 @@ def aot_specs() -> list[Any]:
                 "BLOCK_D": cfg.block_d, "DOT_PRECISION": "ieee",
             }  # fmt: skip
             name = f"kmeans {dtype} N=256 D=1280 k=2..{k}"
-            specs.append(KernelSpec(name, fn, sig, consts, cfg.num_warps))
+            # N = 256, D = 1280 and the strides are multiples of 16 there; K and max_iters not.
+            divisible = ("N", "D", "stride_xb", "stride_xn")
+            specs.append(
+                KernelSpec(
+                    name, fn, sig, consts, cfg.num_warps, cfg.num_stages, divisible=divisible
+                )
+            )
     return specs
 
 

@@ -229,7 +229,8 @@ def aot_specs() -> list[Any]:
                 "BLOCK_HW": _block_hw(4 if in_type == "fp32" else 2 if is_float else 1),
             }  # fmt: skip
             name = f"mask_{metric} {in_type} P=256 K={n_k} 256x256"
-            specs.append(KernelSpec(name, fn, sig, consts, TRITON_NUM_WARPS))
+            divisible = ("P", "HW")  # 256 and 65536; K (4 or 16) is left unmarked
+            specs.append(KernelSpec(name, fn, sig, consts, TRITON_NUM_WARPS, divisible=divisible))
     return specs
 
 

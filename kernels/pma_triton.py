@@ -524,7 +524,7 @@ def aot_specs() -> list[Any]:
             specs.append(KernelSpec(
                 f"pma_fwd {label} {ty} J{fc.block_j} K{fc.block_k} C{fc.block_c}", fwd,
                 {**fsig, **{k: "constexpr" for k in fconst}}, fconst, fc.num_warps,
-                fc.num_stages,
+                fc.num_stages, divisible=("L", "C"),  # 16 or 256, and 1280; D is not
             ))  # fmt: skip
             bc = bwd_config(G, L, C, dtype)
             gg_ty = ty if bc.deterministic else "fp32"
@@ -537,6 +537,6 @@ def aot_specs() -> list[Any]:
             specs.append(KernelSpec(
                 f"pma_bwd {label} {ty} {path} J{bc.block_j} C{bc.block_c}", bwd,
                 {**bsig, **{k: "constexpr" for k in bconst}}, bconst, bc.num_warps,
-                bc.num_stages,
+                bc.num_stages, divisible=("L", "C"),
             ))  # fmt: skip
     return specs

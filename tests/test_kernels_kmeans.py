@@ -283,6 +283,13 @@ def test_sub_triton_matches_reference(dtype: torch.dtype) -> None:
     assert_same_result(tf, km.cosine_kmeans_reference(x, 3, seed=4), TOL[dtype])
     with pytest.raises(ValueError, match="expected dot_precision in"):
         km.cosine_kmeans_triton(x, 3, dot_precision="tf32")  # type: ignore[arg-type]
+    # Another tiling (the benchmark's pipelined variant) computes the same result.
+    other = km.TritonKMeansConfig(64, 16, 16, 4, num_stages=3)
+    assert other != km.triton_kmeans_config(37, 3, dtype)
+    res = km.cosine_kmeans_triton(x, 3, seed=4, config=other)
+    assert_same_result(res, km.cosine_kmeans_reference(x, 3, seed=4), TOL[dtype])
+    with pytest.raises(ValueError, match="expected a config with block_n >= 37"):
+        km.cosine_kmeans_triton(x, 3, config=km.TritonKMeansConfig(32, 16, 16, 4))
 
 
 @interp
