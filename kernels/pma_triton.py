@@ -82,8 +82,9 @@ tiles are sized so that the per-thread share stays small enough for 0 spills on 
 * atomic backward: ``BLOCK_J`` 16..32 as the forward, ``BLOCK_C = 2048 / BLOCK_J``.
 
 At the real shapes, registers per thread / shared memory on sm_90 (every spec 0 spill bytes),
-as :mod:`moca_rt.kernels.aot` compiles them (no alignment hints) and, in brackets, with the
-hints the run-time compile gets (16-byte aligned pointers, ``L`` and ``C`` multiples of 16):
+compiled without alignment hints and, in brackets, with the hints the run-time compile gets
+(16-byte aligned pointers, ``L`` and ``C`` multiples of 16), which is how
+:mod:`moca_rt.kernels.aot` compiles them:
 
 =========================  ========================  ========================
 kernel, search (tiles)     fp32                      bf16 / fp16
