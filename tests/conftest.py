@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import os
 import subprocess
@@ -22,6 +23,27 @@ def fixtures_dir() -> Path:
 requires_cuda = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA device; none is visible on this machine"
 )
+
+
+def _version_tuple(package: str) -> tuple[int, ...]:
+    text = importlib.metadata.version(package)
+    return tuple(int(part) for part in text.split(".")[:2] if part.isdigit())
+
+
+def interpreter_incompatibility() -> str | None:
+    """Why the installed Triton interpreter cannot run here, or None.
+
+    Triton before 3.7 converts one-element arrays with ``int()``, which numpy 2.4 made an
+    error, so its interpreter fails on every kernel with numpy >= 2.4 (seen with Triton 3.6.0,
+    the GPU machine's version: numpy 2.3.5 works, 2.4.6 fails). Compiled kernels are unaffected.
+    """
+    triton_v, numpy_v = _version_tuple("triton"), _version_tuple("numpy")
+    if triton_v < (3, 7) and numpy_v >= (2, 4):
+        return (
+            f"the Triton {'.'.join(map(str, triton_v))} interpreter cannot run with numpy "
+            f"{'.'.join(map(str, numpy_v))} (needs Triton >= 3.7 or numpy < 2.4)"
+        )
+    return None
 
 
 def run_in_interpreter_child(
@@ -49,6 +71,9 @@ def run_in_interpreter_child(
     """
     if importlib.util.find_spec("triton") is None:
         pytest.skip("triton is not installed")
+    reason = interpreter_incompatibility()
+    if reason is not None:
+        pytest.skip(reason)
     env = dict(os.environ, TRITON_INTERPRET="1")
     env.pop("MOCA_RT_KERNELS", None)
     path = Path(test_file).resolve()
