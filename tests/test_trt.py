@@ -317,3 +317,194 @@ def test_real_build_run_and_compare(tmp_path: Path, unit: names.Unit) -> None:
         engine(bad)
     with pytest.raises(ValueError, match="expected engine inputs"):
         TrtEngine(engine_path, ("images",), outs)
+
+
+class _FakeTrt:
+    """A stand-in ``tensorrt`` module that records what build_engine asks of it.
+
+    It tests build_engine's own logic (profile, flags, cache hits, atomic files, error
+    reports), not TensorRT: the real build is :func:`test_real_build_run_and_compare`.
+    """
+
+    __version__ = "10.99.0-fake"
+
+    def __init__(self) -> None:
+        self.builds = 0
+        self.network_flags: list[int] = []
+        self.shapes: dict[str, tuple] = {}
+        self.flags: dict[str, bool] = {}
+        self.pool: dict[str, int] = {}
+        self.timing_in: list[bytes] = []
+        self.parse_fail = False
+        self.build_none = False
+        fake = self
+
+        class Logger:
+            WARNING = 2
+
+            def __init__(self, severity: int = 2) -> None:
+                self.severity = severity
+
+        class Error:
+            def node(self) -> int:
+                return 3
+
+            def node_name(self) -> str:
+                return "/blocks.0/attn/Reshape"
+
+            def node_operator(self) -> str:
+                return "Reshape"
+
+            def desc(self) -> str:
+                return "unsupported dynamic reshape"
+
+            def code(self) -> str:
+                return "UNSUPPORTED_NODE"
+
+        class OnnxParser:
+            def __init__(self, network: object, logger: object) -> None:
+                self.num_errors = 0
+
+            def parse_from_file(self, path: str) -> bool:
+                assert Path(path).is_file()
+                self.num_errors = 1 if fake.parse_fail else 0
+                return not fake.parse_fail
+
+            def get_error(self, i: int) -> Error:
+                return Error()
+
+        class TimingCache:
+            def __init__(self, blob: bytes) -> None:
+                fake.timing_in.append(bytes(blob))
+                self.blob = bytes(blob)
+
+            def serialize(self) -> bytes:
+                return self.blob + b"+"
+
+        class Config:
+            def set_memory_pool_limit(self, pool: str, size: int) -> None:
+                fake.pool[pool] = size
+
+            def set_flag(self, flag: str) -> None:
+                fake.flags[flag] = True
+
+            def clear_flag(self, flag: str) -> None:
+                fake.flags[flag] = False
+
+            def add_optimization_profile(self, profile: object) -> int:
+                return 0
+
+            def create_timing_cache(self, blob: bytes) -> TimingCache:
+                return TimingCache(blob)
+
+            def set_timing_cache(self, cache: TimingCache, ignore_mismatch: bool) -> bool:
+                return True
+
+        class Profile:
+            def set_shape(self, name: str, lo: list, opt: list, hi: list) -> None:
+                fake.shapes[name] = (tuple(lo), tuple(opt), tuple(hi))
+
+        class Builder:
+            def __init__(self, logger: object) -> None:
+                pass
+
+            def create_network(self, flags: int) -> object:
+                fake.network_flags.append(flags)
+                return object()
+
+            def create_builder_config(self) -> Config:
+                return Config()
+
+            def create_optimization_profile(self) -> Profile:
+                return Profile()
+
+            def build_serialized_network(self, network: object, config: Config) -> bytes | None:
+                fake.builds += 1
+                return None if fake.build_none else b"ENGINE-%d" % fake.builds
+
+        class Enum:
+            STRONGLY_TYPED = 1
+            WORKSPACE = "WORKSPACE"
+            FP16, BF16, TF32 = "FP16", "BF16", "TF32"
+
+        self.module = type(sys)("tensorrt")
+        for name, value in {
+            "__version__": self.__version__, "Logger": Logger, "OnnxParser": OnnxParser,
+            "Builder": Builder, "Dims": list, "NetworkDefinitionCreationFlag": Enum,
+            "MemoryPoolType": Enum, "BuilderFlag": Enum,
+        }.items():  # fmt: skip
+            setattr(self.module, name, value)
+
+
+@pytest.fixture()
+def fake_trt(monkeypatch: pytest.MonkeyPatch) -> _FakeTrt:
+    import contextlib
+
+    fake = _FakeTrt()
+    monkeypatch.setitem(sys.modules, "tensorrt", fake.module)
+    monkeypatch.setattr(build_trt, "require_cuda", lambda device=0: torch.device("cuda", 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    return fake
+
+
+def test_build_engine_logic_with_a_fake_tensorrt(
+    fake_trt: _FakeTrt, external_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    cache = tmp_path / "cache"
+    timing = tmp_path / "timing.cache"
+    profile = optimization_profile("sam_encoder", external_copy)
+    kwargs: dict = dict(cache_dir=cache, workspace_gib=2, timing_cache=timing)
+    path = build_engine(external_copy, "sam_encoder", **kwargs)
+    assert fake_trt.builds == 1 and path.read_bytes() == b"ENGINE-1"
+    assert fake_trt.shapes == profile  # the profile went to set_shape unchanged
+    assert fake_trt.flags == {"FP16": True} and fake_trt.network_flags == [0]
+    assert fake_trt.pool == {"WORKSPACE": 2 << 30}
+    assert fake_trt.timing_in == [b""] and timing.read_bytes() == b"+"
+    sidecar = json.loads(path.with_suffix(".engine.json").read_text())
+    key = engine_cache_key(external_copy, profile, "fp16", "Fake GPU", (9, 0), "10.99.0-fake")
+    assert sidecar["key"] == key and path.name.endswith(f"_fp16_{key[:24]}.engine")
+    assert sidecar["components"]["external_data"].keys() == {"sam_weights.bin"}
+    assert sidecar["tensorrt"] == "10.99.0-fake" and sidecar["build_seconds"] >= 0
+    # Cache hit: same path, no build; force rebuilds and reuses the timing cache.
+    assert build_engine(external_copy, "sam_encoder", **kwargs) == path and fake_trt.builds == 1
+    assert build_engine(external_copy, "sam_encoder", force=True, **kwargs) == path
+    assert fake_trt.builds == 2 and path.read_bytes() == b"ENGINE-2"
+    assert fake_trt.timing_in[-1] == b"+" and timing.read_bytes() == b"++"
+    # A sidecar whose key does not match (e.g. a hand-copied engine) is not trusted.
+    sidecar["key"] = "0" * 64
+    path.with_suffix(".engine.json").write_text(json.dumps(sidecar))
+    assert build_engine(external_copy, "sam_encoder", **kwargs) == path and fake_trt.builds == 3
+    # fp32 clears TF32; strongly typed sets the network flag and no precision flag.
+    fake_trt.flags.clear()
+    fp32 = build_engine(external_copy, "sam_encoder", precision="fp32", cache_dir=cache)
+    assert fp32 != path and fake_trt.flags == {"TF32": False}
+    fake_trt.flags.clear()
+    typed = build_engine(
+        external_copy, "sam_encoder", precision="fp32", strongly_typed=True, cache_dir=cache
+    )
+    assert typed not in (path, fp32) and fake_trt.flags == {} and fake_trt.network_flags[-1] == 2
+    # Changed weights: another key, another engine file.
+    weights = external_copy.parent / "sam_weights.bin"
+    weights.write_bytes(weights.read_bytes()[::-1])
+    assert build_engine(external_copy, "sam_encoder", **kwargs) not in (path, fp32, typed)
+    builds = fake_trt.builds
+    # Parse errors name the node; a build returning None is an error; no files are left.
+    before = sorted(p.name for p in cache.iterdir())
+    fake_trt.parse_fail = True
+    with pytest.raises(RuntimeError, match=r"node 3 \(/blocks.0/attn/Reshape, op Reshape\)"):
+        build_engine(external_copy, "sam_encoder", force=True, **kwargs)
+    fake_trt.parse_fail, fake_trt.build_none = False, True
+    with pytest.raises(RuntimeError, match="returned None"):
+        build_engine(external_copy, "sam_encoder", precision="bf16", cache_dir=cache)
+    assert fake_trt.builds == builds + 1
+    assert sorted(p.name for p in cache.iterdir()) == before  # no temp or half files
+    fake_trt.build_none = False
+    # The CLI prints the equivalent trtexec line and the engine path, exit 0.
+    argv = ["--onnx", str(external_copy), "--unit", "sam_encoder", "--cache", str(cache)]
+    assert build_trt.main([*argv, "--precision", "bf16"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"equivalent: trtexec --onnx={external_copy}")
+    assert "--minShapes=sam_images:1x3x256x256" in out[0] and out[0].endswith("--bf16")
+    assert Path(out[1]).is_file() and "_bf16_" in out[1]
