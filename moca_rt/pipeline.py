@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from moca_rt import clustering
 
 if TYPE_CHECKING:
+    from moca_rt.engines.moca_units import MocaTrunk
     from moca_rt.media import MediaFrame
-    from moca_rt.modeling.moca import MocaModel
     from moca_rt.modeling.sam import Sam
     from moca_rt.proposals import ProposalConfig
 
@@ -146,10 +146,12 @@ def frames_to_model_input(images: Sequence[np.ndarray], size: int, device: torch
 
 
 class MocaPipeline:
-    """Batched MoCA inference around a :class:`~moca_rt.modeling.moca.MocaModel`.
+    """Batched MoCA inference around a :class:`~moca_rt.engines.moca_units.MocaTrunk`.
 
     Args:
-        model: the adapted ImageBind (eval mode is set here).
+        model: the adapted ImageBind trunk (eval mode is set here): the torch
+            :class:`~moca_rt.modeling.moca.MocaModel`, or the exported audio and vision units on
+            engines (:class:`~moca_rt.engines.moca_units.EngineMocaModel`).
         proposals: optional mask-proposal source (SAM grid or user boxes); None skips MPM.
         config: thresholds.
         device: where everything runs.
@@ -158,7 +160,7 @@ class MocaPipeline:
 
     def __init__(
         self,
-        model: MocaModel,
+        model: MocaTrunk,
         proposals: ProposalSource | None = None,
         config: PipelineConfig | None = None,
         device: str | torch.device = "cpu",
