@@ -28,6 +28,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, cast
@@ -331,6 +332,16 @@ def _parse_errors(parser: tensorrt.OnnxParser) -> str:
     return "\n".join(lines)
 
 
+def _network_inputs(network: tensorrt.INetworkDefinition) -> dict[str, tuple[int, ...]]:
+    """``{name: dims}`` of the parsed network's inputs (-1 marks a dynamic dimension)."""
+    out: dict[str, tuple[int, ...]] = {}
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        dims = tensor.shape
+        out[tensor.name] = tuple(int(dims[j]) for j in range(len(dims)))
+    return out
+
+
 def _set_precision(
     config: tensorrt.IBuilderConfig, precision: Precision, strongly_typed: bool
 ) -> None:
@@ -433,9 +444,17 @@ def build_engine(
         config = builder.create_builder_config()
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
         _set_precision(config, precision, strongly_typed)
+        network_inputs = _network_inputs(network)
+        if set(network_inputs) != set(profile):
+            raise RuntimeError(
+                f"expected the parsed network's inputs {sorted(profile)}, got "
+                f"{sorted(network_inputs)}"
+            )
         opt = builder.create_optimization_profile()
         for name, (lo, mid, hi) in profile.items():
-            opt.set_shape(name, trt.Dims(list(lo)), trt.Dims(list(mid)), trt.Dims(list(hi)))
+            # TensorRT wants profile shapes for inputs with dynamic (-1) dimensions only.
+            if any(d < 0 for d in network_inputs[name]):
+                opt.set_shape(name, trt.Dims(list(lo)), trt.Dims(list(mid)), trt.Dims(list(hi)))
         if config.add_optimization_profile(opt) < 0:
             raise RuntimeError(f"TensorRT rejected the optimisation profile {profile}")
         cache_file = Path(timing_cache) if timing_cache is not None else None
@@ -443,7 +462,16 @@ def build_engine(
         if cache_file is not None:
             blob = cache_file.read_bytes() if cache_file.is_file() else b""
             cache = config.create_timing_cache(blob)
-            config.set_timing_cache(cache, False)
+            if not config.set_timing_cache(cache, False):
+                # A cache from another GPU or TensorRT version: start an empty one.
+                warnings.warn(
+                    f"timing cache {cache_file} does not match this GPU / TensorRT; "
+                    "starting a new one",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                cache = config.create_timing_cache(b"")
+                config.set_timing_cache(cache, False)
         serialized = builder.build_serialized_network(network, config)
         if serialized is None:
             raise RuntimeError(

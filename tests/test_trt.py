@@ -361,12 +361,31 @@ class _FakeTrt:
             def code(self) -> str:
                 return "UNSUPPORTED_NODE"
 
+        class Tensor:
+            def __init__(self, value: onnx.ValueInfoProto) -> None:
+                self.name = value.name
+                dims = value.type.tensor_type.shape.dim
+                self.shape = [d.dim_value if d.HasField("dim_value") else -1 for d in dims]
+
+        class Network:
+            def __init__(self) -> None:
+                self.inputs: list[Tensor] = []
+
+            @property
+            def num_inputs(self) -> int:
+                return len(self.inputs)
+
+            def get_input(self, i: int) -> Tensor:
+                return self.inputs[i]
+
         class OnnxParser:
-            def __init__(self, network: object, logger: object) -> None:
+            def __init__(self, network: Network, logger: object) -> None:
+                self.network = network
                 self.num_errors = 0
 
             def parse_from_file(self, path: str) -> bool:
-                assert Path(path).is_file()
+                graph = onnx.load(path, load_external_data=False).graph
+                self.network.inputs = [Tensor(v) for v in graph.input]
                 self.num_errors = 1 if fake.parse_fail else 0
                 return not fake.parse_fail
 
@@ -398,7 +417,7 @@ class _FakeTrt:
                 return TimingCache(blob)
 
             def set_timing_cache(self, cache: TimingCache, ignore_mismatch: bool) -> bool:
-                return True
+                return not cache.blob.startswith(b"other-gpu")
 
         class Profile:
             def set_shape(self, name: str, lo: list, opt: list, hi: list) -> None:
@@ -408,9 +427,9 @@ class _FakeTrt:
             def __init__(self, logger: object) -> None:
                 pass
 
-            def create_network(self, flags: int) -> object:
+            def create_network(self, flags: int) -> Network:
                 fake.network_flags.append(flags)
-                return object()
+                return Network()
 
             def create_builder_config(self) -> Config:
                 return Config()
@@ -450,7 +469,11 @@ def fake_trt(monkeypatch: pytest.MonkeyPatch) -> _FakeTrt:
 
 
 def test_build_engine_logic_with_a_fake_tensorrt(
-    fake_trt: _FakeTrt, external_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+    fake_trt: _FakeTrt,
+    exported: dict,
+    external_copy: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
 ) -> None:
     cache = tmp_path / "cache"
     timing = tmp_path / "timing.cache"
@@ -472,10 +495,15 @@ def test_build_engine_logic_with_a_fake_tensorrt(
     assert build_engine(external_copy, "sam_encoder", force=True, **kwargs) == path
     assert fake_trt.builds == 2 and path.read_bytes() == b"ENGINE-2"
     assert fake_trt.timing_in[-1] == b"+" and timing.read_bytes() == b"++"
+    # A timing cache from elsewhere is replaced by a new one, with a warning.
+    timing.write_bytes(b"other-gpu")
+    with pytest.warns(RuntimeWarning, match="does not match this GPU"):
+        build_engine(external_copy, "sam_encoder", force=True, **kwargs)
+    assert fake_trt.timing_in[-2:] == [b"other-gpu", b""] and timing.read_bytes() == b"+"
     # A sidecar whose key does not match (e.g. a hand-copied engine) is not trusted.
     sidecar["key"] = "0" * 64
     path.with_suffix(".engine.json").write_text(json.dumps(sidecar))
-    assert build_engine(external_copy, "sam_encoder", **kwargs) == path and fake_trt.builds == 3
+    assert build_engine(external_copy, "sam_encoder", **kwargs) == path and fake_trt.builds == 4
     # fp32 clears TF32; strongly typed sets the network flag and no precision flag.
     fake_trt.flags.clear()
     fp32 = build_engine(external_copy, "sam_encoder", precision="fp32", cache_dir=cache)
@@ -501,6 +529,13 @@ def test_build_engine_logic_with_a_fake_tensorrt(
     assert fake_trt.builds == builds + 1
     assert sorted(p.name for p in cache.iterdir()) == before  # no temp or half files
     fake_trt.build_none = False
+    # Only inputs with dynamic dimensions get profile shapes (the decoder's image embedding
+    # is static).
+    fake_trt.shapes.clear()
+    build_engine(exported["sam_decoder"][1], "sam_decoder", cache_dir=cache)
+    dec = optimization_profile("sam_decoder", exported["sam_decoder"][1])
+    assert fake_trt.shapes == {k: v for k, v in dec.items() if k != names.IMAGE_EMBEDDINGS}
+    assert set(fake_trt.shapes) == {names.POINT_COORDS, names.POINT_LABELS}
     # The CLI prints the equivalent trtexec line and the engine path, exit 0.
     argv = ["--onnx", str(external_copy), "--unit", "sam_encoder", "--cache", str(cache)]
     assert build_trt.main([*argv, "--precision", "bf16"]) == 0

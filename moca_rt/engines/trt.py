@@ -201,9 +201,14 @@ class TrtEngine:
         self.output_dtypes = {n: torch_dtype(engine.get_tensor_dtype(n).name) for n in graph_out}
         self.profile: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]] = {}
         for n in graph_in:
-            shapes = [_dims(d) for d in engine.get_tensor_profile_shape(n, 0)]
-            if len(shapes) != 3:  # an input outside the profile has one static shape
-                static = _dims(engine.get_tensor_shape(n))
+            static = _dims(engine.get_tensor_shape(n))
+            if any(d < 0 for d in static):
+                shapes = [_dims(d) for d in engine.get_tensor_profile_shape(n, 0)]
+                if len(shapes) != 3:
+                    raise RuntimeError(
+                        f"expected min, opt, max profile shapes for {n}, got {shapes}"
+                    )
+            else:  # a static input is not part of the profile: its one shape is min and max
                 shapes = [static, static, static]
             self.profile[n] = (shapes[0], shapes[1], shapes[2])
         with torch.cuda.device(self.device):
