@@ -5,6 +5,12 @@ Outputs under ``--out``: ``masks/NNNNNN.png`` (one per processed frame, 0/255),
 COCO RLE mask, per-stage timings; flushed per record), optionally ``overlay.mp4`` (mask tinted
 over the frames, original audio) and ``summary.json``.
 
+``--engine`` picks what runs the MoCA trunk (ImageBind audio + adapted vision): ``torch`` (the
+default), ``onnxruntime`` or ``tensorrt`` on the exported ``audio`` and ``vision`` units in
+``--engine-dir`` (:class:`moca_rt.engines.moca_units.EngineMocaModel`). SAM proposals, k-means
+and mask matching stay on torch. ``--demo --engine onnxruntime`` first exports the demo trunk
+to ``OUT/onnx``.
+
 Exit codes:
 
 * 0  every input frame was processed;
@@ -45,6 +51,7 @@ DEMO_PRESET = "moca_synth"
 DEMO_SAM_PRESET = "sam_synth"
 DEMO_POINTS_PER_SIDE = 4
 DEMO_SECONDS = 2.0
+ENGINES = ("torch", "onnxruntime", "tensorrt")
 
 
 @dataclass
@@ -78,6 +85,8 @@ class InferOptions:
     seed: int = 0
     demo: bool = False
     progress: bool = True
+    engine: str = "torch"
+    engine_dir: Path | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -131,12 +140,13 @@ def _sam_preset_for(state: dict[str, torch.Tensor]) -> str:
 
 
 def build_models(opts: InferOptions) -> tuple[Any, Any]:
-    """The MocaModel and (optionally) SAM the options ask for; notes say what was random."""
-    from moca_rt.checkpoints import read_state_dict
-    from moca_rt.modeling.moca import MocaModel
-    from moca_rt.modeling.sam import build_sam, load_sam
+    """The torch MocaModel and (optionally) SAM the options ask for; notes say what was random."""
+    return _torch_moca(opts, torch.device(opts.device)), build_sam_for(opts)
 
-    device = torch.device(opts.device)
+
+def _torch_moca(opts: InferOptions, device: torch.device) -> Any:
+    from moca_rt.modeling.moca import MocaModel
+
     preset = opts.preset or ("moca_huge" if opts.imagebind else DEMO_PRESET)
     moca_cfg: MocaConfig = MOCA_PRESETS[preset]
     torch.manual_seed(opts.seed)
@@ -150,19 +160,179 @@ def build_models(opts: InferOptions) -> tuple[Any, Any]:
     )
     if opts.adapter is None:
         opts.notes.append("no --adapter: AdaAV is untrained (zero-initialised), i.e. plain ImageBind")
+    return model
+
+
+def build_sam_for(opts: InferOptions) -> Any:
+    """The SAM the options ask for (on ``opts.device``, always torch), or None."""
+    from moca_rt.checkpoints import read_state_dict
+    from moca_rt.modeling.sam import build_sam, load_sam
+
+    device = torch.device(opts.device)
     if opts.proposals == "none":
-        return model, None
+        return None
     if opts.sam is not None:
         state = read_state_dict(opts.sam)
         sam_cfg: SamConfig = SAM_PRESETS[opts.sam_preset or _sam_preset_for(state)]
-        sam = load_sam(state, sam_cfg, device=device)
-    elif opts.proposals in ("grid", "boxes") or opts.demo:
+        return load_sam(state, sam_cfg, device=device)
+    if opts.proposals in ("grid", "boxes") or opts.demo:
         sam_name = opts.sam_preset or DEMO_SAM_PRESET
-        sam = build_sam(SAM_PRESETS[sam_name], device=device).eval()
         opts.notes.append(f"no --sam checkpoint: SAM ({sam_name}) has seeded random weights")
-    else:
-        return model, None
-    return model, sam
+        return build_sam(SAM_PRESETS[sam_name], device=device).eval()
+    return None
+
+
+def engine_usage_problem(opts: InferOptions) -> str | None:
+    """What is wrong with the combination of engine flags (before any file is read), or None."""
+    if opts.engine not in ENGINES:
+        return f"--engine: expected one of {list(ENGINES)}, got {opts.engine!r}"
+    if opts.engine == "torch":
+        if opts.engine_dir is not None:
+            return "--engine-dir is for --engine onnxruntime or tensorrt, got --engine torch"
+        return None
+    if opts.engine_dir is None and not (opts.demo and opts.engine == "onnxruntime"):
+        how = ("python -m moca_rt.export.create_onnx --unit audio/vision" if opts.engine ==
+               "onnxruntime" else "python -m moca_rt.export.build_trt")  # fmt: skip
+        demo = " or --demo" if opts.engine == "onnxruntime" else ""
+        return (f"--engine {opts.engine}: expected --engine-dir DIR with the audio and vision "
+                f"units ({how}){demo}, got no --engine-dir")  # fmt: skip
+    return None
+
+
+def build_engine_trunk(opts: InferOptions) -> Any:
+    """The MoCA trunk on onnxruntime or TensorRT (:class:`EngineMocaModel`) for ``opts``.
+
+    Checks that the engine files' input dtype is the ``--precision`` dtype, exports the demo
+    trunk to ``OUT/onnx`` for ``--demo --engine onnxruntime`` without ``--engine-dir``, and
+    notes which provider really runs the trunk.
+
+    Raises:
+        InputError: missing engine library, folder or files, names or precision that do not
+            fit.
+    """
+    from moca_rt.pipeline import PRECISIONS
+
+    problem = engine_usage_problem(opts)
+    if problem is not None:
+        raise InputError(problem)
+    if opts.engine == "torch":
+        raise InputError("--engine torch runs MocaModel, not an engine trunk")
+    if opts.engine_dir is not None and (opts.imagebind is not None or opts.adapter is not None):
+        raise InputError(
+            "--imagebind / --adapter: the engine files in --engine-dir already hold the weights; "
+            "expected them at export time (python -m moca_rt.export.create_onnx --imagebind ... "
+            "--adapter ...), got them at run time"
+        )
+    if opts.engine_dir is not None and opts.preset is not None:
+        opts.notes.append(f"--preset {opts.preset} ignored: the engine files fix the model size")
+    model = _onnxruntime_trunk(opts) if opts.engine == "onnxruntime" else _tensorrt_trunk(opts)
+    want = PRECISIONS[opts.precision]
+    if model.input_dtype is not None and model.input_dtype != want:
+        raise InputError(
+            f"--precision {opts.precision}: expected engine inputs in {want}, got "
+            f"{model.input_dtype} in {opts.engine_dir} (use the matching --precision or "
+            "export/build the units in this one)"
+        )
+    return model
+
+
+def _onnxruntime_trunk(opts: InferOptions) -> Any:
+    import warnings
+
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError as e:
+        raise InputError(
+            f"--engine onnxruntime needs onnxruntime ({e}): pip install 'moca-rt[onnx]' "
+            "(onnxruntime-gpu for the CUDA provider)"
+        ) from e
+    from moca_rt.engines.moca_units import ONNX_PRECISIONS, EngineMocaModel, find_onnx_units
+
+    device = torch.device(opts.device)
+    if opts.engine_dir is None:
+        opts.engine_dir = _export_demo_trunk(opts)
+    folder = Path(opts.engine_dir)
+    try:
+        both = opts.precision in ONNX_PRECISIONS and all(
+            (folder / f"{u}_{opts.precision}.onnx").is_file() for u in ("audio", "vision")
+        )
+        _, _, found = find_onnx_units(folder, opts.precision if both else None)
+    except ValueError as e:
+        raise InputError(f"--engine-dir {folder}: {e}") from e
+    if found != opts.precision:
+        raise InputError(
+            f"--precision {opts.precision}: expected audio_{opts.precision}.onnx and "
+            f"vision_{opts.precision}.onnx in {folder}, got the {found} pair (use --precision "
+            f"{found}, or export with python -m moca_rt.export.create_onnx --precision "
+            f"{opts.precision}; ONNX units come in {sorted(ONNX_PRECISIONS)})"
+        )
+    providers = ["CPUExecutionProvider"]
+    if device.type == "cuda":
+        providers.insert(0, "CUDAExecutionProvider")
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always", RuntimeWarning)  # the fallback is reported as a note
+        try:
+            model = EngineMocaModel.from_onnx(folder, providers, precision=found, device=device)
+        except ValueError as e:
+            raise InputError(f"--engine-dir {folder}: {e}") from e
+    engine = model.audio_engine
+    got = list(getattr(engine, "providers", ()))
+    opts.notes.append(
+        f"--engine onnxruntime: the MoCA trunk ({folder}, {found}) runs on {got[0] if got else '?'} "
+        f"(providers {got}); SAM proposals, k-means and mask matching stay on torch ({device})"
+    )
+    if getattr(engine, "fell_back", False):
+        import onnxruntime as ort
+
+        opts.notes.append(
+            f"onnxruntime fell back: requested {providers[0]}, got {got} (available here: "
+            f"{ort.get_available_providers()}; onnxruntime-gpu gives CUDAExecutionProvider), so "
+            f"the trunk runs on the CPU and its outputs are copied to {device}"
+        )
+    return model
+
+
+def _tensorrt_trunk(opts: InferOptions) -> Any:
+    from moca_rt.engines.moca_units import EngineMocaModel
+    from moca_rt.engines.trt import TENSORRT_MISSING, trt_available
+
+    if not trt_available():
+        raise InputError(f"--engine tensorrt: {TENSORRT_MISSING}")
+    device = torch.device(opts.device)
+    if device.type != "cuda":
+        raise InputError(f"--engine tensorrt: expected a CUDA --device, got {opts.device}")
+    try:
+        model = EngineMocaModel.from_tensorrt(opts.engine_dir, device=device)
+    except (ValueError, RuntimeError) as e:
+        raise InputError(f"--engine-dir {opts.engine_dir}: {e}") from e
+    opts.notes.append(
+        f"--engine tensorrt: the MoCA trunk ({opts.engine_dir}) runs on TensorRT on {model.device}; "
+        "SAM proposals, k-means and mask matching stay on torch"
+    )
+    return model
+
+
+def _export_demo_trunk(opts: InferOptions) -> Path:
+    """Export the demo MoCA trunk (the torch demo's seeded weights) to ``OUT/onnx``."""
+    from moca_rt.export.create_onnx import DTYPES, export_unit
+
+    precision = next((p for p in DTYPES if p == opts.precision), None)
+    if precision is None:
+        raise InputError(
+            f"--precision {opts.precision}: expected one of {list(DTYPES)} for an ONNX export, "
+            f"got {opts.precision}"
+        )
+    started = time.perf_counter()
+    model = _torch_moca(opts, torch.device("cpu"))  # same seed and weights as the torch demo
+    model = model.to(DTYPES[precision]).eval()
+    folder = Path(opts.out) / "onnx"
+    for unit in ("audio", "vision"):
+        export_unit(unit, model, folder / f"{unit}_{precision}.onnx", precision)
+    opts.notes.append(
+        f"demo: exported the MoCA trunk (audio + vision units, {opts.precision}) to {folder} in "
+        f"{time.perf_counter() - started:.1f} s"
+    )
+    return folder
 
 
 def _pipeline_config(opts: InferOptions) -> Any:
@@ -203,12 +373,16 @@ def build_pipeline(opts: InferOptions, use: str) -> tuple[Any, int]:
     from moca_rt.pipeline import PRECISIONS, MocaPipeline, SamProposals
     from moca_rt.proposals import ProposalConfig
 
-    model, sam = build_models(opts)
     dtype = PRECISIONS[opts.precision]
-    if dtype != torch.float32:
-        model = model.to(dtype)
-        if sam is not None:
-            sam = sam.to(dtype)
+    if opts.engine == "torch" and opts.engine_dir is None:
+        model, sam = build_models(opts)
+        if dtype != torch.float32:
+            model = model.to(dtype)
+    else:
+        torch.manual_seed(opts.seed)  # a random SAM is seeded here as on the torch path
+        model, sam = build_engine_trunk(opts), build_sam_for(opts)
+    if sam is not None and dtype != torch.float32:
+        sam = sam.to(dtype)
     proposals = None
     points = 0
     if sam is not None and use != "none":
@@ -408,7 +582,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                      help="The torch device to run on, such as cpu or cuda:0.")
     run.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
-                     help="The compute precision of the models.")
+                     help="The compute precision of the models; with an engine it must be the "
+                     "precision the units were exported in (fp32 or fp16).")
+    run.add_argument("--engine", choices=ENGINES, default="torch",
+                     help="What runs the MoCA trunk (ImageBind audio and adapted vision): torch, or "
+                     "the exported units on onnxruntime (CUDA provider with a cuda --device) or "
+                     "TensorRT. SAM proposals, k-means and mask matching always run on torch.")
+    run.add_argument("--engine-dir", type=Path,
+                     help="The folder of exported units for --engine onnxruntime "
+                     "(audio_<precision>.onnx and vision_<precision>.onnx from "
+                     "python -m moca_rt.export.create_onnx) or tensorrt (one audio_*.engine and "
+                     "one vision_*.engine from python -m moca_rt.export.build_trt). With --demo "
+                     "and onnxruntime it may be left out: the demo trunk is exported to OUT/onnx.")
     run.add_argument("--batch", type=int, default=1, help="The number of frames per model call.")
     run.add_argument("--fps", type=float, help="Process this many frames per second of video (others are skipped).")
     run.add_argument("--realtime", action="store_true",
@@ -463,6 +648,8 @@ def options_from_args(args: argparse.Namespace) -> InferOptions:
         seed=args.seed,
         demo=args.demo,
         progress=not args.no_progress,
+        engine=args.engine,
+        engine_dir=args.engine_dir,
     )
 
 
@@ -474,6 +661,9 @@ def _usage_problem(opts: InferOptions) -> str | None:
         return f"--points-per-side: expected >= 1, got {opts.points_per_side}"
     if opts.fps is not None and not opts.fps > 0:
         return f"--fps: expected > 0, got {opts.fps}"
+    engine = engine_usage_problem(opts)
+    if engine is not None:
+        return engine
     try:
         _pipeline_config(opts)
     except ValueError as e:
