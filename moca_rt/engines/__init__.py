@@ -1,9 +1,11 @@
 """Inference engines: one interface (:class:`Engine`), runners that speak the export names.
 
-``OrtEngine`` (onnxruntime) imports onnxruntime only when an engine is built.
+``OrtEngine`` (onnxruntime) and ``TrtEngine`` (TensorRT) import their library only when an
+engine is built.
 """
 
 from moca_rt.engines.base import Engine, TorchEngine
 from moca_rt.engines.ort import OrtEngine
+from moca_rt.engines.trt import TrtEngine
 
-__all__ = ["Engine", "OrtEngine", "TorchEngine"]
+__all__ = ["Engine", "OrtEngine", "TorchEngine", "TrtEngine"]
