@@ -5,8 +5,10 @@
     python benchmarks/pipeline.py --preset moca_huge --sam-preset sam_vit_h --device cuda \\
         --imagebind imagebind_huge.pth --adapter adaav.safetensors --sam sam_vit_h_4b8939.pth
 
-Setup: the models are built as ``python -m moca_rt.infer`` builds them (``infer.build_models``;
-seeded random weights for every checkpoint not given, recorded in the ``weights`` column), and
+Setup: the models are built as ``python -m moca_rt.infer`` builds them (``infer.build_pipeline``;
+seeded random weights for every checkpoint not given, recorded in the ``weights`` column;
+``--engine onnxruntime|tensorrt --engine-dir DIR`` runs the MoCA trunk on the exported units
+there, as ``infer --engine`` does, SAM staying on torch; the ``engine`` column says which), and
 N synthetic-world scenes are rendered (``--splits`` in turn, one frame each, partition
 ``test``) with the 2 s audio window centred on the frame (``preprocess.audio_windows``: the
 scene audio around ``frame_times[0]``, zero-padded at the ends).
@@ -76,7 +78,7 @@ FLOOR_TFLOP = {
 }
 COLUMNS = [
     "timestamp_utc", "git_commit", "device", "device_name", "python", "torch", "threads",
-    "preset", "sam_preset", "points_per_side", "precision", "batch", "frames", "timed_batches",
+    "preset", "sam_preset", "points_per_side", "precision", "engine", "batch", "frames", "timed_batches",
     "warmup", "splits", "seed", "weights", "status", "first_call_ms", "batch_ms_p50",
     "batch_ms_p99", "e2e_ms_p50", "e2e_ms_p99", "fps",
     *(f"{s}_ms_{q}" for s in STAGES for q in ("p50", "p99")),
@@ -109,6 +111,8 @@ class BenchOptions:
     imagebind: Path | None = None
     adapter: Path | None = None
     sam: Path | None = None
+    engine: str = "torch"
+    engine_dir: Path | None = None
     notes: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
@@ -134,6 +138,13 @@ class BenchOptions:
             raise ValueError(f"points_per_side: expected >= 1, got {self.points_per_side}")
         if self.device != "cpu" and not self.device.startswith("cuda"):
             raise ValueError(f"device: expected cpu or cuda[:N], got {self.device!r}")
+        if self.engine not in ("torch", "onnxruntime", "tensorrt"):
+            raise ValueError(f"engine: expected torch, onnxruntime or tensorrt, got {self.engine!r}")
+        if (self.engine == "torch") != (self.engine_dir is None):
+            raise ValueError(
+                f"engine_dir: expected a folder of exported units with engine onnxruntime or "
+                f"tensorrt and none with torch, got engine {self.engine!r} and {self.engine_dir}"
+            )
 
 
 @dataclass
@@ -250,6 +261,9 @@ def _pct(values: Sequence[float], q: float) -> float:
 
 
 def _weights(opts: BenchOptions) -> str:
+    if opts.engine_dir is not None:
+        sam = "none" if opts.sam_preset == "none" else str(opts.sam or "random")
+        return f"engine_dir={opts.engine_dir} sam={sam}"
     if opts.imagebind is None and opts.adapter is None and opts.sam is None:
         return "random"
     sam = "none" if opts.sam_preset == "none" else str(opts.sam or "random")
@@ -258,7 +272,7 @@ def _weights(opts: BenchOptions) -> str:
 
 def build_pipeline(opts: BenchOptions) -> tuple[Any, int]:
     """The MocaPipeline the CLI would build for these options, and SAM's points per side (0: no SAM)."""
-    from moca_rt.infer import InferOptions
+    from moca_rt.infer import InferOptions, InputError
     from moca_rt.infer import build_pipeline as build_cli_pipeline
 
     use_sam = opts.sam_preset != "none"
@@ -267,9 +281,12 @@ def build_pipeline(opts: BenchOptions) -> tuple[Any, int]:
         adapter=opts.adapter, sam=opts.sam if use_sam else None,
         sam_preset=opts.sam_preset if use_sam else None, proposals="grid" if use_sam else "none",
         points_per_side=opts.points_per_side, device=opts.device, precision=opts.precision,
-        seed=opts.seed, progress=False,
+        seed=opts.seed, progress=False, engine=opts.engine, engine_dir=opts.engine_dir,
     )  # fmt: skip
-    pipeline, points = build_cli_pipeline(infer_opts, "grid" if use_sam else "none")
+    try:
+        pipeline, points = build_cli_pipeline(infer_opts, "grid" if use_sam else "none")
+    except InputError as err:  # unusable engine files or library: reported like a bad option
+        raise ValueError(str(err)) from err
     opts.notes.extend(infer_opts.notes)
     return pipeline, points
 
@@ -391,6 +408,7 @@ def _run(opts: BenchOptions, inputs: BenchInputs | None) -> list[dict[str, Any]]
         "sam_preset": opts.sam_preset,
         "points_per_side": points,
         "precision": opts.precision,
+        "engine": opts.engine,
         "frames": len(inputs.images),
         "warmup": opts.warmup,
         "splits": ",".join(opts.splits),
@@ -551,6 +569,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", type=Path, help="Trained AdaAV weights (.safetensors or .pt).")
     p.add_argument("--sam", type=Path, help="An official sam_vit_{h,l,b} checkpoint.")
     p.add_argument(
+        "--engine",
+        choices=("torch", "onnxruntime", "tensorrt"),
+        default="torch",
+        help="What runs the MoCA trunk, as in python -m moca_rt.infer (SAM stays on torch).",
+    )
+    p.add_argument(
+        "--engine-dir",
+        type=Path,
+        help="The folder of exported audio and vision units for --engine onnxruntime or tensorrt.",
+    )
+    p.add_argument(
         "--out",
         type=Path,
         default=None,
@@ -566,7 +595,8 @@ def main(argv: list[str] | None = None) -> int:
         batches=args.batch, frames=args.frames, warmup=args.warmup,
         splits=tuple(s.strip() for s in args.splits.split(",") if s.strip()), seed=args.seed,
         image_size=args.image_size, points_per_side=args.points_per_side, threads=args.threads,
-        imagebind=args.imagebind, adapter=args.adapter, sam=args.sam,
+        imagebind=args.imagebind, adapter=args.adapter, sam=args.sam, engine=args.engine,
+        engine_dir=args.engine_dir,
     )  # fmt: skip
     try:
         rows = run_pipeline_benchmark(opts)

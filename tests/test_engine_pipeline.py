@@ -374,6 +374,31 @@ def test_from_tensorrt_names_missing_engines(tmp_path: Path) -> None:
         EngineMocaModel.from_tensorrt()
 
 
+def test_benchmark_runs_the_trunk_on_onnxruntime(onnx_dir: Path) -> None:
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "pipeline.py"
+    spec = importlib.util.spec_from_file_location("bench_pipeline_engines", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules["bench_pipeline_engines"] = bench  # dataclasses look their module up by name
+    spec.loader.exec_module(bench)
+    opts = bench.BenchOptions(
+        preset="moca_test", sam_preset="none", device="cpu", batches=(2,), frames=2, warmup=0,
+        image_size=64, threads=1, engine="onnxruntime", engine_dir=onnx_dir,
+    )  # fmt: skip
+    (row,) = bench.run_pipeline_benchmark(opts)
+    assert row["status"] == "ok" and row["engine"] == "onnxruntime", row
+    assert row["audio_ms_p50"] > 0 and row["vision_ms_p50"] > 0
+    assert f"runs on {CPU}" in row["notes"] and row["weights"].startswith("engine_dir=")
+    with pytest.raises(ValueError, match="expected a folder of exported units"):
+        bench.BenchOptions(engine="onnxruntime").validate()
+    bad = bench.BenchOptions(preset="moca_test", sam_preset="none", batches=(1,), frames=1,
+                             engine="onnxruntime", engine_dir=onnx_dir, precision="fp16")  # fmt: skip
+    with pytest.raises(ValueError, match="--precision fp16"):
+        bench.run_pipeline_benchmark(bad)
+
+
 # ---- GPU ----
 
 
