@@ -108,10 +108,16 @@ def _audio(n: int, seed: int) -> np.ndarray:
     return (np.stack(tones) + 0.01 * rng.standard_normal((n, WINDOW_SAMPLES))).astype(np.float32)
 
 
-def test_protocol_is_met_by_both(moca: MocaModel, engine_model: EngineMocaModel) -> None:
-    trunks: list[MocaTrunk] = [moca, engine_model]  # mypy-level check; runtime: the methods exist
+def test_pipeline_takes_either_trunk(moca: MocaModel, engine_model: EngineMocaModel) -> None:
+    trunks: list[MocaTrunk] = [moca, engine_model]
     for trunk in trunks:
-        assert all(callable(getattr(trunk, m)) for m in ("encode_audio", "encode_vision", "to", "eval"))
+        assert MocaPipeline(trunk).model is trunk  # to() and eval() return the trunk itself
+    try:
+        assert engine_model.to(torch.device("meta")).device == torch.device("meta")
+    finally:
+        engine_model.to("cpu")
+    with pytest.raises(ValueError, match="expected num_layers >= 1"):
+        EngineMocaModel(engine_model.audio_engine, engine_model.vision_engine, 0)
 
 
 def test_from_onnx_reads_layers_provider_precision_clips(
