@@ -275,6 +275,10 @@ def _onnxruntime_trunk(opts: InferOptions) -> Any:
             model = EngineMocaModel.from_onnx(folder, providers, precision=found, device=device)
         except ValueError as e:
             raise InputError(f"--engine-dir {folder}: {e}") from e
+        except Exception as e:  # onnxruntime's own errors (corrupt file, ...) derive from Exception
+            if not type(e).__module__.startswith("onnxruntime"):
+                raise
+            raise InputError(f"--engine-dir {folder}: onnxruntime cannot load the units: {e}") from e
     engine = model.audio_engine
     got = list(getattr(engine, "providers", ()))
     opts.notes.append(

@@ -333,6 +333,14 @@ def test_missing_vision_file(onnx_dir: Path, clip: Path, tmp_path: Path, capsys:
     assert "missing ['vision_fp32.onnx'" in err and "audio_fp32.onnx" in err
 
 
+def test_corrupt_onnx_file(onnx_dir: Path, clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(onnx_dir, broken)
+    (broken / "audio_fp32.onnx").write_bytes(b"not a protobuf")
+    err = _engine_error(capsys, clip, tmp_path, "--engine", "onnxruntime", "--engine-dir", broken)
+    assert "onnxruntime cannot load the units" in err and "audio_fp32.onnx" in err
+
+
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_precision_mismatch(
     precision: str, onnx_dir: Path, clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
