@@ -54,9 +54,14 @@ def test_mp4_has_both_streams_with_right_counts_and_durations(tmp_path: Path, vi
 
 
 def test_mp4_bytes_are_reproducible(tmp_path: Path, video_scene) -> None:  # type: ignore[no-untyped-def]
-    a = write_mp4(tmp_path / "a.mp4", video_scene.frames, video_scene.audio)
-    b = write_mp4(tmp_path / "b.mp4", video_scene.frames, video_scene.audio)
-    assert hashlib.sha256(a.read_bytes()).digest() == hashlib.sha256(b.read_bytes()).digest()
+    # Four encodes: with x264's macroblock tree on, most pairs differed, but not every pair.
+    digests = {
+        hashlib.sha256(
+            write_mp4(tmp_path / f"{i}.mp4", video_scene.frames, video_scene.audio).read_bytes()
+        ).hexdigest()
+        for i in range(4)
+    }
+    assert len(digests) == 1, digests
 
 
 def test_mp4_rejects_odd_sizes(tmp_path: Path) -> None:
