@@ -71,7 +71,7 @@ EXPORTERS: dict[names.Unit, Exporter] = {
 OPSET = 18
 EXPORT_BATCH = 2
 EXPORT_PROMPTS = (3, 2)  # N prompts x P points of the decoder's example
-AUDIO_CLIPS = 3  # S clips per window (official preprocessing)
+AUDIO_CLIPS = 3  # S clips per window (official preprocessing); the pipeline needs 1
 # TensorRT optimisation profile (min, opt, max) per symbolic axis.
 PROFILE: dict[str, tuple[int, int, int]] = {
     names.BATCH: (1, 4, 16),
@@ -92,6 +92,7 @@ class ExportResult:
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
     trtexec: str
+    audio_clips: int | None = None  # S of the MoCA units' fbank / audio tokens; None for SAM
 
 
 def num_layers_of(model: MocaModel | Sam) -> int:
@@ -113,16 +114,21 @@ def example_inputs(
     num_points: int = EXPORT_PROMPTS[1],
     precision: Precision = "fp32",
     seed: int = 0,
+    audio_clips: int = AUDIO_CLIPS,
 ) -> dict[str, Tensor]:
     """Seeded random inputs of ``unit`` keyed by the input names, on the model's device.
 
-    ``batch`` is B for the batched units and the number of prompts N for the decoder. The
+    ``batch`` is B for the batched units and the number of prompts N for the decoder.
+    ``audio_clips`` is S, the clips per audio window of the MoCA units (fixed in their graphs:
+    the audio unit's fbank [B, S, 1, M, T], the vision unit's audio tokens [B, S * La, Da]). The
     vision unit's audio tokens are produced by running the model's audio encoder on random
     fbank (realistic token statistics). SAM point coords are uniform in the model-input frame;
     labels are drawn from {1, 0, -1}, the first point of each prompt always labelled 1.
     """
     if batch < 1 or num_points < 1:
         raise ValueError(f"expected batch >= 1 and num_points >= 1, got {batch} and {num_points}")
+    if audio_clips < 1:
+        raise ValueError(f"expected audio_clips >= 1, got {audio_clips}")
     gen = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
     dtype = DTYPES[precision]
@@ -131,7 +137,7 @@ def example_inputs(
         if not isinstance(model, MocaModel):
             raise ValueError(f"expected a MocaModel for unit {unit!r}, got {type(model).__name__}")
         a = model.config.imagebind.audio
-        fbank = torch.randn(batch, AUDIO_CLIPS, 1, a.num_mel_bins, a.target_len, generator=gen)
+        fbank = torch.randn(batch, audio_clips, 1, a.num_mel_bins, a.target_len, generator=gen)
         if unit == "audio":
             return {names.FBANK: fbank.to(device, dtype)}
         side = model.config.imagebind.vision.image_size
@@ -226,11 +232,14 @@ def export_unit(
     out_path: str | Path,
     precision: Precision = "fp32",
     exporter: Exporter | None = None,
+    audio_clips: int = AUDIO_CLIPS,
 ) -> ExportResult:
     """Export ``unit`` of ``model`` (already in the wanted dtype, eval mode) to ``out_path``.
 
     The example has batch :data:`EXPORT_BATCH` (decoder: 3 prompts of 2 points); the axes of
-    :func:`moca_rt.export.names.dynamic_axes` stay symbolic. The dynamo exporter may write
+    :func:`moca_rt.export.names.dynamic_axes` stay symbolic. The MoCA units fix ``audio_clips``
+    clips per window (3: the official preprocessing; 1: what the pipeline computes for its 2 s
+    windows, a third of the audio work); export both units with the same value. The dynamo exporter may write
     weights to ``<out_path>.data`` beside the file. A JSON sidecar ``<out_path>.json`` holds
     the :class:`ExportResult`.
     """
@@ -239,7 +248,7 @@ def export_unit(
     exporter = exporter if exporter is not None else EXPORTERS[unit]
     num_layers = num_layers_of(model)
     wrapper = build_wrapper(unit, model).eval()
-    feeds = example_inputs(unit, model, precision=precision)
+    feeds = example_inputs(unit, model, precision=precision, audio_clips=audio_clips)
     args = tuple(feeds.values())
     ins = names.input_names(unit, num_layers)
     outs = names.output_names(unit, num_layers)
@@ -271,6 +280,7 @@ def export_unit(
         input_names=ins,
         output_names=outs,
         trtexec=trtexec_command(unit, path, shapes, precision, num_layers),
+        audio_clips=audio_clips if unit in ("audio", "vision") else None,
     )
     path.with_suffix(path.suffix + ".json").write_text(json.dumps(asdict(result), indent=2))
     return result
@@ -328,8 +338,11 @@ def run_create_onnx(
     adapter: str | Path | None = None,
     sam: str | Path | None = None,
     seed: int = 0,
+    audio_clips: int = AUDIO_CLIPS,
 ) -> list[ExportResult]:
-    """Export ``units`` to ``out_dir/<unit>_<precision>.onnx``; returns one result per unit."""
+    """Export ``units`` to ``out_dir/<unit>_<precision>.onnx``; returns one result per unit.
+
+    ``audio_clips``: clips per audio window of the MoCA units (see :func:`export_unit`)."""
     results: list[ExportResult] = []
     models: dict[str, MocaModel | Sam] = {}
     for unit in units:
@@ -339,7 +352,7 @@ def run_create_onnx(
                 unit, preset, sam_preset, precision, imagebind, adapter, sam, seed
             )
         path = Path(out_dir) / f"{unit}_{precision}.onnx"
-        results.append(export_unit(unit, models[key], path, precision))
+        results.append(export_unit(unit, models[key], path, precision, audio_clips=audio_clips))
     return results
 
 
@@ -365,12 +378,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sam", default=None,
                         help="Official SAM checkpoint (random weights when omitted).")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="Seed of the random weights.")
+    parser.add_argument("--audio-clips", type=int, default=AUDIO_CLIPS,
+                        help="Clips per 2 s audio window fixed in the audio and vision units: 3 "
+                             "(official preprocessing) or 1 (what python -m moca_rt.infer "
+                             "computes; a third of the audio work).")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.audio_clips < 1:
+        parser.error(f"--audio-clips: expected >= 1, got {args.audio_clips}")
     units = names.UNITS if args.unit == "all" else (args.unit,)
     try:
         results = run_create_onnx(
             units, args.out, args.preset, args.sam_preset, args.precision,
-            args.imagebind, args.adapter, args.sam, args.seed,
+            args.imagebind, args.adapter, args.sam, args.seed, args.audio_clips,
         )  # fmt: skip
     except Exception as exc:  # report and exit non-zero; the traceback is in the message chain
         print(f"export failed: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -226,6 +226,12 @@ def build_engine_trunk(opts: InferOptions) -> Any:
     if opts.engine_dir is not None and opts.preset is not None:
         opts.notes.append(f"--preset {opts.preset} ignored: the engine files fix the model size")
     model = _onnxruntime_trunk(opts) if opts.engine == "onnxruntime" else _tensorrt_trunk(opts)
+    if model.clips is not None and model.clips > 1:
+        opts.notes.append(
+            f"--engine-dir: the audio unit takes {model.clips} clips per window; the pipeline "
+            f"computes one and repeats it (same result, {model.clips}x the audio work): export "
+            "with python -m moca_rt.export.create_onnx --audio-clips 1 to avoid that"
+        )
     want = PRECISIONS[opts.precision]
     if model.input_dtype is not None and model.input_dtype != want:
         raise InputError(
@@ -331,7 +337,9 @@ def _export_demo_trunk(opts: InferOptions) -> Path:
     model = model.to(DTYPES[precision]).eval()
     folder = Path(opts.out) / "onnx"
     for unit in ("audio", "vision"):
-        export_unit(unit, model, folder / f"{unit}_{precision}.onnx", precision)
+        # One clip per window: what the pipeline computes (the 3 official clips of a 2 s window
+        # are the same samples), so the engine does not repeat it.
+        export_unit(unit, model, folder / f"{unit}_{precision}.onnx", precision, audio_clips=1)
     opts.notes.append(
         f"demo: exported the MoCA trunk (audio + vision units, {opts.precision}) to {folder} in "
         f"{time.perf_counter() - started:.1f} s"

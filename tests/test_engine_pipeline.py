@@ -259,14 +259,16 @@ def test_cli_demo_onnxruntime_equals_torch_demo(
     assert (tmp_path / "ort" / "onnx" / "audio_fp32.onnx").is_file()
     assert f"runs on {CPU}" in err and "stay on torch" in err and "exported the MoCA trunk" in err
     records = read_jsonl(tmp_path / "ort" / "records.jsonl")
+    clip_bytes = (tmp_path / "ort" / "demo_input.mp4").read_bytes()
     assert len(records) == 5 and len(list((tmp_path / "ort" / "masks").glob("*.png"))) == 5
     assert all(r["chosen"] for r in records) and "vision" in stdout
-    # The torch demo reads the clip the onnxruntime run generated: two H.264 encodes of the same
-    # synthetic frames are not pixel-identical (seen: up to 44 levels apart), so a second
-    # generated clip would differ for reasons unrelated to the engine.
-    clip = tmp_path / "ort" / "demo_input.mp4"
-    code, _, err = _run(capsys, clip, *common, "--out", tmp_path / "torch")
+    # The demo exports one clip per window, what the pipeline computes: nothing is repeated.
+    assert EngineMocaModel.from_onnx(tmp_path / "ort" / "onnx", (CPU,)).clips == 1
+    assert "--audio-clips 1" not in err
+    # The torch demo generates its own clip: write_mp4 encodes the same frames to the same bytes.
+    code, _, err = _run(capsys, *common, "--out", tmp_path / "torch")
     assert code == 0, err
+    assert (tmp_path / "torch" / "demo_input.mp4").read_bytes() == clip_bytes
     # Same seeded demo weights and SAM on both paths: same decisions and masks per frame.
     ref = read_jsonl(tmp_path / "torch" / "records.jsonl")
     assert [r["chosen"] for r in records] == [r["chosen"] for r in ref]
@@ -288,6 +290,7 @@ def test_cli_engine_dir_equals_torch_checkpoints(
                         "--out", tmp_path / "ort")  # fmt: skip
     assert code == 0, err
     assert "--preset moca_test ignored" in err and "random weights" not in err
+    assert "takes 3 clips per window" in err and "--audio-clips 1" in err  # onnx_dir: 3 clips
     ours = read_jsonl(tmp_path / "ort" / "records.jsonl")
     ref = read_jsonl(tmp_path / "torch" / "records.jsonl")
     assert len(ours) == len(ref) == 6

@@ -293,6 +293,16 @@ def test_bad_arguments() -> None:
         example_inputs("sam_encoder", sam, batch=0)
     with pytest.raises(ValueError, match="expected precision"):
         export_unit("sam_encoder", sam, "x.onnx", "int8")  # type: ignore[arg-type]
+    moca = build_model("audio", preset="moca_test")
+    assert isinstance(moca, MocaModel)
+    with pytest.raises(ValueError, match="expected audio_clips >= 1, got 0"):
+        example_inputs("audio", moca, audio_clips=0)
+    one = example_inputs("vision", moca, audio_clips=1)
+    three = example_inputs("vision", moca)
+    tokens = names.audio_layer_input(0)
+    assert one[tokens].shape[1] * 3 == three[tokens].shape[1]  # [B, S * La, Da]
+    with pytest.raises(SystemExit):
+        create_main(["--unit", "audio", "--out", "x", "--audio-clips", "0"])
     assert names.audio_token_names(2) == (
         "audio_layer0_input",
         "audio_layer0_post_attention",

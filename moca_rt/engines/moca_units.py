@@ -367,11 +367,12 @@ class EngineMocaModel:
     def encode_audio(self, fbank: Tensor) -> AudioFeatures:
         """Run the audio engine on fbank [B, S, 1, 128, 204] (normalised kaldi fbank clips).
 
-        The units are exported with a fixed clip count (:attr:`clips`, 3 from ``create_onnx``).
-        One clip (S = 1, what the pipeline sends for a 2 s window) is repeated to that count:
-        ImageBind's clips of a 2 s window are the same samples, and attention over repeated
-        copies of the tokens, like the mean of equal embeddings, gives the one-clip result up to
-        rounding, at S times the audio work (an S = 1 export would avoid it).
+        The units are exported with a fixed clip count (:attr:`clips`: 3 from ``create_onnx`` by
+        default, 1 with ``--audio-clips 1`` and in the CLI's demo export). One clip (S = 1, what
+        the pipeline sends for a 2 s window) is repeated to that count: ImageBind's clips of a
+        2 s window are the same samples, and attention over repeated copies of the tokens, like
+        the mean of equal embeddings, gives the one-clip result up to rounding, at S times the
+        audio work (a one-clip export avoids it).
 
         Returns:
             :class:`AudioFeatures` on :attr:`device` in the engine's output dtype: L layer
