@@ -27,6 +27,7 @@ from moca_rt.media import (
     open_source,
 )
 from moca_rt.media.audio import _AudioAssembler
+from moca_rt.media.sources import mpegts_cut_packet
 
 SR = media.SAMPLE_RATE
 N_WIN = 32000
@@ -169,6 +170,38 @@ def test_truncated_file_yields_frames_then_error(mdir: Path) -> None:
     with open_source(cut, raise_on_error=False) as src2:
         n = sum(1 for _ in src2)
     assert n == len(got) and isinstance(src2.error, MediaDecodeError)
+
+
+def test_truncated_mpegts_is_reported(mdir: Path) -> None:
+    full = mf.write_video(mdir / "full.ts", num_frames=50, audio_rate=44100)
+    with open_source(full) as src:
+        assert sum(1 for _ in src) == 50 and src.error is None
+    cut = mf.write_truncated(full, mdir / "cut.ts", 0.6)
+    assert cut.stat().st_size % 188  # the cut falls inside a packet
+    got = 0
+    with open_source(cut) as src, pytest.raises(MediaDecodeError, match="bytes into a 188-byte"):
+        for _ in src:
+            got += 1
+    assert 10 < got < 50
+    # A cut on a packet boundary cannot be told from a clean end (the docstring says so).
+    whole = mdir / "whole.ts"
+    whole.write_bytes(full.read_bytes()[: 188 * (cut.stat().st_size // 188)])
+    assert mpegts_cut_packet(whole) is None
+
+
+def test_mpegts_packet_layouts(tmp_path: Path) -> None:
+    for packet, sync in ((188, 0), (192, 4), (204, 0)):
+        data = bytearray(packet * 10)
+        for k in range(10):
+            data[sync + k * packet] = 0x47
+        path = tmp_path / f"p{packet}.ts"
+        path.write_bytes(bytes(data))
+        assert mpegts_cut_packet(path) is None, packet
+        path.write_bytes(bytes(data[:-7]))
+        assert f"{packet - 7} bytes into a {packet}-byte" in (mpegts_cut_packet(path) or ""), packet
+    path = tmp_path / "not_ts.ts"
+    path.write_bytes(b"\x00" * 1000)
+    assert mpegts_cut_packet(path) is None  # no layout fits: not judged
 
 
 def test_one_frame_and_4k(mdir: Path) -> None:

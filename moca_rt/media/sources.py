@@ -418,7 +418,12 @@ class ContainerSource(MediaSource):
 
     def _truncation_check(self, last_video_t: float, assembler: _AudioAssembler) -> list[str]:
         """Files whose header promises more than was decoded (a cut download, a crash while
-        recording). MPEG-TS and raw streams declare nothing, so their ends are taken as is."""
+        recording). MPEG-TS declares no length, but it is a sequence of fixed-size packets: a
+        file that ends inside one was cut (:func:`mpegts_cut_packet`); a cut that falls exactly
+        on a packet boundary cannot be told from a clean end. Raw streams are taken as is."""
+        if self._container.format.name == "mpegts" and Path(self.spec).is_file():
+            cut = mpegts_cut_packet(Path(self.spec))
+            return [cut] if cut is not None else []
         declared = self._video.frames
         if declared and self.stats.frames_decoded < declared:
             return [f"truncated: decoded {self.stats.frames_decoded} of {declared} video "
@@ -468,6 +473,34 @@ class ContainerSource(MediaSource):
             self._thread.join(timeout=10.0)
         if not self._thread.is_alive():
             self._container.close()
+
+
+_TS_SYNC = 0x47
+# Packet layouts of MPEG-TS files: 188-byte packets, 192 (a 4-byte timestamp first: Blu-ray
+# M2TS) and 204 (16 Reed-Solomon bytes after the packet: DVB); (size, offset of the sync byte).
+_TS_LAYOUTS = ((188, 0), (192, 4), (204, 0))
+
+
+def mpegts_cut_packet(path: Path) -> str | None:
+    """Why the MPEG-TS file at ``path`` looks cut inside a packet, or None.
+
+    The packet layout is the one whose sync bytes (0x47) sit at every packet start of the
+    first packets; the file is cut when its size is not a whole number of such packets. None
+    when no layout fits (not recognisably TS) or the size is whole.
+    """
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        head = fh.read(204 * 8)
+    for packet, sync in _TS_LAYOUTS:
+        starts = range(sync, min(len(head), packet * 8), packet)
+        if len(starts) < 2 or any(head[i] != _TS_SYNC for i in starts):
+            continue
+        extra = size % packet
+        if extra == 0:
+            return None
+        return (f"truncated: the file ends {extra} bytes into a {packet}-byte MPEG-TS packet "
+                f"({size // packet} whole packets)")
+    return None
 
 
 def _scheme(spec: str) -> str:
