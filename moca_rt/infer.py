@@ -74,6 +74,7 @@ class InferOptions:
     batch: int = 1
     fps: float | None = None
     realtime: bool = False
+    reconnect: int = 0
     overlay: bool = False
     allow_silent: bool = False
     tau: float | None = None
@@ -428,6 +429,8 @@ def run_infer(opts: InferOptions) -> InferSummary:
 
     if opts.batch < 1:
         raise ValueError(f"--batch must be >= 1, is {opts.batch}")
+    if opts.reconnect < 0:
+        raise ValueError(f"--reconnect must be >= 0, is {opts.reconnect}")
     out = Path(opts.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -508,6 +511,8 @@ def run_infer(opts: InferOptions) -> InferSummary:
                 overlay.write_audio(source.tail_audio())
             overlay.close()
         summary.wall_s = time.perf_counter() - started
+        for line in getattr(source, "reconnect_log", ()):  # ReconnectingSource (--reconnect)
+            opts.notes.append(f"stream: {line}")
         if summary.processed:
             summary.stage_ms = {k: v / summary.processed for k, v in stage_totals.items()}
         (out / "summary.json").write_text(json.dumps(asdict(summary), indent=2) + "\n")
@@ -528,6 +533,8 @@ def _is_container(spec: str) -> bool:
 def _source_options(spec: str, opts: InferOptions) -> dict[str, Any]:
     """The ``open_source`` options for this kind of source; flags that do not apply to it
     are either an input error (``--audio`` with a video) or noted and ignored."""
+    from moca_rt.media import NETWORK_SCHEMES
+
     source_opts: dict[str, Any] = {"fps": opts.fps, "allow_silent": opts.allow_silent}
     if _is_container(spec):
         if opts.audio is not None:
@@ -537,7 +544,15 @@ def _source_options(spec: str, opts: InferOptions) -> dict[str, Any]:
             source_opts["realtime"] = True
         if opts.overlay:
             source_opts["keep_raw_audio"] = True
+        if opts.reconnect:
+            scheme, sep, _ = spec.partition("://")
+            if sep and scheme.lower() in NETWORK_SCHEMES:
+                source_opts["reconnect"] = opts.reconnect
+            else:
+                opts.notes.append(f"--reconnect ignored: {spec} is a file, not a live stream")
     else:
+        if opts.reconnect:
+            opts.notes.append("--reconnect ignored: an image or frame folder is not a live source")
         if opts.audio is not None:
             source_opts["audio"] = str(opts.audio)
         if opts.realtime:
@@ -610,6 +625,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--fps", type=float, help="Process this many frames per second of video (others are skipped).")
     run.add_argument("--realtime", action="store_true",
                      help="Drop frames when processing falls behind the stream and record them as dropped.")
+    run.add_argument("--reconnect", type=int, default=0, metavar="N",
+                     help="Live streams: reopen the URL up to N times in a row when it ends or breaks "
+                          "(records go on with increasing indices and pts); 0 ends with the stream.")
     run.add_argument("--overlay", action="store_true", help="Also write overlay.mp4 with the masks and the original audio.")
     run.add_argument("--allow-silent", action="store_true",
                      help="Treat a video without an audio stream as silence instead of failing.")
@@ -649,6 +667,7 @@ def options_from_args(args: argparse.Namespace) -> InferOptions:
         batch=args.batch,
         fps=args.fps,
         realtime=args.realtime,
+        reconnect=args.reconnect,
         overlay=args.overlay,
         allow_silent=args.allow_silent,
         tau=args.tau,
@@ -669,6 +688,8 @@ def _usage_problem(opts: InferOptions) -> str | None:
     """A message for option values argparse cannot check (ranges), or None."""
     if opts.batch < 1:
         return f"--batch: expected >= 1, got {opts.batch}"
+    if opts.reconnect < 0:
+        return f"--reconnect: expected >= 0, got {opts.reconnect}"
     if opts.points_per_side is not None and opts.points_per_side < 1:
         return f"--points-per-side: expected >= 1, got {opts.points_per_side}"
     if opts.fps is not None and not opts.fps > 0:

@@ -370,6 +370,7 @@ def test_out_of_gpu_memory(
     ("flags", "message"),
     [
         (["--batch", "0"], "--batch: expected >= 1, got 0"),
+        (["--reconnect", "-1"], "--reconnect: expected >= 0, got -1"),
         (["--clusters", "40"], "num_clusters must be in [2, 16]"),
         (["--fps", "-2"], "--fps: expected > 0"),
         (["--precision", "fp8"], "invalid choice"),
@@ -382,6 +383,15 @@ def test_bad_command_line(
         infer.main([str(clip), "--out", str(tmp_path / "out"), *flags])
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_reconnect_is_for_live_streams(clip: Path, tmp_path: Path) -> None:
+    opts = infer.InferOptions(source=str(clip), out=tmp_path, reconnect=2)
+    assert "reconnect" not in infer._source_options(str(clip), opts)
+    assert opts.notes == [f"--reconnect ignored: {clip} is a file, not a live stream"]
+    live = infer.InferOptions(source="udp://127.0.0.1:5000", out=tmp_path, reconnect=2)
+    assert infer._source_options("udp://127.0.0.1:5000", live)["reconnect"] == 2
+    assert live.notes == []
 
 
 def test_ctrl_c_keeps_outputs(media: Path, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ time; the receiver is our ContainerSource. Only 127.0.0.1 is used; every wait is
 
 from __future__ import annotations
 
+import itertools
 import socket
 import subprocess
 import sys
@@ -68,6 +69,55 @@ def test_udp_mpegts_live_stream() -> None:
     spec = np.abs(np.fft.rfft(seg * np.hanning(len(seg))))
     assert abs(np.argmax(spec) * SAMPLE_RATE / len(seg) - 440.0) < 2.0
     assert 0.25 < np.sqrt(np.mean(seg**2)) < 0.45
+
+
+def _sender(port: int, seconds: float, start_delay: float) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(Path(mf.__file__)), f"udp://127.0.0.1:{port}?pkt_size=1316",
+         "--seconds", str(seconds), "--start-delay", str(start_delay)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def test_udp_stream_reconnects_after_the_sender_restarts() -> None:
+    """Two senders one after the other (the second restarts its clock at 0) and a source with
+    reconnect=1: one stream of records with increasing indices and pts, then, when nobody
+    sends any more, one failed attempt and the end."""
+    port = _free_udp_port()
+    # Sender 1 sends from ~1 s to ~2.5 s; the receiver's 1 s timeout ends that connection at
+    # ~3.5 s and it reopens (waiting up to 4 s for data); sender 2 sends from ~5 s to ~6.5 s.
+    senders = [_sender(port, 1.5, 1.0), _sender(port, 1.5, 5.0)]
+    try:
+        t0 = time.monotonic()
+        frames = []
+        with open_source(f"udp://127.0.0.1:{port}", timeout=1.0, open_timeout=4.0, reconnect=1,
+                         retry_delay_s=0.1) as src:  # fmt: skip
+            for f in src:
+                frames.append(f)
+                assert time.monotonic() - t0 < 40, "receiver did not end"
+        results = [s.communicate(timeout=20) for s in senders]
+    finally:
+        for s in senders:
+            if s.poll() is None:
+                s.kill()
+                s.wait(5)
+    for s, (_, err) in zip(senders, results, strict=True):
+        assert s.returncode == 0, err[-2000:]
+    sent = [int(out.split()[1]) for out, _ in results]
+    received = [f for f in frames if not f.dropped and f.image is not None]
+    print(f"reconnect: {len(received)} of {sum(sent)} frames in {src.segments} connections; "
+          f"log {src.reconnect_log}")
+    assert src.segments == 2 and src.error is None and src.ended_by_timeout
+    assert "gave up after 1 failed" in src.reconnect_log[-1]
+    indices = [f.index for f in frames]
+    assert indices == sorted(indices) and len(set(indices)) == len(indices)
+    pts = [f.pts for f in frames]
+    assert all(b > a for a, b in itertools.pairwise(pts)), "pts must keep increasing"
+    # The frames carry the sender's own frame number (mod 12): it restarts at the second sender.
+    numbers = [mf.read_index(f.image) for f in received if f.image is not None]
+    restarts = sum(1 for a, b in itertools.pairwise(numbers) if b != (a + 1) % 12)
+    assert restarts >= 1
+    assert len(received) >= 0.6 * sum(sent)
 
 
 def test_http_source_on_loopback(tmp_path: Path) -> None:

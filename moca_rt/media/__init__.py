@@ -35,6 +35,7 @@ Decisions (documented in docs/design.md):
 """
 
 from moca_rt.media.audio import AudioRing, audio_frame_to_float, load_audio_16k
+from moca_rt.media.reconnect import ReconnectingSource
 from moca_rt.media.sources import (
     ContainerSource,
     ImageSequenceSource,
@@ -81,6 +82,7 @@ __all__ = [
     "MediaSource",
     "NoAudioStreamError",
     "NoVideoStreamError",
+    "ReconnectingSource",
     "SourceStats",
     "audio_frame_to_float",
     "find_avsbench_audio",

@@ -640,7 +640,9 @@ def open_source(spec: str | Path, **opts: Any) -> MediaSource:
       ``allow_silent=True``).
 
     Options are those of the chosen source (``fps``, ``window_s``, ``allow_silent``,
-    ``timeout``, ``options``, ``resampler``, ...).
+    ``timeout``, ``options``, ``resampler``, ...). Network sources also take ``reconnect=N``
+    (reopen the URL up to N times in a row when the stream ends or breaks:
+    :class:`moca_rt.media.reconnect.ReconnectingSource`) and ``retry_delay_s``.
 
     Raises:
         MediaNotFoundError / MediaOpenError / NoVideoStreamError / NoAudioStreamError.
@@ -650,9 +652,18 @@ def open_source(spec: str | Path, **opts: Any) -> MediaSource:
     if _scheme(text) == "file":
         text = text[len("file://") :]
     path = Path(text)
+    reconnect = opts.pop("reconnect", 0)
+    retry_delay_s = opts.pop("retry_delay_s", None)
     if _scheme(text) in NETWORK_SCHEMES:
         _check_options(opts, ContainerSource.__init__, what=f"a network source ({text})")
+        if reconnect:
+            from moca_rt.media.reconnect import ReconnectingSource
+
+            delay = {} if retry_delay_s is None else {"retry_delay_s": retry_delay_s}
+            return ReconnectingSource(text, reconnects=reconnect, **delay, **opts)
         return ContainerSource(text, **opts)
+    if reconnect or retry_delay_s is not None:
+        raise ValueError(f"reconnect: expected a network source (a URL), got {text}")
     if path.is_dir():
         _check_options(opts, open_avsbench, ImageSequenceSource.__init__,
                        what=f"a frame folder ({text})")
