@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Literal, cast
 
 import torch
 
+from moca_rt.engines.base import name_mismatch
 from moca_rt.engines.trt import TENSORRT_MISSING, require_cuda, require_tensorrt, trt_available
 from moca_rt.export import names
 from moca_rt.export.create_onnx import PROFILE, trtexec_command
@@ -146,13 +147,9 @@ def optimization_profile(
         shapes = cast(Mapping[str, Sequence[int]], source)
     layers = infer_num_layers(unit, shapes) if num_layers is None else num_layers
     expected = names.input_names(unit, layers)
-    if set(shapes) != set(expected):
-        missing = [n for n in expected if n not in shapes]
-        extra = sorted(n for n in shapes if n not in expected)
-        raise ValueError(
-            f"expected inputs {list(expected)} for unit {unit!r} with {layers} adapted layers, "
-            f"got {sorted(shapes)} (missing {missing}, unexpected {extra})"
-        )
+    problem = name_mismatch("inputs", expected, sorted(shapes))
+    if problem is not None:
+        raise ValueError(f"{problem} for unit {unit!r} with {layers} adapted layers")
     axes = names.dynamic_axes(unit, layers)
     profile: Profile = {}
     for name in expected:

@@ -8,7 +8,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Engine", "TorchEngine", "check_feeds"]
+__all__ = ["Engine", "TorchEngine", "check_feeds", "name_mismatch"]
 
 
 @runtime_checkable
@@ -26,15 +26,25 @@ class Engine(Protocol):
     def __call__(self, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]: ...
 
 
+def name_mismatch(what: str, expected: Sequence[str], got: Sequence[str]) -> str | None:
+    """None when ``got`` holds exactly the names ``expected`` (in any order), else
+    ``"expected <what> [...], got [...] (missing [...], unexpected [...])"`` (lists in the
+    order given)."""
+    if set(expected) == set(got):
+        return None
+    missing = [n for n in expected if n not in got]
+    extra = [n for n in got if n not in expected]
+    return (
+        f"expected {what} {list(expected)}, got {list(got)} "
+        f"(missing {missing}, unexpected {extra})"
+    )
+
+
 def check_feeds(feeds: Mapping[str, object], input_names: Sequence[str]) -> None:
     """Raise ``ValueError`` unless ``feeds`` holds exactly the inputs ``input_names``."""
-    if set(feeds) != set(input_names):
-        missing = [n for n in input_names if n not in feeds]
-        extra = sorted(n for n in feeds if n not in input_names)
-        raise ValueError(
-            f"expected inputs {list(input_names)}, got {sorted(feeds)} "
-            f"(missing {missing}, unexpected {extra})"
-        )
+    problem = name_mismatch("inputs", input_names, sorted(feeds))
+    if problem is not None:
+        raise ValueError(problem)
 
 
 class TorchEngine:

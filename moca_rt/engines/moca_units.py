@@ -25,7 +25,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from moca_rt.engines.base import Engine
+from moca_rt.engines.base import Engine, name_mismatch
 from moca_rt.export import names
 from moca_rt.modeling.moca import AudioFeatures, VisionFeatures
 
@@ -125,14 +125,6 @@ def engine_input_shapes(engine: Engine) -> dict[str, tuple[int | None, ...]] | N
     return None
 
 
-def _name_problem(what: str, expected: Sequence[str], got: Sequence[str]) -> str | None:
-    if set(expected) == set(got):
-        return None
-    missing = [n for n in expected if n not in got]
-    extra = [n for n in got if n not in expected]
-    return f"expected {what} {list(expected)}, got {list(got)} (missing {missing}, unexpected {extra})"
-
-
 def find_onnx_units(onnx_dir: str | Path, precision: str | None = None) -> tuple[Path, Path, str]:
     """The audio and vision ONNX files ``create_onnx`` wrote into ``onnx_dir``, and their precision.
 
@@ -223,7 +215,7 @@ class EngineMocaModel:
             ("vision engine outputs", names.output_names("vision", num_layers), vision.output_names),
         )
         for what, expected, got in checks:
-            problem = _name_problem(what, expected, got)
+            problem = name_mismatch(what, expected, got)
             if problem is not None:
                 raise ValueError(f"{problem} for a MoCA trunk with {num_layers} adapted layers")
         self.audio_engine = audio

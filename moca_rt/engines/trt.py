@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from moca_rt.engines.base import check_feeds
+from moca_rt.engines.base import check_feeds, name_mismatch
 
 if TYPE_CHECKING:
     import tensorrt
@@ -127,17 +127,6 @@ def _dims(dims: tensorrt.Dims) -> tuple[int, ...]:
     return tuple(int(dims[i]) for i in range(len(dims)))
 
 
-def _name_mismatch(kind: str, expected: Sequence[str], got: Sequence[str]) -> str | None:
-    if set(expected) == set(got):
-        return None
-    missing = [n for n in expected if n not in got]
-    extra = [n for n in got if n not in expected]
-    return (
-        f"expected engine {kind} {list(expected)}, got {list(got)} "
-        f"(missing {missing}, unexpected {extra})"
-    )
-
-
 class TrtEngine:
     """A deserialised TensorRT engine behind the :class:`~moca_rt.engines.Engine` interface.
 
@@ -192,7 +181,7 @@ class TrtEngine:
             ("inputs", input_names, graph_in),
             ("outputs", output_names, graph_out),
         ):
-            problem = None if expected is None else _name_mismatch(kind, expected, got)
+            problem = None if expected is None else name_mismatch(f"engine {kind}", expected, got)
             if problem is not None:
                 raise ValueError(problem)
         self.input_names: tuple[str, ...] = tuple(input_names or graph_in)
