@@ -50,6 +50,18 @@ def sine(
     return np.repeat(wave[None], channels, axis=0)
 
 
+def block_frames(sizes: list[tuple[int, int]], seed: int) -> list[np.ndarray]:
+    """Random uint8 RGB frames of the given (height, width) with a flat red block in the top-left
+    quarter, so k-means has structure to find."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for h, w in sizes:
+        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        img[: h // 2, : w // 2] = (200, 40, 40)
+        out.append(img)
+    return out
+
+
 def write_wav(path: str | Path, samples: np.ndarray, sample_rate: int) -> Path:
     """Write float32 [C, N] samples in [-1, 1] as PCM16 WAV."""
     path = Path(path)

@@ -91,14 +91,7 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _frames(n: int, seed: int) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    sizes = [(48, 64), (64, 48), (40, 90), (56, 56)][:n]
-    out = []
-    for h, w in sizes:
-        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-        img[: h // 2, : w // 2] = (200, 40, 40)  # a flat block so clusters have structure
-        out.append(img)
-    return out
+    return mf.block_frames([(48, 64), (64, 48), (40, 90), (56, 56)][:n], seed)
 
 
 def _audio(n: int, seed: int) -> np.ndarray:
@@ -296,23 +289,6 @@ def test_cli_engine_dir_equals_torch_checkpoints(
     assert len(ours) == len(ref) == 6
     assert [r["mask"] for r in ours] == [r["mask"] for r in ref]
     assert [r["chosen"] for r in ours] == [r["chosen"] for r in ref]
-
-
-@pytest.mark.parametrize(
-    ("flags", "message"),
-    [
-        (["--engine", "onnxruntime"], "expected --engine-dir DIR"),
-        (["--engine", "tensorrt", "--demo"], "python -m moca_rt.export.build_trt"),
-        (["--engine-dir", "x"], "--engine-dir is for --engine onnxruntime or tensorrt"),
-    ],
-)
-def test_engine_usage_errors_exit_2(
-    flags: list[str], message: str, clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    with pytest.raises(SystemExit) as exc:
-        infer.main([str(clip), "--out", str(tmp_path / "out"), *flags])
-    assert exc.value.code == 2
-    assert message in capsys.readouterr().err
 
 
 def _engine_error(capsys: pytest.CaptureFixture[str], clip: Path, tmp_path: Path, *flags: str | Path) -> str:

@@ -371,6 +371,9 @@ def test_out_of_gpu_memory(
     [
         (["--batch", "0"], "--batch: expected >= 1, got 0"),
         (["--reconnect", "-1"], "--reconnect: expected >= 0, got -1"),
+        (["--engine", "onnxruntime"], "expected --engine-dir DIR"),
+        (["--engine", "tensorrt", "--demo"], "python -m moca_rt.export.build_trt"),
+        (["--engine-dir", "x"], "--engine-dir is for --engine onnxruntime or tensorrt"),
         (["--clusters", "40"], "num_clusters must be in [2, 16]"),
         (["--fps", "-2"], "--fps: expected > 0"),
         (["--precision", "fp8"], "invalid choice"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import media_factory as mf
 import numpy as np
 import pytest
 import torch
@@ -28,14 +29,7 @@ def model() -> MocaModel:
 
 
 def _frames(n: int, sizes: Sequence[tuple[int, int]] | None = None, seed: int = 0) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    sizes = sizes or [(48, 64)] * n
-    out = []
-    for h, w in sizes:
-        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-        img[: h // 2, : w // 2] = (200, 40, 40)  # a flat block so clusters have structure
-        out.append(img)
-    return out
+    return mf.block_frames(list(sizes or [(48, 64)] * n), seed)
 
 
 def _audio(n: int, seed: int = 1, amplitude: float = 0.3) -> np.ndarray:
