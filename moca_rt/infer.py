@@ -521,10 +521,9 @@ def run_infer(opts: InferOptions) -> InferSummary:
 
 def _is_container(spec: str) -> bool:
     """Whether ``open_source`` decodes ``spec`` as a container (file or network stream)."""
-    from moca_rt.media import IMAGE_SUFFIXES, NETWORK_SCHEMES
+    from moca_rt.media import IMAGE_SUFFIXES, is_network_url
 
-    scheme, sep, _ = spec.partition("://")
-    if sep and scheme.lower() in NETWORK_SCHEMES:
+    if is_network_url(spec):
         return True
     path = Path(spec[len("file://") :] if spec.startswith("file://") else spec)
     return not path.is_dir() and path.suffix.lower() not in IMAGE_SUFFIXES
@@ -533,7 +532,7 @@ def _is_container(spec: str) -> bool:
 def _source_options(spec: str, opts: InferOptions) -> dict[str, Any]:
     """The ``open_source`` options for this kind of source; flags that do not apply to it
     are either an input error (``--audio`` with a video) or noted and ignored."""
-    from moca_rt.media import NETWORK_SCHEMES
+    from moca_rt.media import is_network_url
 
     source_opts: dict[str, Any] = {"fps": opts.fps, "allow_silent": opts.allow_silent}
     if _is_container(spec):
@@ -545,8 +544,7 @@ def _source_options(spec: str, opts: InferOptions) -> dict[str, Any]:
         if opts.overlay:
             source_opts["keep_raw_audio"] = True
         if opts.reconnect:
-            scheme, sep, _ = spec.partition("://")
-            if sep and scheme.lower() in NETWORK_SCHEMES:
+            if is_network_url(spec):
                 source_opts["reconnect"] = opts.reconnect
             else:
                 opts.notes.append(f"--reconnect ignored: {spec} is a file, not a live stream")

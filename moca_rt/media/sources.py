@@ -508,6 +508,11 @@ def _scheme(spec: str) -> str:
     return m.group(1).lower() if m else ""
 
 
+def is_network_url(spec: str | Path) -> bool:
+    """Whether ``spec`` is a URL with a network scheme (a live or remote stream)."""
+    return _scheme(str(spec)) in NETWORK_SCHEMES
+
+
 def _read_image(path: Path) -> np.ndarray:
     from PIL import Image
 
@@ -654,7 +659,7 @@ def open_source(spec: str | Path, **opts: Any) -> MediaSource:
     path = Path(text)
     reconnect = opts.pop("reconnect", 0)
     retry_delay_s = opts.pop("retry_delay_s", None)
-    if _scheme(text) in NETWORK_SCHEMES:
+    if is_network_url(text):
         _check_options(opts, ContainerSource.__init__, what=f"a network source ({text})")
         if reconnect:
             from moca_rt.media.reconnect import ReconnectingSource
