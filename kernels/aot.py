@@ -33,19 +33,29 @@ class KernelSpec:
     """One Triton kernel at one launch configuration.
 
     name: label for reports (kernel, dtype and the shape it serves). fn: the ``triton.jit``
-    function (compiled mode). signature: argument name -> Triton type (``"*fp32"``, ``"i32"``,
-    ``"constexpr"``...). constexprs: values of the ``constexpr`` arguments. num_warps,
-    num_stages: the launch options the launcher uses (``None`` stages: Triton's default).
+    function (compiled mode). arg_types: Triton type of every run-time argument (``"*fp32"``,
+    ``"i32"``, ``"fp32"``...). constexprs: values of the ``constexpr`` arguments. Together they
+    must name every argument of ``fn`` (:meth:`signature`). num_warps, num_stages: the launch
+    options the launcher uses (``None`` stages: Triton's default).
     """
 
     name: str
     fn: Any
-    signature: dict[str, str]
+    arg_types: dict[str, str]
     constexprs: dict[str, Any]
     num_warps: int
     num_stages: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
     divisible: tuple[str, ...] = ()
+
+    def signature(self) -> dict[str, str]:
+        """Triton's signature: every argument of ``fn`` in order, ``"constexpr"`` for the
+        constexprs. ``ValueError`` naming arguments that neither dict gives."""
+        names = list(self.fn.arg_names)
+        missing = [n for n in names if n not in self.arg_types and n not in self.constexprs]
+        if missing:
+            raise ValueError(f"expected a type or constexpr value for {missing} ({self.name})")
+        return {n: "constexpr" if n in self.constexprs else self.arg_types[n] for n in names}
 
 
 @dataclass(frozen=True)
@@ -88,14 +98,15 @@ def compile_spec(spec: KernelSpec, arch: int = 90) -> CompileReport:
     options: dict[str, Any] = {"num_warps": spec.num_warps, **spec.options}
     if spec.num_stages is not None:
         options["num_stages"] = spec.num_stages
-    unknown = [name for name in spec.divisible if spec.signature.get(name, "*")[0] in "*c"]
+    signature = spec.signature()
+    unknown = [name for name in spec.divisible if signature.get(name, "*")[0] in "*c"]
     if unknown:
         raise ValueError(f"expected integer arguments in divisible, got {unknown} ({spec.name})")
-    names = list(spec.fn.arg_names)
-    hinted = [n for n, t in spec.signature.items() if t.startswith("*")] + list(spec.divisible)
+    names = list(signature)
+    hinted = [n for n, t in signature.items() if t.startswith("*")] + list(spec.divisible)
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in hinted}
     src = triton.compiler.ASTSource(
-        fn=spec.fn, signature=spec.signature, constexprs=spec.constexprs, attrs=attrs
+        fn=spec.fn, signature=signature, constexprs=spec.constexprs, attrs=attrs
     )
     kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
     suffix = "a" if arch >= 90 else ""

@@ -512,28 +512,22 @@ def aot_specs() -> list[Any]:
     for dtype, torch_dtype in (
         ("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)
     ):  # fmt: skip
-        for k in (16,):
-            cfg = triton_kmeans_config(256, k, torch_dtype)
-            assert cfg == triton_kmeans_config(256, 2, torch_dtype), "k = 2..16: one config"
-            sig = {
-                "x_ptr": f"*{dtype}", "rand_ptr": "*i32", "cent_ptr": "*fp32",
-                "labels_ptr": "*i64", "iters_ptr": "*i32", "N": "i32", "D": "i32", "K": "i32",
-                "max_iters": "i32", "stride_xb": "i32", "stride_xn": "i32",
-                "EARLY_STOP": "constexpr", "BLOCK_N": "constexpr", "BLOCK_K": "constexpr",
-                "BLOCK_D": "constexpr", "DOT_PRECISION": "constexpr",
-            }  # fmt: skip
-            consts = {
-                "EARLY_STOP": True, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k,
-                "BLOCK_D": cfg.block_d, "DOT_PRECISION": "ieee",
-            }  # fmt: skip
-            name = f"kmeans {dtype} N=256 D=1280 k=2..{k}"
-            # N = 256, D = 1280 and the strides are multiples of 16 there; K and max_iters not.
-            divisible = ("N", "D", "stride_xb", "stride_xn")
-            specs.append(
-                KernelSpec(
-                    name, fn, sig, consts, cfg.num_warps, cfg.num_stages, divisible=divisible
-                )
-            )
+        cfg = triton_kmeans_config(256, 16, torch_dtype)
+        assert cfg == triton_kmeans_config(256, 2, torch_dtype), "k = 2..16: one config"
+        types = {
+            "x_ptr": f"*{dtype}", "rand_ptr": "*i32", "cent_ptr": "*fp32", "labels_ptr": "*i64",
+            "iters_ptr": "*i32", "N": "i32", "D": "i32", "K": "i32", "max_iters": "i32",
+            "stride_xb": "i32", "stride_xn": "i32",
+        }  # fmt: skip
+        consts = {
+            "EARLY_STOP": True, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k,
+            "BLOCK_D": cfg.block_d, "DOT_PRECISION": "ieee",
+        }  # fmt: skip
+        # N = 256, D = 1280 and the strides are multiples of 16 there; K and max_iters not.
+        divisible = ("N", "D", "stride_xb", "stride_xn")
+        name = f"kmeans {dtype} N=256 D=1280 k=2..16"
+        spec = KernelSpec(name, fn, types, consts, cfg.num_warps, cfg.num_stages, divisible=divisible)
+        specs.append(spec)
     return specs
 
 

@@ -216,11 +216,9 @@ def aot_specs() -> list[Any]:
     specs = []
     for in_type, metric in (("u8", "iou"), ("u8", "coverage"), ("bf16", "iou"), ("fp32", "iou")):
         for n_k in (4, 16):
-            sig = {
+            types = {
                 "p_ptr": f"*{in_type}", "c_ptr": f"*{in_type}", "out_ptr": "*fp32", "P": "i32",
-                "K": "i32", "HW": "i32", "threshold": "fp32", "P_FLOAT": "constexpr",
-                "C_FLOAT": "constexpr", "COVERAGE": "constexpr", "BLOCK_P": "constexpr",
-                "BLOCK_K": "constexpr", "BLOCK_HW": "constexpr",
+                "K": "i32", "HW": "i32", "threshold": "fp32",
             }  # fmt: skip
             is_float = in_type != "u8"
             consts = {
@@ -230,7 +228,9 @@ def aot_specs() -> list[Any]:
             }  # fmt: skip
             name = f"mask_{metric} {in_type} P=256 K={n_k} 256x256"
             divisible = ("P", "HW")  # 256 and 65536; K (4 or 16) is left unmarked
-            specs.append(KernelSpec(name, fn, sig, consts, TRITON_NUM_WARPS, divisible=divisible))
+            specs.append(
+                KernelSpec(name, fn, types, consts, TRITON_NUM_WARPS, divisible=divisible)
+            )
     return specs
 
 

@@ -524,7 +524,7 @@ def aot_specs() -> list[Any]:
                       "PRECISION": _fwd_precision(dtype), "UPCAST_DOT": False}  # fmt: skip
             specs.append(KernelSpec(
                 f"pma_fwd {label} {ty} J{fc.block_j} K{fc.block_k} C{fc.block_c}", fwd,
-                {**fsig, **{k: "constexpr" for k in fconst}}, fconst, fc.num_warps,
+                fsig, fconst, fc.num_warps,
                 fc.num_stages, divisible=("L", "C"),  # 16 or 256, and 1280; D is not
             ))  # fmt: skip
             bc = bwd_config(G, L, C, dtype)
@@ -537,7 +537,7 @@ def aot_specs() -> list[Any]:
             path = "deterministic" if bc.deterministic else "atomic"
             specs.append(KernelSpec(
                 f"pma_bwd {label} {ty} {path} J{bc.block_j} C{bc.block_c}", bwd,
-                {**bsig, **{k: "constexpr" for k in bconst}}, bconst, bc.num_warps,
+                bsig, bconst, bc.num_warps,
                 bc.num_stages, divisible=("L", "C"),
             ))  # fmt: skip
     return specs
