@@ -53,7 +53,7 @@ from torch import Tensor
 from moca_rt.config import DINO_PRESETS, MOCA_PRESETS
 from moca_rt.kernels.pma import pma_triplet_loss
 from moca_rt.modeling.moca import AudioFeatures, MocaModel
-from moca_rt.train.data import TrainingSet, open_training_set
+from moca_rt.train.data import TrainingSet, add_data_arguments, open_training_set
 from moca_rt.train.pairing import (
     PairingTable,
     load_table,
@@ -867,25 +867,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="Compute each image's frozen vision prefix once and keep it on the device.",
     )
-    p.add_argument(
-        "--image-size",
-        type=int,
-        default=None,
-        help="Model input side in pixels; default the preset's (224).",
-    )
-    p.add_argument(
-        "--synth-image-size",
-        type=int,
-        default=d.synth_image_size,
-        help="Rendered size of synthetic scenes.",
-    )
-    p.add_argument(
-        "--audio-window",
-        type=float,
-        default=None,
-        help="Cut the audio to this many seconds around the image's time first; "
-        "default the whole clip.",
-    )
+    add_data_arguments(p, d.synth_image_size)
     p.add_argument("--device", default=d.device, help="Torch device, e.g. cuda or cpu.")
     p.add_argument(
         "--seed",

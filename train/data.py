@@ -19,6 +19,7 @@ first cut to a window of that length centred on the image's time (zero-padded at
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -216,6 +217,31 @@ class FolderTrainingSet(TrainingSet):
     def item_id(self, index: int) -> str:
         _, media, _ = self.folder.items[self._check_index(index)]
         return media.relative_to(self.folder.root).as_posix()
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, synth_image_size: int) -> None:
+    """The input options both training CLIs share: ``--image-size`` (model input side; None
+    keeps the preset's), ``--synth-image-size`` (rendered size of synthetic scenes, default
+    ``synth_image_size``) and ``--audio-window`` (seconds around the image; None: whole clip)."""
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="Model input side in pixels; default the preset's (224).",
+    )
+    parser.add_argument(
+        "--synth-image-size",
+        type=int,
+        default=synth_image_size,
+        help="Rendered size of the synthetic scenes.",
+    )
+    parser.add_argument(
+        "--audio-window",
+        type=float,
+        default=None,
+        help="Cut the audio to this many seconds around the image's time first; "
+        "default the whole clip.",
+    )
 
 
 def open_training_set(

@@ -73,7 +73,12 @@ from moca_rt.modeling.imagebind import (
 )
 from moca_rt.train.adaav import LossHistory, anchor_batch, git_commit
 from moca_rt.train.adaav import checkpoint_stem as _stem_with_prefix
-from moca_rt.train.data import SynthTrainingSet, TrainingSet, open_training_set
+from moca_rt.train.data import (
+    SynthTrainingSet,
+    TrainingSet,
+    add_data_arguments,
+    open_training_set,
+)
 
 __all__ = [
     "CHECKPOINT_PREFIX",
@@ -804,25 +809,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.seed,
         help="Seeds the initial weights, the batches and the synthetic world.",
     )
-    p.add_argument(
-        "--image-size",
-        type=int,
-        default=None,
-        help="Model input side in pixels; default the preset's (224).",
-    )
-    p.add_argument(
-        "--synth-image-size",
-        type=int,
-        default=d.synth_image_size,
-        help="Rendered size of the synthetic scenes.",
-    )
-    p.add_argument(
-        "--audio-window",
-        type=float,
-        default=None,
-        help="Cut the audio to this many seconds around the image's time first; "
-        "default the whole clip.",
-    )
+    add_data_arguments(p, d.synth_image_size)
     p.add_argument(
         "--eval-items",
         type=int,
