@@ -13,10 +13,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from moca_rt.errors import CheckpointError
+
 _WRAPPER_KEYS = ("model", "state_dict", "module")
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(CheckpointError):
     """A checkpoint whose keys or shapes do not fit the model it is loaded into."""
 
 

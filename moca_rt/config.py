@@ -13,6 +13,9 @@ from typing import Literal
 
 AdapterPlacement = Literal["last-k", "first-k", "interleaved"]
 
+SAMPLE_RATE = 16000  # Hz of every waveform the models see (ImageBind's audio rate)
+WINDOW_SECONDS = 2.0  # the audio window centred on each frame (DESIGN section 5)
+
 
 @dataclass(frozen=True)
 class VisionTrunkConfig:

@@ -27,7 +27,7 @@ scored as the probabilities 0/1 (see ``moca_rt.metrics``): at threshold 0 of the
 pixel counts as predicted, so even an empty prediction has a non-zero F-score.
 
 Labels (AVSS). PNGs of mode ``RGB``/``RGBA``/``P`` are colour masks, mapped to the 71 classes
-through the AVSBench-semantic palette (``moca_rt.metrics.avss_palette``; class 0, black, is the
+through the AVSBench-semantic palette (``moca_rt.frame_files.avss_palette``; class 0, black, is the
 background). A ground-truth colour outside the palette becomes class 0, as in AVSBench (the
 number of such pixels is reported); a predicted colour outside the palette is an error.
 Single-channel PNGs (``L``, ``I``, ``I;16``) hold class indices directly.
@@ -56,17 +56,16 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
-from moca_rt.metrics import (
+from moca_rt.errors import InputError
+from moca_rt.frame_files import (
     AVSS_NUM_CLASSES,
-    ObjectMetricMeter,
-    SemanticMetricMeter,
-    avss_palette,
-    f_measure,
-    mask_iou,
-    palette_match,
+    natural_key,
+    read_binary_mask,
+    read_label_map,
+    read_prob_map,
 )
+from moca_rt.metrics import ObjectMetricMeter, SemanticMetricMeter, f_measure, mask_iou
 
 Split = Literal["s4", "ms3", "avss"]
 PredFormat = Literal["binary", "prob"]
@@ -81,133 +80,12 @@ EXIT_USAGE = 2
 EXIT_BAD_INPUT = 3
 EXIT_OUTPUT = 4
 
-_GREY_MODES = {"1", "L", "P", "LA", "RGB", "RGBA"}
-_INDEX_MODES = {"L", "I", "I;16", "I;16B", "I;16L"}
-_COLOUR_MODES = {"RGB", "RGBA", "P"}
-
-
-class EvaluationError(ValueError):
-    """Invalid evaluation input; the message names the offending file or folder."""
+# Invalid evaluation input (the message names the file or folder): the package's InputError.
+EvaluationError = InputError
 
 
 class OutputError(OSError):
     """The JSON result could not be written."""
-
-
-def _natural_key(name: str) -> list[Any]:
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
-
-
-def _open(path: Path, size: tuple[int, int] | None) -> Image.Image:
-    try:
-        img: Image.Image = Image.open(path)
-        img.load()
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise EvaluationError(f"cannot read {path}: {exc}") from exc
-    if size is not None and img.size != size:
-        img = img.resize(size, Image.Resampling.NEAREST)
-    return img
-
-
-def _grey_array(img: Image.Image, path: Path) -> np.ndarray:
-    if img.mode in _GREY_MODES:
-        return np.asarray(img.convert("L"))
-    if img.mode in _INDEX_MODES:
-        return np.asarray(img).astype(np.int64)
-    raise EvaluationError(
-        f"unsupported PNG mode in {path}: expected one of {sorted(_GREY_MODES | _INDEX_MODES)}, "
-        f"got {img.mode!r}"
-    )
-
-
-def _value_list(arr: np.ndarray) -> str:
-    vals = np.unique(arr)
-    shown = ", ".join(str(int(v)) for v in vals[:8])
-    return f"[{shown}{', ...' if len(vals) > 8 else ''}]"
-
-
-def read_binary_mask(
-    path: Path, size: tuple[int, int] | None = None, *, avsbench_fallback: bool = False
-) -> np.ndarray:
-    """Read a binary mask PNG ({0, 255} or {0, 1}) as a bool array [H, W].
-
-    Args:
-        path: the PNG.
-        size: ``(W, H)`` to resize to with nearest-neighbour first.
-        avsbench_fallback: binarise a non-binary image as AVSBench's S4/MS3 loader does
-            (``PIL convert("1")``: threshold at 128 with Floyd-Steinberg dithering) instead of
-            raising.
-
-    Raises:
-        EvaluationError: unreadable file, unsupported mode or values outside those sets.
-    """
-    img = _open(path, size)
-    arr = _grey_array(img, path)
-    vals = set(np.unique(arr).tolist())
-    if vals <= {0, 255}:
-        return arr == 255
-    if vals <= {0, 1}:
-        return arr == 1
-    if avsbench_fallback and img.mode in _GREY_MODES:
-        return np.asarray(img.convert("1"), dtype=bool)
-    raise EvaluationError(
-        f"non-binary mask {path}: expected pixel values {{0, 255}} or {{0, 1}}, got "
-        f"{_value_list(arr)} (predictions: --pred-format prob reads 8-bit probability maps; "
-        "ground truth: --lenient-gt binarises it as AVSBench's loader does)"
-    )
-
-
-def read_prob_map(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
-    """Read an 8-bit probability map PNG as float32 [H, W] = value / 255."""
-    img = _open(path, size)
-    if img.mode not in _GREY_MODES:
-        raise EvaluationError(
-            f"expected an 8-bit probability map in {path}, got PNG mode {img.mode!r}"
-        )
-    return np.asarray(img.convert("L")).astype(np.float32) / np.float32(255.0)
-
-
-def read_label_map(
-    path: Path,
-    num_classes: int,
-    size: tuple[int, int] | None = None,
-    *,
-    is_gt: bool,
-) -> tuple[np.ndarray, int]:
-    """Read an AVSS label PNG (palette colours or class indices) as int64 [H, W].
-
-    Returns:
-        ``(labels, unknown)``: the class map and the number of ground-truth pixels whose
-        colour is not in the palette (mapped to class 0, as AVSBench does).
-
-    Raises:
-        EvaluationError: unreadable file, unsupported mode, predicted colours outside the
-            palette, or indices outside [0, num_classes).
-    """
-    img = _open(path, size)
-    if img.mode in _COLOUR_MODES:
-        rgb = np.asarray(img.convert("RGB"))
-        labels, known = palette_match(rgb, avss_palette(num_classes))
-        if not is_gt and not known.all():
-            y, x = (int(v[0]) for v in np.nonzero(~known))
-            raise EvaluationError(
-                f"colour {tuple(int(c) for c in rgb[y, x])} at pixel (x={x}, y={y}) in {path} "
-                f"is not in the AVSS palette of {num_classes} classes"
-            )
-        unknown = int((~known).sum())
-        return labels, unknown
-    if img.mode in _INDEX_MODES:
-        labels = np.asarray(img).astype(np.int64)
-        if labels.min() < 0 or labels.max() >= num_classes:
-            raise EvaluationError(
-                f"class indices in {path}: expected values in [0, {num_classes - 1}], got "
-                f"{_value_list(labels)}"
-            )
-        return labels, 0
-    raise EvaluationError(
-        f"unsupported PNG mode in {path}: expected colour ({sorted(_COLOUR_MODES)}) or index "
-        f"({sorted(_INDEX_MODES)}), got {img.mode!r}"
-    )
 
 
 def _png_files(root: Path) -> list[Path]:
@@ -244,8 +122,8 @@ def collect_pairs(pred_dir: Path, gt_dir: Path) -> tuple[list[tuple[str, list[Pa
     for rel in gt_files:
         groups.setdefault(rel.parent, []).append(rel)
     videos = [
-        (str(folder).replace("\\", "/"), sorted(frames, key=lambda r: _natural_key(r.name)))
-        for folder, frames in sorted(groups.items(), key=lambda kv: _natural_key(str(kv[0])))
+        (str(folder).replace("\\", "/"), sorted(frames, key=lambda r: natural_key(r.name)))
+        for folder, frames in sorted(groups.items(), key=lambda kv: natural_key(str(kv[0])))
     ]
     return videos, extra
 

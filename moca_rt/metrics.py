@@ -8,8 +8,9 @@ Every rule below is a fact read off the AVSBench repository (OpenNLPLab/AVSBench
 * ``avs_scripts/avs_s4/test.py`` and ``avs_scripts/avs_ms3/test.py``: how batches are formed and
   averaged with ``utils/pyutils.py::AverageMeter``.
 * ``avs_scripts/avss/utils/compute_color_metrics.py``: ``_batch_miou_fscore`` and
-  ``calc_color_miou_fscore``; ``avs_scripts/avss/test.py``: accumulation over the test set;
-  ``avs_scripts/avss/color_dataloader.py``: ``get_v2_pallete`` and ``color_mask_to_label``.
+  ``calc_color_miou_fscore``; ``avs_scripts/avss/test.py``: accumulation over the test set.
+  (The colour palette of ``avs_scripts/avss/color_dataloader.py`` is a file format:
+  :mod:`moca_rt.frame_files`.)
 
 Binary (S4 / MS3) metrics
 -------------------------
@@ -74,8 +75,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-import numpy as np
 import torch
+
+from moca_rt.frame_files import AVSS_NUM_CLASSES
 
 PredKind = Literal["logits", "probs", "binary"]
 SemanticPredKind = Literal["labels", "logits"]
@@ -86,7 +88,6 @@ SEMANTIC_EPS = 2.220446049250313e-16
 BETA2 = 0.3
 NUM_THRESHOLDS = 255
 BINARY_LOGIT = 1e4
-AVSS_NUM_CLASSES = 71
 
 __all__ = [
     "AVSS_NUM_CLASSES",
@@ -95,15 +96,12 @@ __all__ = [
     "PredKind",
     "SemanticMetricMeter",
     "SemanticScores",
-    "avss_palette",
     "binarize",
     "binary_to_logits",
-    "colour_mask_to_labels",
     "f_measure",
     "f_measure_curve",
     "frame_ious",
     "mask_iou",
-    "palette_match",
     "precision_recall",
     "semantic_batch_stats",
     "thresholds",
@@ -439,75 +437,6 @@ class ObjectMetricMeter:
             num_frames=self._frames,
             num_empty_gt_frames=self._empty,
         )
-
-
-def avss_palette(num_classes: int = AVSS_NUM_CLASSES) -> np.ndarray:
-    """AVSBench-semantic colour palette (``color_dataloader.py::get_v2_pallete``).
-
-    Class j's colour spreads the bits of j over the three channels, most significant bit
-    first (the PASCAL VOC construction): bit 3i of j goes to bit 7-i of red, bit 3i+1 to green,
-    bit 3i+2 to blue. Class 0 (background) is black, class 1 is (128, 0, 0).
-
-    Returns:
-        uint8 array [num_classes, 3] of RGB colours.
-    """
-    if num_classes < 1 or num_classes > 256:
-        raise ValueError(f"expected 1 <= num_classes <= 256, got {num_classes}")
-    pal = np.zeros((num_classes, 3), dtype=np.uint8)
-    for j in range(num_classes):
-        lab, bit = j, 7
-        rgb = [0, 0, 0]
-        while lab > 0:
-            for ch in range(3):
-                rgb[ch] |= ((lab >> ch) & 1) << bit
-            bit -= 1
-            lab >>= 3
-        pal[j] = rgb
-    return pal
-
-
-def palette_match(
-    rgb: np.ndarray, palette: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Match every pixel's colour against a palette.
-
-    Args:
-        rgb: uint8 array [H, W, 3].
-        palette: [C, 3] colours (default ``avss_palette()``).
-
-    Returns:
-        ``(labels, known)``: int64 [H, W] palette index (0 where the colour is in no entry,
-        the first entry on duplicates) and bool [H, W], True where the colour is in the palette.
-    """
-    if rgb.ndim != 3 or rgb.shape[-1] != 3:
-        raise ValueError(f"expected an H x W x 3 colour mask, got shape {rgb.shape}")
-    pal = avss_palette() if palette is None else palette
-    if pal.ndim != 2 or pal.shape[1] != 3:
-        raise ValueError(f"expected a C x 3 palette, got shape {pal.shape}")
-    code = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
-    pal_code = (pal[:, 0].astype(np.int64) << 16) | (pal[:, 1].astype(np.int64) << 8) | pal[:, 2]
-    lut: dict[int, int] = {}
-    for idx in range(len(pal_code) - 1, -1, -1):  # first palette entry wins on duplicates
-        lut[int(pal_code[idx])] = idx
-    uniq, inv = np.unique(code, return_inverse=True)
-    mapped = np.array([lut.get(int(u), 0) for u in uniq], dtype=np.int64)
-    known = np.array([int(u) in lut for u in uniq], dtype=bool)
-    inv = inv.reshape(code.shape)
-    return mapped[inv], known[inv]
-
-
-def colour_mask_to_labels(rgb: np.ndarray, palette: np.ndarray | None = None) -> np.ndarray:
-    """RGB colour mask -> class indices, as AVSBench ``color_mask_to_label``.
-
-    Args:
-        rgb: uint8 array [H, W, 3].
-        palette: [C, 3] colours (default ``avss_palette()``).
-
-    Returns:
-        int64 array [H, W]. A pixel whose colour is in no palette entry gets class 0, as in
-        AVSBench (argmax over an all-false match vector).
-    """
-    return palette_match(rgb, palette)[0]
 
 
 def semantic_batch_stats(

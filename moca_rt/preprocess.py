@@ -41,7 +41,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-SAMPLE_RATE = 16000
+from moca_rt.config import SAMPLE_RATE
+
 NUM_MEL_BINS = 128
 TARGET_FRAMES = 204
 CLIP_DURATION_S = 2

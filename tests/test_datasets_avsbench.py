@@ -15,7 +15,7 @@ import moca_rt.datasets
 from moca_rt.datasets.avsbench import AvsbenchDataset, AvsbenchWriter, add_scene
 from moca_rt.datasets.io import read_audio_av, read_wav, write_wav
 from moca_rt.datasets.synth import SynthWorld
-from moca_rt.metrics import avss_palette, colour_mask_to_labels
+from moca_rt.frame_files import avss_palette, colour_mask_to_labels
 from tests.conftest import FIXTURES
 
 SIZE = 64
@@ -102,7 +102,7 @@ def test_files_sit_at_the_official_paths(tmp_path: Path, world: SynthWorld) -> N
     assert json.loads((tmp_path / "avss" / "label2idx.json").read_text())["background"] == 0
 
 
-def test_palette_matches_the_voc_pattern_and_datasets_use_the_metrics_one() -> None:
+def test_palette_matches_the_voc_pattern_and_datasets_use_the_scorer_one() -> None:
     pal = avss_palette()
     assert pal.shape == (71, 3)
     assert pal[:4].tolist() == [[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0]]

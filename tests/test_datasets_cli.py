@@ -13,8 +13,8 @@ import pytest
 
 from moca_rt.datasets.__main__ import EXIT_BAD_INPUT, EXIT_OK, main, run_generate
 from moca_rt.datasets.avsbench import AvsbenchDataset
-from moca_rt.datasets.io import read_binary_mask
 from moca_rt.datasets.synth import SynthWorld
+from moca_rt.frame_files import read_binary_mask
 
 
 def _tree_digest(root: Path) -> dict[str, str]:

@@ -21,7 +21,7 @@ from moca_rt.evaluate import (
     parse_size,
     run_evaluate,
 )
-from moca_rt.metrics import avss_palette
+from moca_rt.frame_files import avss_palette
 
 
 def f_beta(p: float, r: float) -> float:

@@ -13,18 +13,16 @@ import numpy as np
 import pytest
 import torch
 
+from moca_rt.frame_files import avss_palette, colour_mask_to_labels, palette_match
 from moca_rt.metrics import (
     ObjectMetricMeter,
     SemanticMetricMeter,
-    avss_palette,
     binarize,
     binary_to_logits,
-    colour_mask_to_labels,
     f_measure,
     f_measure_curve,
     frame_ious,
     mask_iou,
-    palette_match,
     precision_recall,
     semantic_batch_stats,
     thresholds,

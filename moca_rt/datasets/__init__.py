@@ -11,7 +11,7 @@ from moca_rt.datasets.avsbench import AvsbenchDataset, AvsbenchWriter, AvsClip, 
 from moca_rt.datasets.synth import CLASS_SPECS, SPLITS, Scene, SceneObject, SynthConfig, SynthWorld
 from moca_rt.datasets.vggsound import VggItem, VggsoundFolder
 from moca_rt.datasets.video import VideoData, read_video, write_mp4
-from moca_rt.metrics import avss_palette
+from moca_rt.frame_files import avss_palette
 
 __all__ = [
     "CLASS_SPECS",

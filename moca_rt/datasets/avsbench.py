@@ -40,7 +40,7 @@ AVSS / AVSBench-semantic (``subset="avss"``; ``root`` is the released folder)::
                                           instead. The reader takes either.
     root/<label>/<uid>/audio.wav
     root/<label>/<uid>/labels_rgb/<i>.png RGB colour masks; the colour of class j is entry j of
-                                          AVSBench's palette (``metrics.avss_palette``, the
+                                          AVSBench's palette (``frame_files.avss_palette``, the
                                           PASCAL-VOC bit pattern over 71 entries, class 0 black)
 
 Ground truth our writer produces (for ``moca_rt.evaluate``): S4/MS3 masks are single-channel
@@ -50,8 +50,9 @@ numbers start at 0). Synthetic class id c is written as AVSS class c + 1 with
 ``label2idx.json`` listing ``background`` plus the world's class names. Frames are PNG (RGB),
 audio is PCM16 mono WAV at the world's rate (16 kHz).
 
-Reading a mask: 0/255 PNGs are thresholded at 128 (what PIL's mode-'1' conversion in the
-official loaders does to them), 0/1 PNGs at 1 (:func:`moca_rt.datasets.io.read_binary_mask`).
+Reading a mask: {0, 255} and {0, 1} PNGs are read exactly; other values are binarised as the
+official loaders' ``convert("1")`` does (threshold 128 with dithering), by the evaluator's
+reader (:func:`moca_rt.frame_files.read_binary_mask` with ``avsbench_fallback``).
 """
 
 from __future__ import annotations
@@ -65,8 +66,13 @@ from typing import Literal, overload
 
 import numpy as np
 
-from moca_rt.datasets.io import read_binary_mask, read_rgb, read_wav, write_png, write_wav
-from moca_rt.metrics import AVSS_NUM_CLASSES, avss_palette, colour_mask_to_labels
+from moca_rt.datasets.io import read_rgb, read_wav, write_png, write_wav
+from moca_rt.frame_files import (
+    AVSS_NUM_CLASSES,
+    avss_palette,
+    colour_mask_to_labels,
+    read_binary_mask,
+)
 
 Subset = Literal["s4", "ms3", "avss"]
 SUBSETS: tuple[Subset, ...] = ("s4", "ms3", "avss")
@@ -404,7 +410,7 @@ class AvsbenchDataset(Sequence[AvsClip]):
             )
             masks = labels > 0
         else:
-            masks_list = [read_binary_mask(p) for _, p in present]
+            masks_list = [read_binary_mask(p, avsbench_fallback=True) for _, p in present]
             masks = np.stack(masks_list) if masks_list else np.zeros((0, *frames.shape[1:3]), bool)
         return AvsClip(
             subset=self.subset,

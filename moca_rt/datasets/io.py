@@ -1,5 +1,7 @@
 """Small file helpers shared by the dataset writers and readers: WAV (PCM16) and PNG.
 
+Mask PNGs are read by :func:`moca_rt.frame_files.read_binary_mask`, the evaluator's reader.
+
 Audio arrays follow the reference fixtures' convention: float32 [channels, samples] equal to
 ``int16 / 32768`` for PCM16 input. Writing clips to [-1, 32767/32768] and rounds to the nearest
 code, so a write/read round trip changes a sample by at most 0.5/32768.
@@ -13,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from moca_rt.media.audio import audio_frame_to_float
+from moca_rt.av_audio import audio_frame_to_float
 
 
 def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> None:
@@ -95,25 +97,3 @@ def read_rgb(path: str | Path) -> np.ndarray:
     """uint8 [H, W, 3] RGB from any image file PIL reads."""
     with Image.open(path) as image:
         return np.asarray(image.convert("RGB"))
-
-
-def read_binary_mask(path: str | Path) -> np.ndarray:
-    """bool [H, W] from a mask PNG.
-
-    0/255 greyscale (what our writers emit and AVSBench ships) and 0/1 index images both work:
-    when the largest value is 1 the mask is ``value > 0``, otherwise ``value >= 128`` (the
-    threshold PIL's mode-'1' conversion in the AVSBench loaders applies to 0/255 masks).
-    """
-    with Image.open(path) as image:
-        if image.mode in ("RGB", "RGBA"):
-            data = np.asarray(image.convert("L"))
-        elif image.mode == "P":
-            data = np.asarray(image)  # palette indices, 0 = background
-            return data > 0
-        else:
-            data = np.asarray(image)
-    if data.dtype == bool:
-        return data.copy()
-    if data.max(initial=0) <= 1:
-        return data > 0
-    return data >= 128

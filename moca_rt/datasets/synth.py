@@ -32,6 +32,8 @@ from typing import Literal
 
 import numpy as np
 
+from moca_rt.config import SAMPLE_RATE
+
 Split = Literal["s4", "ms3", "avss", "silent", "video"]
 Partition = Literal["train", "val", "test"]
 SPLITS: tuple[Split, ...] = ("s4", "ms3", "avss", "silent", "video")
@@ -39,7 +41,6 @@ PARTITIONS: tuple[Partition, ...] = ("train", "val", "test")
 _SPLIT_CODE: dict[str, int] = {name: i + 1 for i, name in enumerate(SPLITS)}
 _PARTITION_CODE: dict[str, int] = {name: i + 1 for i, name in enumerate(PARTITIONS)}
 
-SAMPLE_RATE = 16000
 _TABLE_SIZE = 2048
 
 ShapeName = Literal["disc", "square", "triangle", "star", "ring", "cross", "ellipse", "hexagon"]

@@ -15,7 +15,6 @@ audio window around a frame are the preprocessing's job.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import overload
 import numpy as np
 
 from moca_rt.datasets.io import read_rgb, read_wav
+from moca_rt.frame_files import natural_key
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -43,10 +43,6 @@ class VggItem:
     def __iter__(self) -> Iterator[object]:
         """Unpacks as ``frames, audio, sample_rate``."""
         return iter((self.frames, self.audio, self.sample_rate))
-
-
-def _natural_key(path: Path) -> list[object]:
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
 
 
 class VggsoundFolder(Sequence[VggItem]):
@@ -108,7 +104,8 @@ class VggsoundFolder(Sequence[VggItem]):
         if kind == "image":
             return VggItem(read_rgb(media)[None], np.array([duration / 2]), audio, rate, media)
         paths = sorted(
-            (p for p in media.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS), key=_natural_key
+            (p for p in media.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS),
+            key=lambda p: natural_key(p.name),
         )
         if not paths:
             raise FileNotFoundError(f"expected image files in {media}, found none")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from moca_rt.media.audio import audio_frame_to_float
+from moca_rt.av_audio import audio_frame_to_float
 
 _AAC_FRAME = 1024
 

@@ -34,7 +34,18 @@ Decisions (documented in docs/design.md):
   non-zero.
 """
 
-from moca_rt.media.audio import AudioRing, audio_frame_to_float, load_audio_16k
+from moca_rt.av_audio import audio_frame_to_float
+from moca_rt.config import SAMPLE_RATE, WINDOW_SECONDS
+from moca_rt.errors import (
+    MediaDecodeError,
+    MediaError,
+    MediaNotFoundError,
+    MediaOpenError,
+    NoAudioStreamError,
+    NoVideoStreamError,
+)
+from moca_rt.media.audio import AudioRing, load_audio_16k
+from moca_rt.media.opener import SourceKind, open_source, source_kind
 from moca_rt.media.reconnect import ReconnectingSource
 from moca_rt.media.sources import (
     ContainerSource,
@@ -44,23 +55,14 @@ from moca_rt.media.sources import (
     is_network_url,
     open_avsbench,
     open_image_audio,
-    open_source,
 )
 from moca_rt.media.types import (
     IMAGE_SUFFIXES,
     NETWORK_SCHEMES,
-    SAMPLE_RATE,
-    WINDOW_SECONDS,
     AudioChunk,
     AudioResamplerName,
     ChannelMix,
-    MediaDecodeError,
-    MediaError,
     MediaFrame,
-    MediaNotFoundError,
-    MediaOpenError,
-    NoAudioStreamError,
-    NoVideoStreamError,
     SourceStats,
 )
 
@@ -84,6 +86,7 @@ __all__ = [
     "NoAudioStreamError",
     "NoVideoStreamError",
     "ReconnectingSource",
+    "SourceKind",
     "SourceStats",
     "audio_frame_to_float",
     "find_avsbench_audio",
@@ -92,4 +95,5 @@ __all__ = [
     "open_avsbench",
     "open_image_audio",
     "open_source",
+    "source_kind",
 ]

@@ -1,4 +1,7 @@
-"""Decoded audio -> float, mono mix, 16 kHz, and a ring buffer keyed by presentation time."""
+"""Decoded audio -> mono mix, 16 kHz, and a ring buffer keyed by presentation time.
+
+Frames become float arrays through :func:`moca_rt.av_audio.audio_frame_to_float`.
+"""
 
 from __future__ import annotations
 
@@ -10,44 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from moca_rt.media.types import (
-    SAMPLE_RATE,
-    AudioResamplerName,
-    ChannelMix,
-    MediaDecodeError,
-    MediaNotFoundError,
-    MediaOpenError,
-    NoAudioStreamError,
-    SourceStats,
-)
+from moca_rt.av_audio import audio_frame_to_float
+from moca_rt.config import SAMPLE_RATE
+from moca_rt.errors import MediaNotFoundError, MediaOpenError, NoAudioStreamError
+from moca_rt.media.types import AudioResamplerName, ChannelMix, SourceStats
 
 # --------------------------------------------------------------------------------------------
-# audio: decoded frames -> float, mono mix, 16 kHz, presentation-time ring buffer
+# audio: decoded frames -> mono mix, 16 kHz, presentation-time ring buffer
 # --------------------------------------------------------------------------------------------
-
-_INT_SCALE = {"u8": 128.0, "s16": 32768.0, "s32": 2147483648.0, "s64": 9223372036854775808.0}
-
-
-def audio_frame_to_float(frame: Any) -> np.ndarray:
-    """Decoded ``av.AudioFrame`` -> float32 [channels, samples]; integers scaled to [-1, 1).
-
-    PCM16 becomes ``int16 / 32768`` exactly (what ``torchaudio.load(normalize=True)`` returns).
-    """
-    fmt = frame.format
-    arr = frame.to_ndarray()
-    channels = len(frame.layout.channels)
-    if not fmt.is_planar:
-        arr = arr.reshape(-1, channels).T
-    base = fmt.name.rstrip("p")
-    if base in ("flt", "dbl"):
-        return np.ascontiguousarray(arr, dtype=np.float32)
-    if base not in _INT_SCALE:
-        raise MediaDecodeError(f"unsupported audio sample format: expected one of "
-                               f"u8/s16/s32/s64/flt/dbl, got {fmt.name}")
-    out = arr.astype(np.float64)
-    if base == "u8":
-        out -= 128.0
-    return (out / _INT_SCALE[base]).astype(np.float32)
 
 
 def _polyphase_kernel(orig: int, new: int) -> tuple[np.ndarray, int]:

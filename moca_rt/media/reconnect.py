@@ -25,8 +25,9 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from moca_rt.errors import MediaOpenError
 from moca_rt.media.sources import ContainerSource, MediaSource
-from moca_rt.media.types import AudioChunk, MediaFrame, MediaOpenError, SourceStats
+from moca_rt.media.types import AudioChunk, MediaFrame, SourceStats
 
 __all__ = ["ReconnectingSource"]
 
@@ -78,7 +79,6 @@ class ReconnectingSource(MediaSource):
         self.reconnects = reconnects
         self.retry_delay_s = retry_delay_s
         self.segments = 1
-        self.reconnect_log: list[str] = []
         self._stop = threading.Event()
         self._t0 = time.monotonic()
 
@@ -148,9 +148,7 @@ class ReconnectingSource(MediaSource):
 
     def tail_audio(self) -> list[AudioChunk]:
         """Raw audio after the last record of the last connection (``keep_raw_audio``)."""
-        last = getattr(self, "_last", self._current)
-        tail = getattr(last, "tail_audio", None)
-        return list(tail()) if callable(tail) else []
+        return list(getattr(self, "_last", self._current).tail_audio())
 
     def close(self) -> None:
         """Stop reconnecting and close the current connection. Safe to call twice."""

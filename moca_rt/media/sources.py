@@ -1,4 +1,7 @@
-"""Media sources: a threaded PyAV container reader, still-image sequences, and open_source()."""
+"""Media sources: a threaded PyAV container reader and still-image sequences.
+
+:func:`moca_rt.media.opener.open_source` picks one by the form of its input.
+"""
 
 from __future__ import annotations
 
@@ -15,30 +18,26 @@ from typing import Any
 
 import numpy as np
 
-from moca_rt.media.audio import (
-    AudioRing,
-    _AudioAssembler,
-    _frame_time,
-    _window,
-    audio_frame_to_float,
-    load_audio_16k,
-)
-from moca_rt.media.types import (
-    _HEADER_DURATION_FORMATS,
-    IMAGE_SUFFIXES,
-    NETWORK_SCHEMES,
-    SAMPLE_RATE,
-    WINDOW_SECONDS,
-    AudioChunk,
-    AudioResamplerName,
-    ChannelMix,
+from moca_rt.av_audio import audio_frame_to_float
+from moca_rt.config import SAMPLE_RATE, WINDOW_SECONDS
+from moca_rt.errors import (
     MediaDecodeError,
     MediaError,
-    MediaFrame,
     MediaNotFoundError,
     MediaOpenError,
     NoAudioStreamError,
     NoVideoStreamError,
+)
+from moca_rt.frame_files import natural_key
+from moca_rt.media.audio import AudioRing, _AudioAssembler, _frame_time, _window, load_audio_16k
+from moca_rt.media.types import (
+    _HEADER_DURATION_FORMATS,
+    IMAGE_SUFFIXES,
+    NETWORK_SCHEMES,
+    AudioChunk,
+    AudioResamplerName,
+    ChannelMix,
+    MediaFrame,
     SourceStats,
 )
 
@@ -114,7 +113,9 @@ class MediaSource:
 
     After iteration: ``error`` holds the decode error, if any (also raised at the end of the
     iteration unless ``raise_on_error=False``); ``stats`` holds counters; ``ended_by_timeout``
-    says a live stream ended because no data arrived within its timeout.
+    says a live stream ended because no data arrived within its timeout; ``reconnect_log`` says
+    when and why connections ended and were reopened (empty unless the source reconnects);
+    :meth:`tail_audio` holds the original audio decoded after the last record.
     """
 
     def __init__(self, spec: str, *, fps: float | None, window_s: float, allow_silent: bool,
@@ -139,6 +140,7 @@ class MediaSource:
         self.start_time = 0.0
         self.audio_sample_rate: int | None = None
         self.audio_channels = 0
+        self.reconnect_log: list[str] = []
         self._iterated = False
         self._slot = -1
         self._t_first: float | None = None
@@ -168,6 +170,13 @@ class MediaSource:
             yield frame
         if self.error is not None and self.raise_on_error:
             raise self.error
+
+    def tail_audio(self) -> list[AudioChunk]:
+        """Original audio decoded after the last record (``keep_raw_audio``; none by default).
+
+        Complete once the iteration has ended: write it before closing an overlay.
+        """
+        return []
 
     def close(self) -> None:
         """Stop decoding and release files/sockets. Safe to call twice."""
@@ -243,7 +252,7 @@ class ContainerSource(MediaSource):
             raise ValueError(f"resampler: expected 'sinc' or 'swr', got {resampler!r}")
         if queue_size < 1:
             raise ValueError(f"queue_size: expected >= 1, got {queue_size}")
-        scheme = _scheme(self.spec)
+        scheme = url_scheme(self.spec)
         self.is_live = scheme in NETWORK_SCHEMES
         self.realtime = self.is_live if realtime is None else realtime
         if mix not in ("mean", "first"):
@@ -503,14 +512,15 @@ def mpegts_cut_packet(path: Path) -> str | None:
     return None
 
 
-def _scheme(spec: str) -> str:
+def url_scheme(spec: str) -> str:
+    """The lower-case scheme of a URL (``"udp"`` for ``udp://...``); "" for a plain path."""
     m = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://", spec)
     return m.group(1).lower() if m else ""
 
 
 def is_network_url(spec: str | Path) -> bool:
     """Whether ``spec`` is a URL with a network scheme (a live or remote stream)."""
-    return _scheme(str(spec)) in NETWORK_SCHEMES
+    return url_scheme(str(spec)) in NETWORK_SCHEMES
 
 
 def _read_image(path: Path) -> np.ndarray:
@@ -573,10 +583,6 @@ class ImageSequenceSource(MediaSource):
                              audio_missing=self.ring is None)
 
 
-def _natural_key(path: Path) -> tuple[Any, ...]:
-    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", path.stem))
-
-
 def find_avsbench_audio(frames_dir: Path) -> Path | None:
     """The wav of an AVSBench frame folder ``.../visual_frames/<rel>/<vid>``.
 
@@ -609,7 +615,7 @@ def open_avsbench(frames_dir: str | Path, audio: str | Path | None = None, *,
     if not frames_dir.is_dir():
         raise MediaNotFoundError(errno.ENOENT, "frame folder not found", str(frames_dir))
     images = sorted((p for p in frames_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES),
-                    key=_natural_key)
+                    key=lambda p: natural_key(p.stem))
     if not images:
         raise MediaOpenError(f"{frames_dir}: expected image files ({', '.join(IMAGE_SUFFIXES)}), "
                              "found none")
@@ -632,66 +638,3 @@ def open_image_audio(image: str | Path, audio: str | Path | None, *,
         image_time = 0.0 if ring is None or ring.empty else (ring.start + ring.end) / 2 / SAMPLE_RATE
     src.times = [image_time]
     return src
-
-
-def open_source(spec: str | Path, **opts: Any) -> MediaSource:
-    """Open any supported input by its form.
-
-    * a URL with a network scheme (http(s), rtsp, rtmp, udp, ...) or a file path with a
-      video container suffix -> :class:`ContainerSource` (a background decoder thread);
-    * a directory of images -> an AVSBench clip (:func:`open_avsbench`; ``audio=`` overrides
-      the wav lookup);
-    * an image file -> :func:`open_image_audio` with ``audio=`` (required unless
-      ``allow_silent=True``).
-
-    Options are those of the chosen source (``fps``, ``window_s``, ``allow_silent``,
-    ``timeout``, ``options``, ``resampler``, ...). Network sources also take ``reconnect=N``
-    (reopen the URL up to N times in a row when the stream ends or breaks:
-    :class:`moca_rt.media.reconnect.ReconnectingSource`) and ``retry_delay_s``.
-
-    Raises:
-        MediaNotFoundError / MediaOpenError / NoVideoStreamError / NoAudioStreamError.
-        ValueError: an option that the chosen source does not take.
-    """
-    text = str(spec)
-    if _scheme(text) == "file":
-        text = text[len("file://") :]
-    path = Path(text)
-    reconnect = opts.pop("reconnect", 0)
-    retry_delay_s = opts.pop("retry_delay_s", None)
-    if is_network_url(text):
-        _check_options(opts, ContainerSource.__init__, what=f"a network source ({text})")
-        if reconnect:
-            from moca_rt.media.reconnect import ReconnectingSource
-
-            delay = {} if retry_delay_s is None else {"retry_delay_s": retry_delay_s}
-            return ReconnectingSource(text, reconnects=reconnect, **delay, **opts)
-        return ContainerSource(text, **opts)
-    if reconnect or retry_delay_s is not None:
-        raise ValueError(f"reconnect: expected a network source (a URL), got {text}")
-    if path.is_dir():
-        _check_options(opts, open_avsbench, ImageSequenceSource.__init__,
-                       what=f"a frame folder ({text})")
-        return open_avsbench(path, **opts)
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        _check_options(opts, open_image_audio, ImageSequenceSource.__init__,
-                       what=f"an image ({text})")
-        audio = opts.pop("audio", None)
-        return open_image_audio(path, audio, **opts)
-    _check_options(opts, ContainerSource.__init__, what=f"a container file ({text})")
-    return ContainerSource(path, **opts)
-
-
-def _check_options(opts: dict[str, Any], *targets: Any, what: str) -> None:
-    """ValueError naming the options that none of ``targets`` accepts."""
-    import inspect
-
-    allowed: set[str] = set()
-    for target in targets:
-        params = inspect.signature(target).parameters
-        allowed |= {n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
-                    or (p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and n != "self")}
-    allowed -= {"spec", "images", "times", "frames_dir", "image"}
-    unknown = sorted(set(opts) - allowed)
-    if unknown:
-        raise ValueError(f"options {unknown}: expected options of {what}: {sorted(allowed)}")

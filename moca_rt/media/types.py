@@ -1,4 +1,8 @@
-"""Constants, errors and the records that media sources yield."""
+"""Constants and the records that media sources yield.
+
+The media errors live in :mod:`moca_rt.errors` (the package's one error hierarchy); the sample
+rate and window length in :mod:`moca_rt.config`.
+"""
 
 from __future__ import annotations
 
@@ -7,38 +11,12 @@ from typing import Literal
 
 import numpy as np
 
-SAMPLE_RATE = 16000
-WINDOW_SECONDS = 2.0
 NETWORK_SCHEMES = ("http", "https", "rtsp", "rtsps", "rtmp", "rtmps", "udp", "rtp", "tcp", "srt")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 AudioResamplerName = Literal["sinc", "swr"]
 ChannelMix = Literal["mean", "first"]
 # Containers whose duration comes from the header (not estimated from the bit rate).
 _HEADER_DURATION_FORMATS = ("matroska,webm", "mov,mp4,m4a,3gp,3g2,mj2", "avi", "flv")
-
-
-class MediaError(Exception):
-    """Base class of every media error raised by this module."""
-
-
-class MediaOpenError(MediaError, OSError):
-    """A source that cannot be opened: missing, empty, unreadable or without the needed streams."""
-
-
-class MediaNotFoundError(MediaOpenError, FileNotFoundError):
-    """A local path that does not exist."""
-
-
-class NoVideoStreamError(MediaOpenError):
-    """The container opened but holds no video stream (e.g. a WAV file named .mp4)."""
-
-
-class NoAudioStreamError(MediaOpenError):
-    """The source has no audio and ``allow_silent=False``."""
-
-
-class MediaDecodeError(MediaError):
-    """Decoding failed part-way; raised after every decodable frame was yielded."""
 
 
 @dataclass
