@@ -1,7 +1,7 @@
 """Build a TensorRT engine from an exported unit: ``python -m moca_rt.export.build_trt``.
 
 One stage per script (``create_onnx`` -> ``build_trt`` -> ``compare``). The optimisation
-profile comes from :func:`moca_rt.export.names.dynamic_axes` and
+profile comes from :func:`moca_rt.engines.names.dynamic_axes` and
 :data:`moca_rt.export.create_onnx.PROFILE` (batch 1/4/16; prompts 1/64/256 and points 1/2/8);
 every other axis is the static size the ONNX graph declares.
 
@@ -31,14 +31,15 @@ import time
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, cast
+from typing import TYPE_CHECKING, cast
 
 import torch
 
+from moca_rt.engines import names
 from moca_rt.engines.base import name_mismatch
 from moca_rt.engines.trt import TENSORRT_MISSING, require_cuda, require_tensorrt, trt_available
-from moca_rt.export import names
 from moca_rt.export.create_onnx import PROFILE, trtexec_command
+from moca_rt.precision import PRECISIONS, Precision
 
 if TYPE_CHECKING:
     import onnx
@@ -60,8 +61,6 @@ __all__ = [
     "run_build_trt",
 ]
 
-Precision = Literal["fp32", "fp16", "bf16"]
-PRECISIONS: tuple[Precision, ...] = ("fp32", "fp16", "bf16")
 ShapeRange = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
 Profile = dict[str, ShapeRange]
 DEFAULT_WORKSPACE_GIB = 4.0
@@ -120,13 +119,13 @@ def optimization_profile(
 ) -> Profile:
     """``{input name: (min, opt, max)}`` shapes of ``unit`` for a TensorRT optimisation profile.
 
-    The axes in :func:`moca_rt.export.names.dynamic_axes` get the (min, opt, max) of
+    The axes in :func:`moca_rt.engines.names.dynamic_axes` get the (min, opt, max) of
     :data:`moca_rt.export.create_onnx.PROFILE` for their symbol; every other axis keeps its
     static size, so min == opt == max there (and for inputs without a dynamic axis, such as
     the decoder's image embedding [1, 256, 64, 64]).
 
     Args:
-        unit: one of :data:`moca_rt.export.names.UNITS`.
+        unit: one of :data:`moca_rt.engines.names.UNITS`.
         source: an ONNX file (static sizes read from its graph inputs; a dynamic axis must be
             symbolic there and every other axis static) or ``{input name: example shape}``
             (e.g. the shapes of :func:`~moca_rt.export.create_onnx.example_inputs`).
@@ -134,7 +133,7 @@ def optimization_profile(
 
     Raises:
         ValueError: unknown unit, missing file, input names that differ from
-            :func:`~moca_rt.export.names.input_names`, or an axis whose static/dynamic kind in
+            :func:`~moca_rt.engines.names.input_names`, or an axis whose static/dynamic kind in
             the graph disagrees with the dynamic axes.
     """
     unit = _check_unit(unit)

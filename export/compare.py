@@ -24,12 +24,10 @@ import torch
 from torch import Tensor
 
 from moca_rt.config import MOCA_PRESETS, SAM_PRESETS
+from moca_rt.engines import names
 from moca_rt.engines.base import TorchEngine
 from moca_rt.engines.ort import OrtEngine
-from moca_rt.export import names
 from moca_rt.export.create_onnx import (
-    PRECISIONS,
-    Precision,
     build_model,
     example_inputs,
     num_layers_of,
@@ -37,6 +35,7 @@ from moca_rt.export.create_onnx import (
 from moca_rt.export.wrappers import build_wrapper
 from moca_rt.modeling.moca import MocaModel
 from moca_rt.modeling.sam import Sam
+from moca_rt.precision import ONNX_PRECISIONS, OnnxPrecision
 
 __all__ = [
     "COMPARE_BATCH",
@@ -60,7 +59,7 @@ class Tolerance:
     cosine: float
 
 
-TOLERANCES: dict[Precision, Tolerance] = {
+TOLERANCES: dict[OnnxPrecision, Tolerance] = {
     # The fixtures' gate for trunks and SAM outputs (reference README, "How to compare").
     "fp32": Tolerance(rel=1e-4, cosine=0.99999),
     # fp16 has a 2^-11 unit roundoff; errors grow over the depth of the network.
@@ -153,7 +152,7 @@ def _compare_one(name: str, ref: Tensor, got: Tensor, tol: Tolerance) -> OutputC
 def compare_outputs(
     reference: Mapping[str, Tensor],
     candidate: Mapping[str, Tensor],
-    precision: Precision = "fp32",
+    precision: OnnxPrecision = "fp32",
     order: Sequence[str] | None = None,
     requested_provider: str = "",
     providers_used: Sequence[str] = (),
@@ -185,7 +184,7 @@ def compare_unit(
     unit: names.Unit,
     model: MocaModel | Sam,
     onnx_path: str | Path,
-    precision: Precision = "fp32",
+    precision: OnnxPrecision = "fp32",
     batch: int = COMPARE_BATCH,
     num_points: int = 3,
     providers: Sequence[str] = ("CPUExecutionProvider",),
@@ -226,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="MoCA preset the file was exported with.")  # fmt: skip
     parser.add_argument("--sam-preset", choices=sorted(SAM_PRESETS), default="sam_vit_h",
                         help="SAM preset the file was exported with.")  # fmt: skip
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+    parser.add_argument("--precision", choices=ONNX_PRECISIONS, default="fp32",
                         help="Precision the file was exported in; picks the tolerance.")  # fmt: skip
     parser.add_argument("--imagebind", default=None, help="Same ImageBind weights as the export.")
     parser.add_argument("--adapter", default=None, help="Same adapter weights as the export.")

@@ -1,6 +1,6 @@
 """Export the MoCA and SAM units to ONNX: ``python -m moca_rt.export.create_onnx``.
 
-Units (names and dynamic axes in :mod:`moca_rt.export.names`, wrappers in
+Units (names and dynamic axes in :mod:`moca_rt.engines.names`, wrappers in
 :mod:`moca_rt.export.wrappers`):
 
 * ``audio``: fbank [B, S, 1, 128, 204] -> per adapted layer X_a, Y_a [B, S*La, Da] + embedding.
@@ -37,10 +37,11 @@ import torch
 from torch import Tensor, nn
 
 from moca_rt.config import MOCA_PRESETS, SAM_PRESETS
-from moca_rt.export import names
+from moca_rt.engines import names
 from moca_rt.export.wrappers import build_wrapper
 from moca_rt.modeling.moca import MocaModel
 from moca_rt.modeling.sam import Sam, build_sam, load_sam
+from moca_rt.precision import DTYPES, ONNX_PRECISIONS, OnnxPrecision
 
 __all__ = [
     "EXPORTERS",
@@ -57,10 +58,7 @@ __all__ = [
     "trtexec_command",
 ]
 
-Precision = Literal["fp32", "fp16"]
 Exporter = Literal["dynamo", "torchscript"]
-PRECISIONS: tuple[Precision, ...] = ("fp32", "fp16")
-DTYPES: dict[Precision, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16}
 
 EXPORTERS: dict[names.Unit, Exporter] = {
     "audio": "dynamo",
@@ -100,7 +98,7 @@ def num_layers_of(model: MocaModel | Sam) -> int:
     return len(model.adapters) if isinstance(model, MocaModel) else 0
 
 
-def input_dtype(name: str, precision: Precision) -> torch.dtype:
+def input_dtype(name: str, precision: OnnxPrecision) -> torch.dtype:
     """dtype of input ``name``: the model precision, except SAM points/labels (always fp32)."""
     if name in (names.POINT_COORDS, names.POINT_LABELS):
         return torch.float32
@@ -112,7 +110,7 @@ def example_inputs(
     model: MocaModel | Sam,
     batch: int = EXPORT_BATCH,
     num_points: int = EXPORT_PROMPTS[1],
-    precision: Precision = "fp32",
+    precision: OnnxPrecision = "fp32",
     seed: int = 0,
     audio_clips: int = AUDIO_CLIPS,
 ) -> dict[str, Tensor]:
@@ -193,7 +191,7 @@ def trtexec_command(
     unit: names.Unit,
     onnx_path: str | Path,
     input_shapes: dict[str, tuple[int, ...]],
-    precision: Precision = "fp32",
+    precision: OnnxPrecision = "fp32",
     num_layers: int = 0,
 ) -> str:
     """The ``trtexec`` line that builds a TensorRT engine for ``unit`` (string only).
@@ -230,21 +228,21 @@ def export_unit(
     unit: names.Unit,
     model: MocaModel | Sam,
     out_path: str | Path,
-    precision: Precision = "fp32",
+    precision: OnnxPrecision = "fp32",
     exporter: Exporter | None = None,
     audio_clips: int = AUDIO_CLIPS,
 ) -> ExportResult:
     """Export ``unit`` of ``model`` (already in the wanted dtype, eval mode) to ``out_path``.
 
     The example has batch :data:`EXPORT_BATCH` (decoder: 3 prompts of 2 points); the axes of
-    :func:`moca_rt.export.names.dynamic_axes` stay symbolic. The MoCA units fix ``audio_clips``
+    :func:`moca_rt.engines.names.dynamic_axes` stay symbolic. The MoCA units fix ``audio_clips``
     clips per window (3: the official preprocessing; 1: what the pipeline computes for its 2 s
     windows, a third of the audio work); export both units with the same value. The dynamo exporter may write
     weights to ``<out_path>.data`` beside the file. A JSON sidecar ``<out_path>.json`` holds
     the :class:`ExportResult`.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"expected precision in {PRECISIONS}, got {precision!r}")
+    if precision not in ONNX_PRECISIONS:
+        raise ValueError(f"expected precision in {ONNX_PRECISIONS}, got {precision!r}")
     exporter = exporter if exporter is not None else EXPORTERS[unit]
     num_layers = num_layers_of(model)
     wrapper = build_wrapper(unit, model).eval()
@@ -290,7 +288,7 @@ def build_model(
     unit: names.Unit,
     preset: str = "moca_huge",
     sam_preset: str = "sam_vit_h",
-    precision: Precision = "fp32",
+    precision: OnnxPrecision = "fp32",
     imagebind: str | Path | None = None,
     adapter: str | Path | None = None,
     sam: str | Path | None = None,
@@ -304,8 +302,8 @@ def build_model(
     not show whether the audio tokens reach the vision graph). SAM units: :class:`Sam` of
     ``sam_preset``, official weights from ``sam`` when given, else seeded random.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"expected precision in {PRECISIONS}, got {precision!r}")
+    if precision not in ONNX_PRECISIONS:
+        raise ValueError(f"expected precision in {ONNX_PRECISIONS}, got {precision!r}")
     torch.manual_seed(seed)
     model: MocaModel | Sam
     if unit in ("audio", "vision"):
@@ -333,7 +331,7 @@ def run_create_onnx(
     out_dir: str | Path,
     preset: str = "moca_huge",
     sam_preset: str = "sam_vit_h",
-    precision: Precision = "fp32",
+    precision: OnnxPrecision = "fp32",
     imagebind: str | Path | None = None,
     adapter: str | Path | None = None,
     sam: str | Path | None = None,
@@ -368,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="MoCA preset (sizes of ImageBind and the adapters).")  # fmt: skip
     parser.add_argument("--sam-preset", choices=sorted(SAM_PRESETS), default="sam_vit_h",
                         help="SAM preset for the sam_encoder and sam_decoder units.")  # fmt: skip
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+    parser.add_argument("--precision", choices=ONNX_PRECISIONS, default="fp32",
                         help="Weights and float inputs in fp32 or fp16.")  # fmt: skip
     parser.add_argument("--out", required=True, help="Folder that receives the ONNX files.")
     parser.add_argument("--imagebind", default=None,

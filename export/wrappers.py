@@ -1,7 +1,7 @@
 """One branch-free ``nn.Module`` per export unit (STYLE point 6).
 
-Each wrapper takes and returns plain tensors in the order of :func:`moca_rt.export.names.
-input_names` / :func:`~moca_rt.export.names.output_names`, has no optional inputs and no Python
+Each wrapper takes and returns plain tensors in the order of :func:`moca_rt.engines.names.
+input_names` / :func:`~moca_rt.engines.names.output_names`, has no optional inputs and no Python
 control flow that depends on values, so the ONNX graph is a straight trace of the model code.
 Wrappers hold references to the model's modules (no copies of weights).
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from moca_rt.export import names
+from moca_rt.engines import names
 from moca_rt.modeling.moca import AudioFeatures, MocaModel
 from moca_rt.modeling.sam import Sam
 
@@ -21,7 +21,7 @@ class AudioEncoderUnit(nn.Module):
     """fbank [B, S, 1, M, T] -> (X_a(0), Y_a(0), ..., X_a(L-1), Y_a(L-1), embedding [B, E]).
 
     Token outputs are [B, S * La, Da] (clips concatenated, as :class:`AudioFeatures`); names from
-    :func:`moca_rt.export.names.output_names` ``("audio", L)``.
+    :func:`moca_rt.engines.names.output_names` ``("audio", L)``.
     """
 
     def __init__(self, model: MocaModel) -> None:

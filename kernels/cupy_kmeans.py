@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from .dispatch import cupy_unsupported_reason
-from .kmeans import KMeansResult, check_kmeans_args, kmeanspp_random_table
+from .kmeans_common import KMeansResult, check_kmeans_args, kmeanspp_random_table
 
 CSRC = Path(__file__).parent / "csrc"
 THREADS = 256

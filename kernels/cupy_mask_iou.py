@@ -11,7 +11,7 @@ import torch
 
 from .cupy_kmeans import as_cupy, launch, raw_module
 from .dispatch import cupy_unsupported_reason
-from .mask_iou import Metric, _check_masks, binarise
+from .mask_iou_common import Metric, binarise, check_masks
 
 MAX_K = 16
 
@@ -36,7 +36,7 @@ def mask_match_cupy(
     """[B, P, K] fp32 IoU or coverage; arguments as in ``mask_iou_reference``."""
     import numpy as np
 
-    _check_masks(proposals, clusters, threshold, metric)
+    check_masks(proposals, clusters, threshold, metric)
     reason = cupy_mask_supports(proposals, clusters)
     if reason is not None:
         raise ValueError(reason)

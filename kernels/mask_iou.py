@@ -24,61 +24,19 @@ counts, fp32 accumulation), the dispatchers :func:`mask_iou` / :func:`mask_cover
 from __future__ import annotations
 
 import functools
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from .dispatch import check_forced_cupy, choose_backend, triton_unsupported_reason
+from .mask_iou_common import Metric, binarise, check_masks
 
-Metric = Literal["iou", "coverage"]
-MAX_PIXELS = 1 << 24
 TRITON_MAX_K = 64
 # Launch configuration of the Triton kernel: 16 proposals x 256 pixels per tile (128 for 4-byte
 # logits: 256 spills 44 bytes there), 8 warps; no register spills on sm_90 for K <= 16 (Triton
 # 3.7.1), checked through aot_specs().
 TRITON_BLOCK_P = 16
 TRITON_NUM_WARPS = 8
-_INT_DTYPES = (torch.bool, torch.uint8)
-
-
-def _check_masks(
-    proposals: torch.Tensor, clusters: torch.Tensor, threshold: float | None, metric: str
-) -> None:
-    for name, t in (("proposals", proposals), ("clusters", clusters)):
-        if not isinstance(t, torch.Tensor) or t.dim() != 4:
-            shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-            raise ValueError(f"expected {name} of shape [B, n, h, w], got {shape}")
-        if t.dtype not in _INT_DTYPES and not t.dtype.is_floating_point:
-            raise ValueError(f"expected {name} dtype bool, uint8 or floating, got {t.dtype}")
-        if t.dtype.is_floating_point and threshold is None:
-            raise ValueError(
-                f"expected a threshold for floating {name} (binarised as value > threshold), "
-                "got threshold=None"
-            )
-    b, _, h, w = proposals.shape
-    if clusters.shape[0] != b or clusters.shape[2:] != proposals.shape[2:]:
-        raise ValueError(
-            f"expected clusters [B={b}, K, {h}, {w}] matching proposals, got {tuple(clusters.shape)}"
-        )
-    if proposals.device != clusters.device:
-        raise ValueError(
-            f"expected both inputs on one device, got {proposals.device} and {clusters.device}"
-        )
-    if h * w >= MAX_PIXELS:
-        raise ValueError(f"expected h * w < 2^24 for exact counts, got {h} x {w}")
-    if metric not in ("iou", "coverage"):
-        raise ValueError(f"expected metric 'iou' or 'coverage', got {metric!r}")
-
-
-def binarise(masks: torch.Tensor, threshold: float | None) -> torch.Tensor:
-    """bool masks: bool as is, uint8 ``!= 0``, floating ``> threshold``."""
-    if masks.dtype == torch.bool:
-        return masks
-    if masks.dtype == torch.uint8:
-        return masks != 0
-    if threshold is None:
-        raise ValueError(f"expected a threshold for {masks.dtype} masks, got None")
-    return masks > threshold
 
 
 def _finish(
@@ -108,7 +66,7 @@ def mask_iou_reference(
     Returns:
         [B, P, K] fp32 (0 for an empty union, or an empty proposal with "coverage").
     """
-    _check_masks(proposals, clusters, threshold, metric)
+    check_masks(proposals, clusters, threshold, metric)
     p = binarise(proposals, threshold).flatten(2).to(torch.float32)
     c = binarise(clusters, threshold).flatten(2).to(torch.float32)
     inter = torch.bmm(p, c.transpose(1, 2))
@@ -253,7 +211,7 @@ def mask_iou_triton(
     through 256-pixel tiles once (128 for 4-byte logits; 8 warps: no register spills on sm_90).
     Limit: K <= 64. Bool input is read as uint8 (no copy).
     """
-    _check_masks(proposals, clusters, threshold, metric)
+    check_masks(proposals, clusters, threshold, metric)
     reason = triton_mask_supports(proposals, clusters)
     if reason is not None:
         raise ValueError(reason)
@@ -333,7 +291,7 @@ def mask_iou(
     Backend from ``MOCA_RT_KERNELS`` (Triton for CUDA tensors by default; the torch reference
     where the kernel cannot take the input). ``torch.compile`` sees one custom op.
     """
-    _check_masks(proposals, clusters, threshold, "iou")
+    check_masks(proposals, clusters, threshold, "iou")
     return _match(proposals, clusters, threshold, "iou")
 
 
@@ -345,5 +303,5 @@ def mask_coverage(
     Same arguments as :func:`mask_iou`. Returns [B, P, K] fp32 in [0, 1]; 0 for an empty
     proposal. Used by the pipeline's ``--mpm-metric coverage``.
     """
-    _check_masks(proposals, clusters, threshold, "coverage")
+    check_masks(proposals, clusters, threshold, "coverage")
     return _match(proposals, clusters, threshold, "coverage")

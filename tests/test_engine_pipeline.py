@@ -28,14 +28,13 @@ from numeric import assert_close_stage
 from safetensors.torch import save_file
 
 from moca_rt import infer
-from moca_rt.engines import TorchEngine
+from moca_rt.engines import TorchEngine, names
 from moca_rt.engines.moca_units import (
     EngineMocaModel,
     MocaTrunk,
     count_adapted_layers,
     find_onnx_units,
 )
-from moca_rt.export import names
 from moca_rt.export.create_onnx import AUDIO_CLIPS, build_model, export_unit
 from moca_rt.export.wrappers import AudioEncoderUnit, VisionUnit
 from moca_rt.kernels import cosine_kmeans

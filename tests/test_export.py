@@ -19,8 +19,7 @@ import torch
 from conftest import FIXTURES
 
 from moca_rt.config import SAM_PRESETS
-from moca_rt.engines import Engine, OrtEngine, TorchEngine
-from moca_rt.export import names
+from moca_rt.engines import Engine, OrtEngine, TorchEngine, names
 from moca_rt.export.compare import (
     COMPARE_BATCH,
     TOLERANCES,

@@ -21,6 +21,7 @@ import onnx
 import pytest
 import torch
 
+from moca_rt.engines import names
 from moca_rt.engines.base import TorchEngine
 from moca_rt.engines.trt import (
     TENSORRT_MISSING,
@@ -30,7 +31,7 @@ from moca_rt.engines.trt import (
     torch_dtype,
     trt_available,
 )
-from moca_rt.export import build_trt, names
+from moca_rt.export import build_trt
 from moca_rt.export.build_trt import (
     build_engine,
     engine_cache_key,

@@ -15,7 +15,7 @@ __all__ = ["Engine", "TorchEngine", "check_feeds", "name_mismatch"]
 class Engine(Protocol):
     """A runnable export unit.
 
-    ``input_names`` / ``output_names`` are the constants of :mod:`moca_rt.export.names`;
+    ``input_names`` / ``output_names`` are the constants of :mod:`moca_rt.engines.names`;
     calling the engine with ``{input name: tensor}`` returns ``{output name: tensor}`` in
     ``output_names`` order. Shapes and dtypes are those the unit documents.
     """

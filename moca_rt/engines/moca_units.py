@@ -9,7 +9,7 @@ onnxruntime (:meth:`EngineMocaModel.from_onnx`) or TensorRT
 (:meth:`EngineMocaModel.from_tensorrt`).
 
 The audio engine's per-layer token outputs carry the names of the vision engine's audio inputs
-(:mod:`moca_rt.export.names`), so :class:`AudioFeatures` is rebuilt from the audio outputs and
+(:mod:`moca_rt.engines.names`), so :class:`AudioFeatures` is rebuilt from the audio outputs and
 taken apart again, by name, into the vision feeds. SAM mask proposals are not part of the trunk:
 they stay on torch.
 """
@@ -25,9 +25,10 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from moca_rt.engines import names
 from moca_rt.engines.base import Engine, name_mismatch
-from moca_rt.export import names
 from moca_rt.modeling.moca import AudioFeatures, VisionFeatures
+from moca_rt.precision import ONNX_PRECISIONS
 
 __all__ = [
     "ONNX_PRECISIONS",
@@ -39,8 +40,6 @@ __all__ = [
     "find_onnx_units",
 ]
 
-# create_onnx writes ``<unit>_<precision>.onnx`` for these precisions.
-ONNX_PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16}
 _ORT_TYPES: dict[str, torch.dtype] = {
     "tensor(float)": torch.float32,
     "tensor(float16)": torch.float16,

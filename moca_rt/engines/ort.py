@@ -36,7 +36,7 @@ class OrtEngine:
         path: the ONNX file (its ``.data`` side file, if any, beside it).
         providers: requested execution providers in priority order.
         input_names, output_names: expected names (the constants of
-            :mod:`moca_rt.export.names`); ``ValueError`` if the graph's names differ. None
+            :mod:`moca_rt.engines.names`); ``ValueError`` if the graph's names differ. None
             takes the graph's names.
         strict_provider: raise ``RuntimeError`` instead of warning when the first requested
             provider is not in use.

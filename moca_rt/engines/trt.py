@@ -139,7 +139,7 @@ class TrtEngine:
     Args:
         engine_path: a serialised engine (``build_engine``'s output).
         input_names, output_names: expected IO names (the constants of
-            :mod:`moca_rt.export.names`); ``ValueError`` naming the differences when the
+            :mod:`moca_rt.engines.names`); ``ValueError`` naming the differences when the
             engine's names differ. The expected order is kept; None takes the engine's order.
         device: CUDA device the engine runs on (index or ``torch.device``).
         logger: a ``tensorrt.ILogger``; default ``tensorrt.Logger(WARNING)``.

@@ -1,8 +1,9 @@
 """Input/output names and dynamic axes of every export unit, defined once.
 
-The ONNX exporter (:mod:`moca_rt.export.create_onnx`), the runners (:mod:`moca_rt.engines`),
-the comparison (:mod:`moca_rt.export.compare`) and a TensorRT builder all read these constants,
-so a tensor has the same name in the torch wrapper, the ONNX graph and an engine binding.
+The runtime owns this wire contract: the runners (:mod:`moca_rt.engines`) speak these names, and
+the ONNX exporter (:mod:`moca_rt.export.create_onnx`), the comparison
+(:mod:`moca_rt.export.compare`) and the TensorRT builder import them from here, so a tensor has
+the same name in the torch wrapper, the ONNX graph and an engine binding.
 
 The audio unit's per-layer token outputs carry the same names as the vision unit's audio inputs:
 the output dict of the audio engine is fed to the vision engine as it is.
