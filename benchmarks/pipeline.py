@@ -51,7 +51,6 @@ import math
 import os
 import platform
 import resource
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -64,6 +63,7 @@ import numpy as np
 import torch
 
 from moca_rt.config import MOCA_PRESETS, SAM_PRESETS
+from moca_rt.provenance import git_commit
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -235,22 +235,6 @@ def device_name(device: str) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
-def git_commit() -> str:
-    """HEAD's short hash, ``+dirty`` when the runtime code differs from it; '' without git."""
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO, capture_output=True, text=True,
-            timeout=10, check=True,
-        ).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(
-            ["git", "diff", "--quiet", "HEAD", "--", "moca_rt", "kernels", "benchmarks/pipeline.py"],
-            cwd=REPO, timeout=10, check=False,
-        ).returncode  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    return head + ("+dirty" if dirty else "")
-
-
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize(torch.device(device))
@@ -398,7 +382,9 @@ def _run(opts: BenchOptions, inputs: BenchInputs | None) -> list[dict[str, Any]]
         )
     common: dict[str, Any] = {
         "timestamp_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "git_commit": git_commit(),
+        "git_commit": git_commit(
+            short=True, dirty_paths=("moca_rt", "kernels", "benchmarks/pipeline.py"), root=REPO
+        ) or "",
         "device": opts.device,
         "device_name": device_name(opts.device),
         "python": platform.python_version(),

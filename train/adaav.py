@@ -39,7 +39,6 @@ import argparse
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -53,6 +52,7 @@ from torch import Tensor
 from moca_rt.config import DINO_PRESETS, MOCA_PRESETS
 from moca_rt.kernels.pma import pma_triplet_loss
 from moca_rt.modeling.moca import AudioFeatures, MocaModel
+from moca_rt.provenance import git_commit
 from moca_rt.train.data import TrainingSet, add_data_arguments, open_training_set
 from moca_rt.train.pairing import (
     PairingTable,
@@ -410,22 +410,6 @@ def triplet_loss(
 
 # --------------------------------------------------------------------------------------------
 # trainer
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if out.returncode != 0:
-        return None
-    return out.stdout.strip() or None
 
 
 @dataclass
