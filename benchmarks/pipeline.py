@@ -5,7 +5,7 @@
     python benchmarks/pipeline.py --preset moca_huge --sam-preset sam_vit_h --device cuda \\
         --imagebind imagebind_huge.pth --adapter adaav.safetensors --sam sam_vit_h_4b8939.pth
 
-Setup: the models are built as ``python -m moca_rt.infer`` builds them (``infer.build_pipeline``;
+Setup: the models are built as ``python -m moca_rt.infer`` builds them (``moca_rt.build``;
 seeded random weights for every checkpoint not given, recorded in the ``weights`` column;
 ``--engine onnxruntime|tensorrt --engine-dir DIR`` runs the MoCA trunk on the exported units
 there, as ``infer --engine`` does, SAM staying on torch; the ``engine`` column says which), and
@@ -62,7 +62,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from moca_rt.config import MOCA_PRESETS, SAM_PRESETS
+from moca_rt.build import ENGINES, BuildSettings
+from moca_rt.build import build_pipeline as build
+from moca_rt.config import MOCA_PRESETS, SAM_PRESETS, SAMPLE_RATE
+from moca_rt.precision import PRECISIONS
 from moca_rt.provenance import git_commit
 
 REPO = Path(__file__).resolve().parent.parent
@@ -123,8 +126,8 @@ class BenchOptions:
             raise ValueError(
                 f"sam_preset: expected 'none' or one of {sorted(SAM_PRESETS)}, got {self.sam_preset!r}"
             )
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"precision: expected fp32, bf16 or fp16, got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision: expected one of {list(PRECISIONS)}, got {self.precision!r}")
         if not self.batches or any(b < 1 for b in self.batches):
             raise ValueError(f"batches: expected one or more sizes >= 1, got {list(self.batches)}")
         if self.frames < 1:
@@ -138,8 +141,8 @@ class BenchOptions:
             raise ValueError(f"points_per_side: expected >= 1, got {self.points_per_side}")
         if self.device != "cpu" and not self.device.startswith("cuda"):
             raise ValueError(f"device: expected cpu or cuda[:N], got {self.device!r}")
-        if self.engine not in ("torch", "onnxruntime", "tensorrt"):
-            raise ValueError(f"engine: expected torch, onnxruntime or tensorrt, got {self.engine!r}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine: expected one of {list(ENGINES)}, got {self.engine!r}")
         if (self.engine == "torch") != (self.engine_dir is None):
             raise ValueError(
                 f"engine_dir: expected a folder of exported units with engine onnxruntime or "
@@ -172,7 +175,6 @@ def render_inputs(
     past the audio).
     """
     from moca_rt.datasets.synth import SynthWorld
-    from moca_rt.pipeline import SAMPLE_RATE
     from moca_rt.preprocess import audio_windows
 
     if frames < 1:
@@ -254,25 +256,24 @@ def _weights(opts: BenchOptions) -> str:
     return f"imagebind={opts.imagebind or 'random'} adapter={opts.adapter or 'zero-init'} sam={sam}"
 
 
-def build_pipeline(opts: BenchOptions) -> tuple[Any, int]:
-    """The MocaPipeline the CLI would build for these options, and SAM's points per side (0: no SAM)."""
-    from moca_rt.infer import InferOptions, InputError
-    from moca_rt.infer import build_pipeline as build_cli_pipeline
-
+def build_settings(opts: BenchOptions) -> BuildSettings:
+    """The settings ``moca_rt.build`` builds for these options (``sam_preset="none"``: no SAM)."""
     use_sam = opts.sam_preset != "none"
-    infer_opts = InferOptions(
-        source=None, out=Path("."), preset=opts.preset, imagebind=opts.imagebind,
-        adapter=opts.adapter, sam=opts.sam if use_sam else None,
-        sam_preset=opts.sam_preset if use_sam else None, proposals="grid" if use_sam else "none",
-        points_per_side=opts.points_per_side, device=opts.device, precision=opts.precision,
-        seed=opts.seed, progress=False, engine=opts.engine, engine_dir=opts.engine_dir,
+    return BuildSettings(
+        preset=opts.preset, imagebind=opts.imagebind, adapter=opts.adapter,
+        sam=opts.sam if use_sam else None, sam_preset=opts.sam_preset if use_sam else None,
+        proposals="grid" if use_sam else "none", points_per_side=opts.points_per_side,
+        engine=opts.engine, engine_dir=opts.engine_dir, device=opts.device,
+        precision=opts.precision, seed=opts.seed,
     )  # fmt: skip
-    try:
-        pipeline, points = build_cli_pipeline(infer_opts, "grid" if use_sam else "none")
-    except InputError as err:  # unusable engine files or library: reported like a bad option
-        raise ValueError(str(err)) from err
-    opts.notes.extend(infer_opts.notes)
-    return pipeline, points
+
+
+def build_pipeline(opts: BenchOptions) -> tuple[Any, int]:
+    """The MocaPipeline that ``python -m moca_rt.infer`` builds for these options, and SAM's
+    points per side (0: no SAM); the build's notes join ``opts.notes``."""
+    built = build(build_settings(opts))
+    opts.notes.extend(built.notes)
+    return built.pipeline, built.points_per_side
 
 
 def _bench_one(
@@ -517,7 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--precision",
-        choices=("fp32", "bf16", "fp16"),
+        choices=PRECISIONS,
         default="fp32",
         help="The compute precision of the models.",
     )
@@ -556,7 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sam", type=Path, help="An official sam_vit_{h,l,b} checkpoint.")
     p.add_argument(
         "--engine",
-        choices=("torch", "onnxruntime", "tensorrt"),
+        choices=ENGINES,
         default="torch",
         help="What runs the MoCA trunk, as in python -m moca_rt.infer (SAM stays on torch).",
     )
@@ -586,7 +587,7 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     try:
         rows = run_pipeline_benchmark(opts)
-    except ValueError as err:
+    except ValueError as err:  # a bad option, or settings the build cannot use (InputError)
         print(f"error: {err}", file=sys.stderr)
         return 2
     out = args.out or RESULTS / f"pipeline_{opts.device.split(':')[0]}.csv"

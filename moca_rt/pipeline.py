@@ -26,24 +26,32 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from moca_rt import clustering
+from moca_rt.config import SAMPLE_RATE, WINDOW_SECONDS
+from moca_rt.errors import torch_out_of_memory
+from moca_rt.preprocess import frames_to_model_input, imagebind_audio_batch
+from moca_rt.proposals import SamProposals
 
 if TYPE_CHECKING:
     from moca_rt.engines.moca_units import MocaTrunk
     from moca_rt.media import MediaFrame
-    from moca_rt.modeling.sam import Sam
-    from moca_rt.proposals import ProposalConfig
 
-SAMPLE_RATE = 16000
-WINDOW_SAMPLES = 2 * SAMPLE_RATE
-_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+__all__ = [
+    "WINDOW_SAMPLES",
+    "FrameResult",
+    "MocaPipeline",
+    "PipelineConfig",
+    "ProposalSource",
+    "SamProposals",  # lives in moca_rt.proposals; named here for the pipeline's users
+]
+
+WINDOW_SAMPLES = round(WINDOW_SECONDS * SAMPLE_RATE)
 
 
 @dataclass(frozen=True)
@@ -78,14 +86,16 @@ class PipelineConfig:
 
 
 class ProposalSource(Protocol):
-    """Mask proposals for a batch of frames.
+    """Mask proposals for a batch of frames (:class:`~moca_rt.proposals.SamProposals`).
 
-    Returns, per frame, low-resolution proposal logits ``[P, h, w]`` (P may be 0) covering the
-    whole frame (``h / w`` follows the frame's aspect ratio); ``> 0`` is the proposal mask.
+    Takes the frames and, for box prompts, per frame a [K, 4] float32 XYXY tensor in frame
+    pixels or None (None for the whole list: grid proposals). Returns, per frame, low-resolution
+    proposal logits ``[P, h, w]`` (P may be 0) covering the whole frame (``h / w`` follows the
+    frame's aspect ratio); ``> 0`` is the proposal mask.
     """
 
     def __call__(
-        self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray | None] | None
+        self, images: Sequence[np.ndarray], boxes: Sequence[torch.Tensor | None] | None
     ) -> list[torch.Tensor]: ...
 
 
@@ -126,25 +136,6 @@ class _StageTimer:
         self.ms[name] = self.ms.get(name, 0.0) + 1000.0 * (time.perf_counter() - start)
 
 
-def frames_to_model_input(images: Sequence[np.ndarray], size: int, device: torch.device) -> torch.Tensor:
-    """uint8 HWC RGB frames (any sizes) -> [B, 3, size, size] CLIP-normalised float32.
-
-    Bicubic resize with antialiasing on ``device``, no crop.
-    """
-    batch = []
-    for i, img in enumerate(images):
-        if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
-            got = f"{img.dtype} {img.shape}" if isinstance(img, np.ndarray) else type(img).__name__
-            raise ValueError(f"frame {i}: expected a uint8 [H, W, 3] RGB array, got {got}")
-        t = torch.from_numpy(np.ascontiguousarray(img)).to(device).permute(2, 0, 1)[None].float()
-        t = F.interpolate(t, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
-        batch.append(t.clamp_(0.0, 255.0) / 255.0)
-    x = torch.cat(batch)
-    mean = torch.tensor(_CLIP_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(_CLIP_STD, device=device).view(1, 3, 1, 1)
-    return (x - mean) / std
-
-
 class MocaPipeline:
     """Batched MoCA inference around a :class:`~moca_rt.engines.moca_units.MocaTrunk`.
 
@@ -173,20 +164,25 @@ class MocaPipeline:
         self.config = config or PipelineConfig()
 
     @torch.inference_mode()
+    @torch_out_of_memory()
     def segment_batch(
         self,
         images: Sequence[np.ndarray],
         audio: np.ndarray | torch.Tensor,
-        boxes: Sequence[np.ndarray | None] | None = None,
+        boxes: Sequence[torch.Tensor | np.ndarray | None] | None = None,
     ) -> list[FrameResult]:
         """Segment B frames.
 
         Args:
             images: B uint8 [H, W, 3] RGB frames (sizes may differ).
             audio: [B, 32000] float32 mono 16 kHz windows of 2 s centred on each frame.
-            boxes: optional per-frame [n, 4] XYXY boxes in frame pixels for box prompts.
+            boxes: optional per-frame [n, 4] XYXY boxes in frame pixels for box prompts (a
+                tensor or an array; None for a frame without boxes).
         Returns:
             B :class:`FrameResult`.
+        Raises:
+            ValueError: inputs of the wrong shape or kind.
+            moca_rt.errors.OutOfMemoryError: the device ran out of memory.
         """
         cfg = self.config
         b = len(images)
@@ -201,6 +197,7 @@ class MocaPipeline:
             raise ValueError("audio windows contain NaN or inf; clean them before segmenting")
         if boxes is not None and len(boxes) != b:
             raise ValueError(f"boxes: expected one entry (array or None) per frame, {b}, got {len(boxes)}")
+        prompts = None if boxes is None else [_box_tensor(bx) for bx in boxes]
         timer = _StageTimer(self.device)
         windows = windows.to(self.device)
         with timer.stage("preprocess"):
@@ -220,7 +217,7 @@ class MocaPipeline:
             joint = vision.patch_embeddings.float().reshape(b, labels.shape[1], -1)
             scores = clustering.cluster_scores(joint, labels, cfg.num_clusters, audio_feats.embedding.float())
             chosen = clustering.choose_clusters(scores, cfg.tau, cfg.delta) & ~silent[:, None]
-        masks, n_props, n_kept, fallback = self._masks(images, boxes, labels, chosen, grid, timer)
+        masks, n_props, n_kept, fallback = self._masks(images, prompts, labels, chosen, grid, timer)
         results = []
         per_frame = {k: v / b for k, v in timer.ms.items()}
         scores_cpu, chosen_cpu = scores.cpu(), chosen.cpu()
@@ -242,7 +239,9 @@ class MocaPipeline:
             )
         return results
 
-    def segment(self, image: np.ndarray, audio: np.ndarray | torch.Tensor, boxes: np.ndarray | None = None) -> FrameResult:
+    def segment(
+        self, image: np.ndarray, audio: np.ndarray | torch.Tensor, boxes: torch.Tensor | np.ndarray | None = None
+    ) -> FrameResult:
         """One frame: uint8 [H, W, 3] and a [32000] 16 kHz window centred on it."""
         window = torch.as_tensor(audio, dtype=torch.float32).reshape(1, -1)
         return self.segment_batch([image], window, None if boxes is None else [boxes])[0]
@@ -272,7 +271,7 @@ class MocaPipeline:
                 return
             boxes = None
             if box_prompts is not None:
-                boxes = [_boxes_for(box_prompts, f.index) for f in pending]
+                boxes = [box_prompts.get(f.index) for f in pending]
             audio = np.stack([f.audio for f in pending if f.audio is not None])
             results = self.segment_batch([f.image for f in pending if f.image is not None], audio, boxes)
             yield from zip(pending, results, strict=True)
@@ -289,15 +288,13 @@ class MocaPipeline:
         yield from flush()
 
     def _fbank(self, windows: torch.Tensor) -> torch.Tensor:
-        from moca_rt.preprocess import imagebind_audio_batch
-
         # All three ImageBind clips of a 2 s window are the same samples: keep one (see module doc).
         return imagebind_audio_batch(windows, aliasing="independent")[:, :1]
 
     def _masks(
         self,
         images: Sequence[np.ndarray],
-        boxes: Sequence[np.ndarray | None] | None,
+        boxes: Sequence[torch.Tensor | None] | None,
         labels: torch.Tensor,
         chosen: torch.Tensor,
         grid: tuple[int, int],
@@ -369,66 +366,6 @@ def _kmeans_per_frame(x: torch.Tensor, cfg: PipelineConfig) -> tuple[torch.Tenso
     return torch.cat([r.labels for r in runs]), torch.cat([r.iterations for r in runs])
 
 
-PrecisionName = Literal["fp32", "bf16", "fp16"]
-PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-class SamProposals:
-    """:class:`ProposalSource` backed by SAM: automatic grid proposals, or the user's boxes.
-
-    Proposals are kept as the decoder's low-resolution logits cropped to the frame
-    (about H'/4 x W'/4 of the 1024 input), which is where matching runs; the final union is
-    upsampled bilinearly to the frame like SAM's own post-processing.
-
-    Args:
-        sam: the SAM model (on the pipeline's device).
-        config: grid settings (points per side, quality filters, NMS).
-        encoder_batch: frames per image-encoder call.
-    """
-
-    def __init__(self, sam: Sam, config: ProposalConfig | None = None, encoder_batch: int = 4) -> None:
-        from moca_rt.proposals import ProposalConfig
-
-        base = config or ProposalConfig()
-        self.sam = sam.eval()
-        self.config = ProposalConfig(
-            **{**base.__dict__, "resolution": "low", "keep_low_res_logits": True}
-        )
-        self.encoder_batch = encoder_batch
-
-    @torch.inference_mode()
-    def __call__(
-        self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray | None] | None
-    ) -> list[torch.Tensor]:
-        from moca_rt.proposals import (
-            box_proposals_from_embeddings,
-            encode_frames,
-            grid_proposals_from_embedding,
-        )
-        from moca_rt.sam_transforms import get_preprocess_shape, low_res_valid_size
-
-        embeddings, sizes = encode_frames(self.sam, images, self.encoder_batch)
-        s = self.sam.image_size
-        if boxes is not None:
-            box_tensors = [None if b is None else torch.as_tensor(b, dtype=torch.float32).reshape(-1, 4) for b in boxes]
-            found = box_proposals_from_embeddings(
-                self.sam, embeddings, sizes, box_tensors, resolution="low", keep_low_res_logits=True
-            )
-        else:
-            found = [
-                grid_proposals_from_embedding(self.sam, embeddings[i : i + 1], sizes[i], self.config)
-                for i in range(len(images))
-            ]
-        out = []
-        for props, size in zip(found, sizes, strict=True):
-            vh, vw = low_res_valid_size(get_preprocess_shape(size[0], size[1], s), s)
-            if props.low_res_logits is None or len(props) == 0:
-                out.append(torch.zeros(0, vh, vw, device=embeddings.device))
-            else:
-                out.append(props.low_res_logits[:, :vh, :vw].float())
-        return out
-
-
-def _boxes_for(prompts: Mapping[int, torch.Tensor], index: int) -> np.ndarray | None:
-    boxes = prompts.get(index)
-    return None if boxes is None else boxes.detach().cpu().numpy()
+def _box_tensor(boxes: torch.Tensor | np.ndarray | None) -> torch.Tensor | None:
+    """One frame's box prompts as a [K, 4] float32 tensor (on the device they came on)."""
+    return None if boxes is None else torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)

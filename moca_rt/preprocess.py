@@ -6,7 +6,9 @@ channels) -> kaldi fbank of channel 0 (128 mel, 25 ms / 10 ms, hanning, htk_comp
 -> zero pad / crop to 204 frames -> ``(x + 4.268) / 9.138`` -> ``[3, 1, 128, 204]``.
 
 Images (the ImageBind vision transform): PIL bicubic resize of the shorter side to 224 ->
-centre crop 224 -> ``/ 255`` -> CLIP mean/std -> ``[3, 224, 224]`` float32.
+centre crop 224 -> ``/ 255`` -> CLIP mean/std -> ``[3, 224, 224]`` float32. The pipeline's
+frames take :func:`frames_to_model_input` instead: the whole frame resized to 224 x 224 on the
+pipeline's device (no crop, see docs/design.md), then the same normalisation.
 
 Everything here is pure torch (plus PIL and numpy for images), batched, and device-agnostic:
 constant tensors (window, mel matrix) are built once per device/dtype and cached.
@@ -74,6 +76,7 @@ __all__ = [
     "audio_windows",
     "clip_sample_ranges",
     "fbank",
+    "frames_to_model_input",
     "imagebind_audio",
     "imagebind_audio_batch",
     "mel_filterbank",
@@ -637,4 +640,26 @@ def preprocess_images_torch(frames: torch.Tensor, size: int = IMAGE_SIZE) -> tor
     x = x.to(torch.float32).div(255)
     mean = torch.tensor(CLIP_IMAGE_MEAN, dtype=torch.float32, device=dev)[:, None, None]
     std = torch.tensor(CLIP_IMAGE_STD, dtype=torch.float32, device=dev)[:, None, None]
+    return (x - mean) / std
+
+
+def frames_to_model_input(
+    images: Sequence[np.ndarray], size: int, device: torch.device
+) -> torch.Tensor:
+    """uint8 HWC RGB frames (any sizes) -> [B, 3, size, size] CLIP-normalised float32.
+
+    The pipeline's vision input: the whole frame (no crop) resized with torch's bicubic and
+    antialiasing on ``device``, clamped to [0, 255], ``/ 255``, CLIP mean/std.
+    """
+    batch = []
+    for i, img in enumerate(images):
+        if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+            got = f"{img.dtype} {img.shape}" if isinstance(img, np.ndarray) else type(img).__name__
+            raise ValueError(f"frame {i}: expected a uint8 [H, W, 3] RGB array, got {got}")
+        t = torch.from_numpy(np.ascontiguousarray(img)).to(device).permute(2, 0, 1)[None].float()
+        t = F.interpolate(t, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+        batch.append(t.clamp_(0.0, 255.0) / 255.0)
+    x = torch.cat(batch)
+    mean = torch.tensor(CLIP_IMAGE_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_IMAGE_STD, device=device).view(1, 3, 1, 1)
     return (x - mean) / std

@@ -10,6 +10,9 @@
 * :func:`box_proposals` decodes boxes a user supplies per frame (JSON, see
   :func:`parse_box_prompts`) with frames batched through the encoder and all boxes through the
   decoder at once.
+* :class:`SamProposals` is the pipeline's proposal source
+  (:class:`moca_rt.pipeline.ProposalSource`): grid or box proposals of a batch of frames, as
+  low-resolution logits covering each frame.
 
 Box convention of :class:`MaskProposals`: XYXY float in input pixels with *exclusive* right and
 bottom edges (pixel column i spans [i, i + 1)), so x1 - x0 is the mask's width in pixels.
@@ -808,3 +811,58 @@ def box_proposals(
     embeddings, sizes = encode_frames(model, frames, encoder_batch, resize)
     boxes = [prompts.get(i) for i in indices]
     return box_proposals_from_embeddings(model, embeddings, sizes, boxes, resolution)
+
+
+class SamProposals:
+    """:class:`~moca_rt.pipeline.ProposalSource` backed by SAM: grid proposals, or the user's boxes.
+
+    Proposals are kept as the decoder's low-resolution logits cropped to the frame
+    (about H'/4 x W'/4 of the 1024 input), which is where matching runs; the final union is
+    upsampled bilinearly to the frame like SAM's own post-processing. Frames reach the encoder
+    through :func:`encode_frames` with the PIL resize (see docs/design.md: the on-device resize
+    would change the masks).
+
+    Args:
+        sam: the SAM model (on the pipeline's device).
+        config: grid settings (points per side, quality filters, NMS).
+        encoder_batch: frames per image-encoder call.
+    """
+
+    def __init__(self, sam: Sam, config: ProposalConfig | None = None, encoder_batch: int = 4) -> None:
+        base = config or ProposalConfig()
+        self.sam = sam.eval()
+        self.config = ProposalConfig(
+            **{**base.__dict__, "resolution": "low", "keep_low_res_logits": True}
+        )
+        self.encoder_batch = encoder_batch
+
+    @torch.inference_mode()
+    def __call__(
+        self, images: Sequence[np.ndarray], boxes: Sequence[torch.Tensor | None] | None
+    ) -> list[torch.Tensor]:
+        """Per frame, [P, h, w] float32 low-resolution logits (P may be 0).
+
+        Args:
+            images: uint8 [H, W, 3] RGB frames.
+            boxes: None for grid proposals, else per frame a [K, 4] float32 XYXY tensor in
+                that frame's pixels, or None (no proposals for that frame).
+        """
+        embeddings, sizes = encode_frames(self.sam, images, self.encoder_batch)
+        s = self.sam.image_size
+        if boxes is not None:
+            found = box_proposals_from_embeddings(
+                self.sam, embeddings, sizes, boxes, resolution="low", keep_low_res_logits=True
+            )
+        else:
+            found = [
+                grid_proposals_from_embedding(self.sam, embeddings[i : i + 1], sizes[i], self.config)
+                for i in range(len(images))
+            ]
+        out = []
+        for props, size in zip(found, sizes, strict=True):
+            vh, vw = low_res_valid_size(get_preprocess_shape(size[0], size[1], s), s)
+            if props.low_res_logits is None or len(props) == 0:
+                out.append(torch.zeros(0, vh, vw, device=embeddings.device))
+            else:
+                out.append(props.low_res_logits[:, :vh, :vw].float())
+        return out

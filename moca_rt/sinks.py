@@ -13,7 +13,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +22,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from moca_rt.media import AudioChunk, MediaFrame, MediaSource
+    from moca_rt.pipeline import FrameResult
 
 
 def _check_mask(mask: np.ndarray, name: str = "mask") -> np.ndarray:
@@ -180,6 +181,32 @@ class JsonlWriter:
         record.update(extra)
         self.write(record)
         return record
+
+    def write_result(self, frame: MediaFrame, result: FrameResult | None) -> dict[str, Any]:
+        """Write the record of a source record and the pipeline's result for it; return it.
+
+        A dropped record (``result`` None) has ``dropped: true`` and null scores, clusters, mask
+        and timings. A processed one has those of :meth:`write_frame`, then ``silent``,
+        ``level_dbfs``, ``kmeans_iterations``, ``proposals``, ``proposals_kept``, ``fallback``
+        (no proposal matched: the coarse cluster mask) and ``audio_missing``.
+        """
+        if result is None:
+            return self.write_frame(frame.index, frame.pts, None, dropped=True)
+        return self.write_frame(
+            frame.index,
+            frame.pts,
+            result.mask,
+            scores=result.scores,
+            chosen=result.chosen,
+            timings=result.timings_ms,
+            silent=result.silent,
+            level_dbfs=result.level_dbfs,
+            kmeans_iterations=result.kmeans_iterations,
+            proposals=result.proposals,
+            proposals_kept=result.proposals_kept,
+            fallback=result.used_fallback,
+            audio_missing=frame.audio_missing,
+        )
 
     def close(self) -> None:
         if not self._fh.closed:
@@ -350,6 +377,14 @@ class OverlayVideoWriter:
         if frame.image is None:
             return False
         return self.write(frame.image, mask, frame.pts)
+
+    def tap_audio(self, frames: Iterable[MediaFrame]) -> Iterator[MediaFrame]:
+        """Pass source records through, writing each one's original audio (dropped records'
+        too) as it is read, before the pipeline's batching holds the frames back."""
+        for frame in frames:
+            if frame.raw_audio:
+                self.write_audio(frame.raw_audio)
+            yield frame
 
     def write_audio(self, chunks: Iterable[AudioChunk]) -> None:
         """Queue original audio (float32 [C, N] chunks keyed by pts) and encode full AAC frames.

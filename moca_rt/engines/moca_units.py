@@ -257,7 +257,8 @@ class EngineMocaModel:
 
         Raises:
             ValueError: missing folder or files (named), ambiguous precision, graph names that
-                do not match the units (or ``num_layers``).
+                do not match the units (or ``num_layers``); an InputError (a ValueError) for a
+                file onnxruntime cannot load.
             ImportError: onnxruntime is not installed (``pip install 'moca-rt[onnx]'``).
         """
         from moca_rt.engines.ort import OrtEngine

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from moca_rt.engines.base import check_feeds
+from moca_rt.errors import InputError
 
 __all__ = ["OrtEngine"]
 
@@ -38,6 +39,8 @@ class OrtEngine:
         input_names, output_names: expected names (the constants of
             :mod:`moca_rt.engines.names`); ``ValueError`` if the graph's names differ. None
             takes the graph's names.
+        A file that onnxruntime cannot load (not ONNX, corrupt, missing external data) raises
+        :class:`~moca_rt.errors.InputError` with onnxruntime's message.
         strict_provider: raise ``RuntimeError`` instead of warning when the first requested
             provider is not in use.
         intra_op_threads: onnxruntime's intra-op thread count (0 lets it choose).
@@ -76,10 +79,13 @@ class OrtEngine:
         )
         available = ort.get_available_providers()
         self.requested_providers = tuple(providers)
-        self.session = ort.InferenceSession(
-            str(path), sess_options=options, providers=[p for p in providers if p in available]
-            or ["CPUExecutionProvider"],
-        )  # fmt: skip
+        try:
+            self.session = ort.InferenceSession(
+                str(path), sess_options=options, providers=[p for p in providers if p in available]
+                or ["CPUExecutionProvider"],
+            )  # fmt: skip
+        except _onnxruntime_errors() as exc:
+            raise InputError(f"onnxruntime cannot load {path}: {exc}") from exc
         self.providers: tuple[str, ...] = tuple(self.session.get_providers())
         self.fell_back = self.requested_providers[0] not in self.providers
         if self.fell_back:
@@ -118,3 +124,11 @@ class OrtEngine:
         return {
             n: torch.from_numpy(np.asarray(o)) for n, o in zip(self.output_names, outs, strict=True)
         }
+
+
+def _onnxruntime_errors() -> tuple[type[Exception], ...]:
+    """onnxruntime's own exception classes (``Fail``, ``InvalidProtobuf``, ``NoSuchFile``, ...):
+    its native layer derives each from Exception alone, with no common base to catch."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    return tuple(v for v in vars(state).values() if isinstance(v, type) and issubclass(v, Exception))

@@ -1,0 +1,426 @@
+"""Building a ready :class:`~moca_rt.pipeline.MocaPipeline` from settings: one library call.
+
+``build_pipeline(BuildSettings(...))`` makes the MoCA trunk (torch, or the exported units on
+onnxruntime or TensorRT), SAM and its proposal source, and the pipeline around them, and says
+in notes what it had to choose (random weights, a fallback provider, ignored settings).
+``python -m moca_rt.infer``, ``benchmarks/pipeline.py`` and the batch and serving entry points
+all build through it, so they run the same thing.
+
+Weights: :func:`resolve_weights` turns the settings into the checkpoint files to load. Today
+these are the paths given; a part without one gets seeded random weights (noted). It is the one
+place where shipped weights of the tiny presets are to be found once they exist.
+
+Notes and errors name each setting by its command-line flag (``imagebind`` is
+``--imagebind``), because the CLIs print them as they are.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from moca_rt.clustering import MatchMetric
+from moca_rt.config import MOCA_PRESETS, SAM_PRESETS
+from moca_rt.errors import InputError, torch_out_of_memory
+from moca_rt.pipeline import MocaPipeline, PipelineConfig
+from moca_rt.precision import DTYPES, ONNX_PRECISIONS, Precision
+
+__all__ = [
+    "DEFAULT_PRESET",
+    "ENGINES",
+    "RANDOM_SAM_POINTS_PER_SIDE",
+    "RANDOM_SAM_PRESET",
+    "BuildSettings",
+    "BuiltPipeline",
+    "EngineName",
+    "ProposalKind",
+    "Weights",
+    "build_pipeline",
+    "resolve_weights",
+]
+
+EngineName = Literal["torch", "onnxruntime", "tensorrt"]
+ProposalKind = Literal["auto", "grid", "boxes", "none"]
+ENGINES: tuple[EngineName, ...] = ("torch", "onnxruntime", "tensorrt")
+DEFAULT_PRESET = "moca_synth"  # the MoCA preset without ImageBind weights
+RANDOM_SAM_PRESET = "sam_synth"  # the SAM built with seeded random weights
+RANDOM_SAM_POINTS_PER_SIDE = 4  # a random SAM's grid (16 with real weights)
+SAM_POINTS_PER_SIDE = 16
+_CONFIG_OVERRIDES = ("tau", "delta", "silence_dbfs", "num_clusters", "mpm_threshold", "mpm_metric")
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """What :func:`build_pipeline` builds: resolved settings, from a command line, a file or code.
+
+    Attributes:
+        preset: the MoCA size (``MOCA_PRESETS``); None: ``moca_huge`` with ImageBind weights,
+            else ``moca_synth`` (:data:`DEFAULT_PRESET`).
+        imagebind, adapter, sam: checkpoint files; None gives seeded random weights (an
+            untrained, zero-initialised adapter) until shipped weights exist.
+        sam_preset: the SAM size (``SAM_PRESETS``); None: read from the ``sam`` checkpoint, or
+            :data:`RANDOM_SAM_PRESET` for a random SAM.
+        proposals: ``"grid"`` or ``"boxes"``: SAM proposals (a seeded random SAM without ``sam``
+            weights); ``"auto"``: SAM proposals when SAM weights are given, else none;
+            ``"none"``: cluster masks only. Grid or boxes is decided per call by whether box
+            prompts come with the frames.
+        points_per_side: SAM's point grid; None: 16 with ``sam`` weights, 4 for a random SAM.
+        engine: what runs the MoCA trunk (ImageBind audio + adapted vision); SAM, k-means and
+            mask matching always run on torch.
+        engine_dir: the exported units for ``onnxruntime`` / ``tensorrt`` (they hold the
+            weights, so ``imagebind`` / ``adapter`` must be None).
+        export_dir: ``onnxruntime`` without ``engine_dir``: export the trunk that the torch
+            engine would build (same weights and seed) into this folder first (the demo does).
+        device, precision: where and in which precision the models run (with an engine, the
+            precision its units were exported in).
+        seed: the seed of random weights and of the k-means++ draws.
+        batch: frames per model call of the callers' stream (latency vs throughput).
+        tau, delta, silence_dbfs, num_clusters, mpm_threshold, mpm_metric: overrides of
+            :class:`~moca_rt.pipeline.PipelineConfig`; None keeps its default.
+    """
+
+    preset: str | None = None
+    imagebind: Path | None = None
+    adapter: Path | None = None
+    sam: Path | None = None
+    sam_preset: str | None = None
+    proposals: ProposalKind = "auto"
+    points_per_side: int | None = None
+    engine: EngineName = "torch"
+    engine_dir: Path | None = None
+    export_dir: Path | None = None
+    device: str = "cpu"
+    precision: Precision = "fp32"
+    seed: int = 0
+    batch: int = 1
+    tau: float | None = None
+    delta: float | None = None
+    silence_dbfs: float | None = None
+    num_clusters: int | None = None
+    mpm_threshold: float | None = None
+    mpm_metric: MatchMetric | None = None
+
+    def pipeline_config(self) -> PipelineConfig:
+        """The thresholds: PipelineConfig's defaults with the overrides given and ``seed``.
+
+        Raises ValueError for values out of range (the message names the field).
+        """
+        overrides: dict[str, Any] = {}
+        for name in _CONFIG_OVERRIDES:
+            value = getattr(self, name)
+            if value is not None:
+                overrides[name] = value
+        return PipelineConfig(kmeans_seed=self.seed, **overrides)
+
+    def usage_problem(self) -> str | None:
+        """What is wrong with these settings before any file is read (named by flag), or None."""
+        if self.batch < 1:
+            return f"--batch: expected >= 1, got {self.batch}"
+        if self.points_per_side is not None and self.points_per_side < 1:
+            return f"--points-per-side: expected >= 1, got {self.points_per_side}"
+        return self.engine_problem()
+
+    def engine_problem(self) -> str | None:
+        """What is wrong with the combination of engine settings, or None."""
+        if self.engine not in ENGINES:
+            return f"--engine: expected one of {list(ENGINES)}, got {self.engine!r}"
+        if self.engine == "torch":
+            if self.engine_dir is not None:
+                return "--engine-dir is for --engine onnxruntime or tensorrt, got --engine torch"
+            return None
+        if self.engine_dir is None and not (self.export_dir is not None and self.engine == "onnxruntime"):
+            how = ("python -m moca_rt.export.create_onnx --unit audio/vision" if self.engine ==
+                   "onnxruntime" else "python -m moca_rt.export.build_trt")  # fmt: skip
+            demo = " or --demo" if self.engine == "onnxruntime" else ""
+            return (f"--engine {self.engine}: expected --engine-dir DIR with the audio and vision "
+                    f"units ({how}){demo}, got no --engine-dir")  # fmt: skip
+        return None
+
+
+@dataclass(frozen=True)
+class Weights:
+    """The checkpoint files to load; None: seeded random weights (an untrained adapter)."""
+
+    imagebind: Path | None
+    adapter: Path | None
+    sam: Path | None
+
+
+def resolve_weights(settings: BuildSettings) -> Weights:
+    """The checkpoints that ``settings`` ask for: today the paths they give.
+
+    This is where a preset given without paths is to find its shipped weights (the tiny
+    ``moca_synth`` / ``sam_synth`` models once they are trained and packaged).
+    """
+    return Weights(imagebind=settings.imagebind, adapter=settings.adapter, sam=settings.sam)
+
+
+@dataclass
+class BuiltPipeline:
+    """A ready pipeline and what building it chose.
+
+    ``notes``: one line each (random weights, the provider an engine really got, settings that
+    were ignored); ``points_per_side``: SAM's grid, 0 without SAM proposals.
+    """
+
+    pipeline: MocaPipeline
+    notes: list[str] = field(default_factory=list)
+    points_per_side: int = 0
+
+
+def build_pipeline(settings: BuildSettings) -> BuiltPipeline:
+    """Build the models, engines, SAM and the :class:`~moca_rt.pipeline.MocaPipeline` of ``settings``.
+
+    Raises:
+        InputError: settings that do not go together, engine files or libraries that cannot be
+            used, a SAM checkpoint of no known size.
+        CheckpointError: a checkpoint that does not fit its model (the keys are named).
+        FileNotFoundError: a checkpoint path that does not exist.
+        OutOfMemoryError: the models do not fit on the device.
+        ValueError: thresholds out of range (:meth:`BuildSettings.pipeline_config`).
+    """
+    problem = settings.engine_problem()
+    if problem is not None:
+        raise InputError(problem)
+    config = settings.pipeline_config()
+    weights = resolve_weights(settings)
+    notes: list[str] = []
+    dtype = DTYPES[settings.precision]
+    with torch_out_of_memory():
+        if settings.engine == "torch":
+            model: Any = _torch_trunk(settings, weights, torch.device(settings.device), notes)
+            if dtype != torch.float32:
+                model = model.to(dtype)
+        else:
+            torch.manual_seed(settings.seed)  # a random SAM is seeded here as on the torch path
+            model = _engine_trunk(settings, weights, notes)
+        sam = _sam_model(settings, weights, notes)
+        if sam is not None and dtype != torch.float32:
+            sam = sam.to(dtype)
+        proposals, points = _proposal_source(settings, weights, sam, notes)
+        pipeline = MocaPipeline(model, proposals, config, device=settings.device, dtype=dtype)
+    return BuiltPipeline(pipeline, notes, points)
+
+
+def _torch_trunk(settings: BuildSettings, weights: Weights, device: torch.device, notes: list[str]) -> Any:
+    """The torch MocaModel, built from ``settings.seed`` (random parts) and the weights."""
+    from moca_rt.modeling.moca import MocaModel
+
+    preset = settings.preset or ("moca_huge" if weights.imagebind else DEFAULT_PRESET)
+    torch.manual_seed(settings.seed)
+    if weights.imagebind is None:
+        notes.append(
+            f"no --imagebind checkpoint: ImageBind ({preset}) has seeded random weights "
+            "(no trained tiny weights ship yet), so masks are not meaningful"
+        )
+    model = MocaModel.from_config(
+        MOCA_PRESETS[preset], device=device, imagebind_weights=weights.imagebind,
+        adapter_weights=weights.adapter,
+    )  # fmt: skip
+    if weights.adapter is None:
+        notes.append("no --adapter: AdaAV is untrained (zero-initialised), i.e. plain ImageBind")
+    return model
+
+
+def _engine_trunk(settings: BuildSettings, weights: Weights, notes: list[str]) -> Any:
+    """The MoCA trunk on onnxruntime or TensorRT (:class:`EngineMocaModel`).
+
+    Checks that the engine files' input dtype is the precision's dtype, exports the trunk to
+    ``export_dir`` for onnxruntime without ``engine_dir``, and notes which provider really runs
+    it.
+    """
+    if settings.engine_dir is not None and (weights.imagebind is not None or weights.adapter is not None):
+        raise InputError(
+            "--imagebind / --adapter: the engine files in --engine-dir already hold the weights; "
+            "expected them at export time (python -m moca_rt.export.create_onnx --imagebind ... "
+            "--adapter ...), got them at run time"
+        )
+    if settings.engine_dir is not None and settings.preset is not None:
+        notes.append(f"--preset {settings.preset} ignored: the engine files fix the model size")
+    if settings.engine == "onnxruntime":
+        model = _onnxruntime_trunk(settings, weights, notes)
+    else:
+        model = _tensorrt_trunk(settings, notes)
+    if model.clips is not None and model.clips > 1:
+        notes.append(
+            f"--engine-dir: the audio unit takes {model.clips} clips per window; the pipeline "
+            f"computes one and repeats it (same result, {model.clips}x the audio work): export "
+            "with python -m moca_rt.export.create_onnx --audio-clips 1 to avoid that"
+        )
+    want = DTYPES[settings.precision]
+    if model.input_dtype is not None and model.input_dtype != want:
+        raise InputError(
+            f"--precision {settings.precision}: expected engine inputs in {want}, got "
+            f"{model.input_dtype} in {settings.engine_dir} (use the matching --precision or "
+            "export/build the units in this one)"
+        )
+    return model
+
+
+def _onnxruntime_trunk(settings: BuildSettings, weights: Weights, notes: list[str]) -> Any:
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise InputError(
+            f"--engine onnxruntime needs onnxruntime ({e}): pip install 'moca-rt[onnx]' "
+            "(onnxruntime-gpu for the CUDA provider)"
+        ) from e
+    from moca_rt.engines.moca_units import EngineMocaModel, find_onnx_units
+
+    device = torch.device(settings.device)
+    if settings.engine_dir is not None:
+        folder = Path(settings.engine_dir)
+    else:
+        folder = _export_trunk(settings, weights, notes)
+    precision = settings.precision
+    try:
+        both = precision in ONNX_PRECISIONS and all(
+            (folder / f"{u}_{precision}.onnx").is_file() for u in ("audio", "vision")
+        )
+        _, _, found = find_onnx_units(folder, precision if both else None)
+    except ValueError as e:
+        raise InputError(f"--engine-dir {folder}: {e}") from e
+    if found != precision:
+        raise InputError(
+            f"--precision {precision}: expected audio_{precision}.onnx and "
+            f"vision_{precision}.onnx in {folder}, got the {found} pair (use --precision "
+            f"{found}, or export with python -m moca_rt.export.create_onnx --precision "
+            f"{precision}; ONNX units come in {sorted(ONNX_PRECISIONS)})"
+        )
+    providers = ["CPUExecutionProvider"]
+    if device.type == "cuda":
+        providers.insert(0, "CUDAExecutionProvider")
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always", RuntimeWarning)  # the fallback is reported as a note
+        try:
+            model = EngineMocaModel.from_onnx(folder, providers, precision=found, device=device)
+        except ValueError as e:  # InputError too: a file onnxruntime cannot load
+            raise InputError(f"--engine-dir {folder}: {e}") from e
+    engine = model.audio_engine
+    got = list(getattr(engine, "providers", ()))
+    notes.append(
+        f"--engine onnxruntime: the MoCA trunk ({folder}, {found}) runs on {got[0] if got else '?'} "
+        f"(providers {got}); SAM proposals, k-means and mask matching stay on torch ({device})"
+    )
+    if getattr(engine, "fell_back", False):
+        notes.append(
+            f"onnxruntime fell back: requested {providers[0]}, got {got} (available here: "
+            f"{onnxruntime.get_available_providers()}; onnxruntime-gpu gives "
+            f"CUDAExecutionProvider), so the trunk runs on the CPU and its outputs are copied to "
+            f"{device}"
+        )
+    return model
+
+
+def _tensorrt_trunk(settings: BuildSettings, notes: list[str]) -> Any:
+    from moca_rt.engines.moca_units import EngineMocaModel
+    from moca_rt.engines.trt import TENSORRT_MISSING, trt_available
+
+    if not trt_available():
+        raise InputError(f"--engine tensorrt: {TENSORRT_MISSING}")
+    device = torch.device(settings.device)
+    if device.type != "cuda":
+        raise InputError(f"--engine tensorrt: expected a CUDA --device, got {settings.device}")
+    try:
+        model = EngineMocaModel.from_tensorrt(settings.engine_dir, device=device)
+    except (ValueError, RuntimeError) as e:
+        raise InputError(f"--engine-dir {settings.engine_dir}: {e}") from e
+    notes.append(
+        f"--engine tensorrt: the MoCA trunk ({settings.engine_dir}) runs on TensorRT on "
+        f"{model.device}; SAM proposals, k-means and mask matching stay on torch"
+    )
+    return model
+
+
+def _export_trunk(settings: BuildSettings, weights: Weights, notes: list[str]) -> Path:
+    """Export the torch trunk of ``settings`` (same seed and weights) to ``export_dir``."""
+    from moca_rt.export.create_onnx import export_unit
+
+    precision = settings.precision
+    if precision not in ONNX_PRECISIONS:
+        raise InputError(
+            f"--precision {precision}: expected one of {list(ONNX_PRECISIONS)} for an ONNX "
+            f"export, got {precision}"
+        )
+    if settings.export_dir is None:
+        raise InputError("--engine onnxruntime: expected --engine-dir or an export folder, got neither")
+    started = time.perf_counter()
+    model = _torch_trunk(settings, weights, torch.device("cpu"), notes)
+    model = model.to(DTYPES[precision]).eval()
+    folder = Path(settings.export_dir)
+    for unit in ("audio", "vision"):
+        # One clip per window: what the pipeline computes (the 3 official clips of a 2 s window
+        # are the same samples), so the engine does not repeat it.
+        export_unit(unit, model, folder / f"{unit}_{precision}.onnx", precision, audio_clips=1)
+    notes.append(
+        f"demo: exported the MoCA trunk (audio + vision units, {precision}) to {folder} in "
+        f"{time.perf_counter() - started:.1f} s"
+    )
+    return folder
+
+
+def _sam_preset_for(state: dict[str, torch.Tensor]) -> str:
+    """The SAM preset whose encoder width the checkpoint has (the official sizes only)."""
+    from moca_rt.checkpoints import CheckpointMismatchError
+
+    key = "image_encoder.patch_embed.proj.weight"
+    if key not in state:
+        found = sorted(state)
+        shown = ", ".join(found[:8]) + (f", ... ({len(found) - 8} more)" if len(found) > 8 else "")
+        raise CheckpointMismatchError(
+            f"--sam: checkpoint does not fit SAM: missing key [{key}]; its keys are [{shown}]"
+        )
+    width = int(state[key].shape[0])
+    for name, cfg in SAM_PRESETS.items():
+        if cfg.encoder_embed_dim == width and name not in ("sam_test", "sam_synth"):
+            return name
+    raise InputError(f"--sam: no SAM preset has encoder width {width}")
+
+
+def _sam_model(settings: BuildSettings, weights: Weights, notes: list[str]) -> Any:
+    """The SAM the settings ask for (on the device, always torch), or None."""
+    from moca_rt.checkpoints import read_state_dict
+    from moca_rt.modeling.sam import build_sam, load_sam
+
+    device = torch.device(settings.device)
+    if settings.proposals == "none":
+        return None
+    if weights.sam is not None:
+        state = read_state_dict(weights.sam)
+        preset = settings.sam_preset or _sam_preset_for(state)
+        return load_sam(state, SAM_PRESETS[preset], device=device)
+    if settings.proposals in ("grid", "boxes"):
+        name = settings.sam_preset or RANDOM_SAM_PRESET
+        notes.append(f"no --sam checkpoint: SAM ({name}) has seeded random weights")
+        return build_sam(SAM_PRESETS[name], device=device).eval()
+    return None
+
+
+def _proposal_source(
+    settings: BuildSettings, weights: Weights, sam: Any, notes: list[str]
+) -> tuple[Any, int]:
+    """SAM's proposal source and its points per side, or (None, 0) without SAM."""
+    from moca_rt.proposals import ProposalConfig, SamProposals
+
+    if sam is None:
+        if settings.proposals != "none":
+            notes.append(f"--proposals {settings.proposals}: no SAM (give --sam, or --proposals grid "
+                         "for a random one), so the masks are the cluster masks without proposal "
+                         "matching")  # fmt: skip
+        return None, 0
+    random_sam = weights.sam is None
+    points = settings.points_per_side or (RANDOM_SAM_POINTS_PER_SIDE if random_sam else SAM_POINTS_PER_SIDE)
+    if random_sam:
+        # A random SAM (no trained tiny SAM ships yet, DESIGN 6) never passes the quality
+        # filters (predicted IoU 0.88, stability 0.95), so MPM would never run; with them off
+        # the demo exercises every stage. Once trained tiny weights ship, keep the filters.
+        config = ProposalConfig(points_per_side=points, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+        notes.append("random SAM: proposal quality filters are off (no trained SAM to filter)")
+    else:
+        config = ProposalConfig(points_per_side=points)
+    return SamProposals(sam, config), points
