@@ -23,11 +23,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from moca_rt.config import MOCA_PRESETS, SAM_PRESETS
 from moca_rt.engines import names
 from moca_rt.engines.base import TorchEngine
 from moca_rt.engines.ort import OrtEngine
 from moca_rt.export.create_onnx import (
+    add_model_arguments,
     build_model,
     example_inputs,
     num_layers_of,
@@ -35,7 +35,7 @@ from moca_rt.export.create_onnx import (
 from moca_rt.export.wrappers import build_wrapper
 from moca_rt.modeling.moca import MocaModel
 from moca_rt.modeling.sam import Sam
-from moca_rt.precision import ONNX_PRECISIONS, OnnxPrecision
+from moca_rt.precision import OnnxPrecision
 
 __all__ = [
     "COMPARE_BATCH",
@@ -217,21 +217,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ``--strict-provider`` is given and onnxruntime did not get the first requested provider."""
     parser = argparse.ArgumentParser(
         prog="python -m moca_rt.export.compare",
-        description="Compare an exported ONNX unit run by onnxruntime with the torch model.",
+        description="Compare an exported ONNX unit run by onnxruntime with the torch model "
+        "rebuilt from the values it was exported with (preset, precision, weights, seed).",
     )
     parser.add_argument("--unit", choices=names.UNITS, required=True, help="The exported unit.")
     parser.add_argument("--onnx", required=True, help="The ONNX file written by create_onnx.")
-    parser.add_argument("--preset", choices=sorted(MOCA_PRESETS), default="moca_huge",
-                        help="MoCA preset the file was exported with.")  # fmt: skip
-    parser.add_argument("--sam-preset", choices=sorted(SAM_PRESETS), default="sam_vit_h",
-                        help="SAM preset the file was exported with.")  # fmt: skip
-    parser.add_argument("--precision", choices=ONNX_PRECISIONS, default="fp32",
-                        help="Precision the file was exported in; picks the tolerance.")  # fmt: skip
-    parser.add_argument("--imagebind", default=None, help="Same ImageBind weights as the export.")
-    parser.add_argument("--adapter", default=None, help="Same adapter weights as the export.")
-    parser.add_argument("--sam", default=None, help="Same SAM weights as the export.")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="Seed of the random weights used at export time.")  # fmt: skip
+    add_model_arguments(parser)  # as exported; --precision also picks the tolerance
     parser.add_argument("--batch", type=int, default=COMPARE_BATCH,
                         help="Batch (decoder: number of prompts) to compare at.")  # fmt: skip
     parser.add_argument("--provider", action="append", default=None,

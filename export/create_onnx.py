@@ -49,6 +49,7 @@ __all__ = [
     "OPSET",
     "PROFILE",
     "ExportResult",
+    "add_model_arguments",
     "build_model",
     "example_inputs",
     "export_unit",
@@ -354,6 +355,24 @@ def run_create_onnx(
     return results
 
 
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that name the model of the units: ``create_onnx`` exports it, ``compare``
+    rebuilds it from the same values to check a file against it."""
+    parser.add_argument("--preset", choices=sorted(MOCA_PRESETS), default="moca_huge",
+                        help="MoCA preset (sizes of ImageBind and the adapters).")  # fmt: skip
+    parser.add_argument("--sam-preset", choices=sorted(SAM_PRESETS), default="sam_vit_h",
+                        help="SAM preset for the sam_encoder and sam_decoder units.")  # fmt: skip
+    parser.add_argument("--precision", choices=ONNX_PRECISIONS, default="fp32",
+                        help="Weights and float inputs in fp32 or fp16.")  # fmt: skip
+    parser.add_argument("--imagebind", default=None,
+                        help="Official ImageBind checkpoint (random weights when omitted).")  # fmt: skip
+    parser.add_argument("--adapter", default=None,
+                        help="Trained AdaAV weights (seeded random adapters when omitted).")  # fmt: skip
+    parser.add_argument("--sam", default=None,
+                        help="Official SAM checkpoint (random weights when omitted).")  # fmt: skip
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the random weights.")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns 0 when every unit exported, 1 on an export error."""
     parser = argparse.ArgumentParser(
@@ -362,20 +381,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--unit", choices=[*names.UNITS, "all"], default="all",
                         help="Which unit to export; 'all' exports the four units.")  # fmt: skip
-    parser.add_argument("--preset", choices=sorted(MOCA_PRESETS), default="moca_huge",
-                        help="MoCA preset (sizes of ImageBind and the adapters).")  # fmt: skip
-    parser.add_argument("--sam-preset", choices=sorted(SAM_PRESETS), default="sam_vit_h",
-                        help="SAM preset for the sam_encoder and sam_decoder units.")  # fmt: skip
-    parser.add_argument("--precision", choices=ONNX_PRECISIONS, default="fp32",
-                        help="Weights and float inputs in fp32 or fp16.")  # fmt: skip
     parser.add_argument("--out", required=True, help="Folder that receives the ONNX files.")
-    parser.add_argument("--imagebind", default=None,
-                        help="Official ImageBind checkpoint (random weights when omitted).")  # fmt: skip
-    parser.add_argument("--adapter", default=None,
-                        help="Trained AdaAV weights (seeded random adapters when omitted).")  # fmt: skip
-    parser.add_argument("--sam", default=None,
-                        help="Official SAM checkpoint (random weights when omitted).")  # fmt: skip
-    parser.add_argument("--seed", type=int, default=0, help="Seed of the random weights.")
+    add_model_arguments(parser)
     parser.add_argument("--audio-clips", type=int, default=AUDIO_CLIPS,
                         help="Clips per 2 s audio window fixed in the audio and vision units: 3 "
                              "(official preprocessing) or 1 (what python -m moca_rt.infer "

@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from moca_rt.media import AudioChunk, MediaFrame, MediaSource
     from moca_rt.pipeline import FrameResult
 
+# FrameResult fields a JSONL record carries under their own names, in record order.
+RESULT_FIELDS = ("silent", "level_dbfs", "kmeans_iterations", "proposals", "proposals_kept")
+
 
 def _check_mask(mask: np.ndarray, name: str = "mask") -> np.ndarray:
     mask = np.asarray(mask)
@@ -186,27 +189,16 @@ class JsonlWriter:
         """Write the record of a source record and the pipeline's result for it; return it.
 
         A dropped record (``result`` None) has ``dropped: true`` and null scores, clusters, mask
-        and timings. A processed one has those of :meth:`write_frame`, then ``silent``,
-        ``level_dbfs``, ``kmeans_iterations``, ``proposals``, ``proposals_kept``, ``fallback``
-        (no proposal matched: the coarse cluster mask) and ``audio_missing``.
+        and timings. A processed one has those of :meth:`write_frame`, then the result's
+        :data:`RESULT_FIELDS`, ``fallback`` (no proposal matched: the coarse cluster mask) and
+        ``audio_missing``.
         """
         if result is None:
             return self.write_frame(frame.index, frame.pts, None, dropped=True)
-        return self.write_frame(
-            frame.index,
-            frame.pts,
-            result.mask,
-            scores=result.scores,
-            chosen=result.chosen,
-            timings=result.timings_ms,
-            silent=result.silent,
-            level_dbfs=result.level_dbfs,
-            kmeans_iterations=result.kmeans_iterations,
-            proposals=result.proposals,
-            proposals_kept=result.proposals_kept,
-            fallback=result.used_fallback,
-            audio_missing=frame.audio_missing,
-        )
+        extra = {name: getattr(result, name) for name in RESULT_FIELDS}
+        return self.write_frame(frame.index, frame.pts, result.mask, scores=result.scores,
+                                chosen=result.chosen, timings=result.timings_ms, **extra,
+                                fallback=result.used_fallback, audio_missing=frame.audio_missing)
 
     def close(self) -> None:
         if not self._fh.closed:

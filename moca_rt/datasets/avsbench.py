@@ -62,11 +62,11 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, overload
+from typing import Literal
 
 import numpy as np
 
-from moca_rt.datasets.io import read_rgb, read_wav, write_png, write_wav
+from moca_rt.datasets.io import LazySequence, read_rgb, read_wav, write_png, write_wav
 from moca_rt.frame_files import (
     AVSS_NUM_CLASSES,
     avss_palette,
@@ -301,7 +301,7 @@ class _Row:
     category: str
 
 
-class AvsbenchDataset(Sequence[AvsClip]):
+class AvsbenchDataset(LazySequence[AvsClip]):
     """Reads an AVSBench-format folder (real or written by :class:`AvsbenchWriter`).
 
     Args:
@@ -363,17 +363,7 @@ class AvsbenchDataset(Sequence[AvsClip]):
     def __len__(self) -> int:
         return len(self.rows)
 
-    @overload
-    def __getitem__(self, index: int) -> AvsClip: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[AvsClip]: ...
-
-    def __getitem__(self, index: int | slice) -> AvsClip | list[AvsClip]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"expected an index in [-{len(self)}, {len(self)}), got {index}")
+    def _item(self, index: int) -> AvsClip:
         return self._load(self.rows[index])
 
     def __iter__(self) -> Iterator[AvsClip]:

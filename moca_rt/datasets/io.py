@@ -10,12 +10,41 @@ code, so a write/read round trip changes a sample by at most 0.5/32768.
 from __future__ import annotations
 
 import wave
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeVar, overload
 
 import numpy as np
 from PIL import Image
 
 from moca_rt.av_audio import audio_frame_to_float
+
+T = TypeVar("T")
+
+
+class LazySequence(Sequence[T]):
+    """A Sequence whose items are read from disk on access (the dataset readers).
+
+    Subclasses give ``__len__`` and ``_item(index)``; indexing checks the range (negative
+    indices count from the end) and a slice gives a list.
+    """
+
+    @overload
+    def __getitem__(self, index: int) -> T: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[T]: ...
+
+    def __getitem__(self, index: int | slice) -> T | list[T]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"expected an index in [-{len(self)}, {len(self)}), got {index}")
+        return self._item(index)
+
+    def _item(self, index: int) -> T:
+        """Item ``index`` (in range, possibly negative)."""
+        raise NotImplementedError
 
 
 def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> None:

@@ -15,14 +15,13 @@ audio window around a frame are the preprocessing's job.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import overload
 
 import numpy as np
 
-from moca_rt.datasets.io import read_rgb, read_wav
+from moca_rt.datasets.io import LazySequence, read_rgb, read_wav
 from moca_rt.frame_files import natural_key
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov")
@@ -45,7 +44,7 @@ class VggItem:
         return iter((self.frames, self.audio, self.sample_rate))
 
 
-class VggsoundFolder(Sequence[VggItem]):
+class VggsoundFolder(LazySequence[VggItem]):
     """Indexes a VGGSound-style folder (see the module docstring).
 
     Args:
@@ -84,17 +83,7 @@ class VggsoundFolder(Sequence[VggItem]):
     def __len__(self) -> int:
         return len(self.items)
 
-    @overload
-    def __getitem__(self, index: int) -> VggItem: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[VggItem]: ...
-
-    def __getitem__(self, index: int | slice) -> VggItem | list[VggItem]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"expected an index in [-{len(self)}, {len(self)}), got {index}")
+    def _item(self, index: int) -> VggItem:
         kind, media, wav = self.items[index]
         if kind == "video":
             return self._load_video(media)

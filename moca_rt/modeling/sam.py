@@ -67,16 +67,18 @@ class PatchEmbed(nn.Module):
         return self.proj(x).permute(0, 2, 3, 1)
 
 
-class EncoderMLP(nn.Module):
-    """Linear, exact GELU, Linear (keys ``lin1``/``lin2``)."""
+class MLPBlock(nn.Module):
+    """Linear, activation, Linear (keys ``lin1``/``lin2``): exact GELU in the image encoder's
+    blocks, ReLU in the two-way transformer's (the official ``MLPBlock`` and its ``act``)."""
 
-    def __init__(self, dim: int, hidden: int) -> None:
+    def __init__(self, dim: int, hidden: int, act: type[nn.Module]) -> None:
         super().__init__()
         self.lin1 = nn.Linear(dim, hidden)
         self.lin2 = nn.Linear(hidden, dim)
+        self.act = act()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lin2(F.gelu(self.lin1(x)))
+        return self.lin2(self.act(self.lin1(x)))
 
 
 def _rel_pos_table(rel_pos: torch.Tensor, q_size: int, k_size: int) -> torch.Tensor:
@@ -147,7 +149,7 @@ class EncoderBlock(nn.Module):
         self.norm1 = nn.LayerNorm(dim, eps=ENCODER_LN_EPS)
         self.attn = EncoderAttention(dim, num_heads, window_size if window_size > 0 else grid_size)
         self.norm2 = nn.LayerNorm(dim, eps=ENCODER_LN_EPS)
-        self.mlp = EncoderMLP(dim, int(dim * mlp_ratio))
+        self.mlp = MLPBlock(dim, int(dim * mlp_ratio), nn.GELU)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, H, W, C) -> (B, H, W, C)."""
@@ -402,18 +404,6 @@ class DecoderAttention(nn.Module):
         return self.out_proj(out.transpose(1, 2).reshape(b, n, -1))
 
 
-class DecoderMLPBlock(nn.Module):
-    """Linear, ReLU, Linear (keys ``lin1``/``lin2``)."""
-
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.lin1 = nn.Linear(dim, hidden)
-        self.lin2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lin2(F.relu(self.lin1(x)))
-
-
 class TwoWayAttentionBlock(nn.Module):
     """Self-attn on tokens, token->image, MLP, image->token; LayerNorm eps 1e-5 after each."""
 
@@ -423,7 +413,7 @@ class TwoWayAttentionBlock(nn.Module):
         self.norm1 = nn.LayerNorm(dim, eps=TRANSFORMER_LN_EPS)
         self.cross_attn_token_to_image = DecoderAttention(dim, num_heads, downsample_rate=2)
         self.norm2 = nn.LayerNorm(dim, eps=TRANSFORMER_LN_EPS)
-        self.mlp = DecoderMLPBlock(dim, mlp_dim)
+        self.mlp = MLPBlock(dim, mlp_dim, nn.ReLU)
         self.norm3 = nn.LayerNorm(dim, eps=TRANSFORMER_LN_EPS)
         self.norm4 = nn.LayerNorm(dim, eps=TRANSFORMER_LN_EPS)
         self.cross_attn_image_to_token = DecoderAttention(dim, num_heads, downsample_rate=2)
