@@ -177,14 +177,15 @@ def build_pipeline(settings: BuildSettings) -> BuiltPipeline:
     """Build the models, engines, SAM and the :class:`~moca_rt.pipeline.MocaPipeline` of ``settings``.
 
     Raises:
-        InputError: settings that do not go together, engine files or libraries that cannot be
+        InputError: settings out of range or that do not go together
+            (:meth:`BuildSettings.usage_problem`), engine files or libraries that cannot be
             used, a SAM checkpoint of no known size.
         CheckpointError: a checkpoint that does not fit its model (the keys are named).
         FileNotFoundError: a checkpoint path that does not exist.
         OutOfMemoryError: the models do not fit on the device.
         ValueError: thresholds out of range (:meth:`BuildSettings.pipeline_config`).
     """
-    problem = settings.engine_problem()
+    problem = settings.usage_problem()
     if problem is not None:
         raise InputError(problem)
     config = settings.pipeline_config()
