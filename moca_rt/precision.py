@@ -11,7 +11,7 @@ from typing import Literal
 
 import torch
 
-__all__ = ["DTYPES", "ONNX_PRECISIONS", "PRECISIONS", "OnnxPrecision", "Precision", "dtype_of"]
+__all__ = ["DTYPES", "ONNX_PRECISIONS", "PRECISIONS", "OnnxPrecision", "Precision"]
 
 Precision = Literal["fp32", "fp16", "bf16"]
 OnnxPrecision = Literal["fp32", "fp16"]
@@ -23,9 +23,3 @@ DTYPES: dict[str, torch.dtype] = {
     "bf16": torch.bfloat16,
 }
 
-
-def dtype_of(precision: str) -> torch.dtype:
-    """The torch dtype of ``precision`` ("fp32", "fp16" or "bf16"); ValueError otherwise."""
-    if precision not in DTYPES:
-        raise ValueError(f"expected a precision in {list(PRECISIONS)}, got {precision!r}")
-    return DTYPES[precision]

@@ -31,7 +31,6 @@ from moca_rt.modeling.moca import AudioFeatures, VisionFeatures
 from moca_rt.precision import ONNX_PRECISIONS
 
 __all__ = [
-    "ONNX_PRECISIONS",
     "EngineMocaModel",
     "MocaTrunk",
     "count_adapted_layers",
