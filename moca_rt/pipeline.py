@@ -48,7 +48,9 @@ __all__ = [
     "MocaPipeline",
     "PipelineConfig",
     "ProposalSource",
-    "SamProposals",  # lives in moca_rt.proposals; named here for the pipeline's users
+    # Defined in moca_rt.proposals and moca_rt.preprocess; named here for the pipeline's users.
+    "SamProposals",
+    "frames_to_model_input",
 ]
 
 WINDOW_SAMPLES = round(WINDOW_SECONDS * SAMPLE_RATE)
