@@ -132,6 +132,7 @@ class SamTrainConfig:
     grad_clip: float = 1.0
     beta2: float = 0.999
     init_std: float = 0.0
+    tied_qk_init: bool = False
     point_prob: float = 0.5
     box_noise: float = 0.1
     box_noise_max: float = 5.0
@@ -412,6 +413,23 @@ def init_weights(model: Sam, std: float) -> None:
     torch.nn.init.trunc_normal_(pos, std=std, a=-2 * std, b=2 * std)
 
 
+def tie_query_key_init(model: Sam) -> None:
+    """Start every decoder attention with its key projection equal to its query projection.
+
+    Queries and keys both carry the prompt encoder's random Fourier positional encoding, whose
+    dot product is a kernel peaked at equal positions; with W_k = W_q the initial attention keeps
+    (a multiple of) that kernel, so a prompt token attends near its point from the first step
+    instead of the decoder having to discover the alignment.
+    """
+    from moca_rt.modeling.sam import DecoderAttention
+
+    with torch.no_grad():
+        for module in model.mask_decoder.modules():
+            if isinstance(module, DecoderAttention):
+                module.k_proj.weight.copy_(module.q_proj.weight)
+                module.k_proj.bias.copy_(module.q_proj.bias)
+
+
 _NO_DECAY = (
     "pos_embed",
     "rel_pos_h",
@@ -534,7 +552,7 @@ class SamStage:
     """:class:`~moca_rt.train.core.TrainingStage` of the tiny-SAM promptable training."""
 
     name = "sam"
-    selection = "proposal_recall"
+    selection = "proposal_recall_nofilter"
 
     def __init__(self, config: SamTrainConfig, iters: int | None = None) -> None:
         """``iters``: the schedule length when ``config.iters`` is None."""
@@ -548,6 +566,8 @@ class SamStage:
         self.model = build_sam(sam_config)
         if config.init_std > 0:
             init_weights(self.model, config.init_std)
+        if config.tied_qk_init:
+            tie_query_key_init(self.model)
         began = time.perf_counter()
         s = sam_config.image_size
         self.train_data = SceneCache(
