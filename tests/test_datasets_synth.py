@@ -211,3 +211,26 @@ def test_resound_keeps_the_picture_and_changes_the_sound() -> None:
     assert not quiet.masks.any() and _dbfs(quiet.audio) < -60.0
     with pytest.raises(ValueError, match="expected sounding of shape"):
         world.resound(scene, [True])
+
+
+def test_offscreen_and_noise_clips_are_empty_but_loud() -> None:
+    world = _world(2)
+    for i in range(6):
+        off = world.sample("offscreen", i)
+        assert not off.masks.any() and not off.sounding.any() and off.instance_masks.any()
+        assert -23.0 < _dbfs(off.audio) < -17.0  # a class sound at -20 dBFS plus noise
+        noise = world.sample("noise", i)
+        assert not noise.masks.any() and len(noise.objects) >= 1
+        assert -31.0 < _dbfs(noise.audio) < -19.0
+    # The off-screen sound is a class that is not in the picture: its pitch peak differs from
+    # every visible class's, and a scene with its class visible would sound like it.
+    off = world.sample("offscreen", 0)
+    visible = set(off.class_ids.tolist())
+    assert len(visible) <= world.config.num_classes - 1
+
+
+def test_new_splits_leave_the_old_ones_byte_identical() -> None:
+    # The split codes of the five original splits did not move, so their scenes are unchanged.
+    from moca_rt.datasets.synth import _SPLIT_CODE
+
+    assert [_SPLIT_CODE[s] for s in ("s4", "ms3", "avss", "silent", "video")] == [1, 2, 3, 4, 5]

@@ -262,3 +262,28 @@ def test_knn_table_on_cuda_matches_cpu() -> None:
     signs = torch.where(torch.rand(90, 8, generator=gen) < 0.5, -0.5, 0.5)
     ties = signs * (torch.rand(90, 8, generator=gen).argsort(1) < 4)
     assert torch.equal(knn_table(ties, 12, 13, "cuda")[0], knn_table(ties, 12, 13)[0])
+
+
+def test_negatives_are_redrawn_from_all_items_when_the_batch_has_no_shuffle() -> None:
+    from moca_rt.train.pairing import sample_negatives_or_redraw
+
+    # Class pairing with one class filling 6 of a batch of 8: no valid shuffle exists (the
+    # crash of `adaav --pairing class` at batch 8); negatives come from the whole set instead.
+    classes = torch.tensor([0] * 6 + [1] * 2 + [2] * 8 + [3] * 8)
+    rows = []
+    for i in range(len(classes)):
+        mates = torch.nonzero(classes == classes[i]).squeeze(1)
+        mates = mates[mates != i]
+        rows.append(mates[torch.arange(7) % mates.numel()])
+    table = torch.stack(rows)
+    batch = torch.arange(8)
+    with pytest.raises(ValueError, match="cannot draw negatives"):
+        sample_negatives(batch, table, torch.Generator().manual_seed(0))
+    for s in range(20):
+        neg = sample_negatives_or_redraw(batch, table, torch.Generator().manual_seed(s), len(classes))
+        assert (classes[neg] != classes[batch]).all()
+        assert torch.equal(neg, sample_negatives_or_redraw(batch, table, torch.Generator().manual_seed(s), len(classes)))
+    # A batch that has a valid shuffle keeps the paper's rule (a permutation of the batch).
+    ok = torch.tensor([0, 6, 8, 16])
+    neg = sample_negatives_or_redraw(ok, table, torch.Generator().manual_seed(1), len(classes))
+    assert sorted(neg.tolist()) == sorted(ok.tolist())

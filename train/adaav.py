@@ -57,7 +57,7 @@ from moca_rt.train.data import TrainingSet, add_data_arguments, open_training_se
 from moca_rt.train.pairing import (
     PairingTable,
     load_table,
-    sample_negatives,
+    sample_negatives_or_redraw,
     sample_positive,
     save_table,
 )
@@ -195,8 +195,9 @@ class KnnPairing:
         return pos
 
     def negatives(self, anchors: Tensor, generator: torch.Generator) -> Tensor:
-        """int64 [B]: a shuffle of the batch avoiding each anchor and its top-K."""
-        return sample_negatives(anchors, self.table, generator)
+        """int64 [B]: a shuffle of the batch avoiding each anchor and its top-K (redrawn from
+        all items when the batch has none)."""
+        return sample_negatives_or_redraw(anchors, self.table, generator, self.table.n)
 
 
 class ClassPairing:
@@ -233,7 +234,9 @@ class ClassPairing:
         return torch.stack(out)
 
     def negatives(self, anchors: Tensor, generator: torch.Generator) -> Tensor:
-        return sample_negatives(anchors, self.table, generator)
+        """A shuffle of the batch avoiding the anchors' classes; when one class fills more than
+        half the batch no such shuffle exists, and negatives are redrawn from all items."""
+        return sample_negatives_or_redraw(anchors, self.table, generator, len(self.members))
 
 
 Pairing = KnnPairing | ClassPairing

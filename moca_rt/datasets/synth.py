@@ -14,6 +14,11 @@ Splits (``SPLITS``):
   sounding objects and 0 elsewhere.
 * ``silent``: 1-3 visible objects, none sounding: empty masks and near-silent audio (white noise
   at ``silent_dbfs``, -80 dBFS RMS by default).
+* ``offscreen``: 1-3 visible objects, none sounding, and the sound of a class that is NOT in
+  the picture at a normal level (RMS -20 dBFS) plus background noise at the usual SNR: empty
+  masks, although the audio is loud (the silence gate cannot help; only the cluster choice can).
+* ``noise``: 1-3 visible silent objects and noise only (white or brown, RMS -30..-20 dBFS):
+  empty masks.
 * ``video``: ``video_seconds`` at ``video_fps`` (25) with moving, spinning objects whose sounds
   switch on and off at frame boundaries; masks, labels and sounding flags are per frame.
 
@@ -34,9 +39,10 @@ import numpy as np
 
 from moca_rt.config import SAMPLE_RATE
 
-Split = Literal["s4", "ms3", "avss", "silent", "video"]
+Split = Literal["s4", "ms3", "avss", "silent", "video", "offscreen", "noise"]
 Partition = Literal["train", "val", "test"]
-SPLITS: tuple[Split, ...] = ("s4", "ms3", "avss", "silent", "video")
+SPLITS: tuple[Split, ...] = ("s4", "ms3", "avss", "silent", "video", "offscreen", "noise")
+_NOTHING_SOUNDS = ("silent", "offscreen", "noise")
 PARTITIONS: tuple[Partition, ...] = ("train", "val", "test")
 _SPLIT_CODE: dict[str, int] = {name: i + 1 for i, name in enumerate(SPLITS)}
 _PARTITION_CODE: dict[str, int] = {name: i + 1 for i, name in enumerate(PARTITIONS)}
@@ -694,14 +700,14 @@ class SynthWorld:
             n_sound = 1
         elif split in ("ms3", "avss"):
             n_sound = int(rng.integers(1, 4))
-        elif split == "silent":
+        elif split in _NOTHING_SOUNDS:
             n_sound = 0
         else:
             n_sound = int(rng.integers(2, 5))  # video: objects that sound at some point
         n_extra = int(rng.integers(0, cfg.max_distractors + 1))
-        if split == "silent":
+        if split in _NOTHING_SOUNDS:
             n_extra = int(rng.integers(1, 4))
-        n_obj = min(n_sound + n_extra, cfg.num_classes)
+        n_obj = min(n_sound + n_extra, cfg.num_classes - (split == "offscreen"))
         n_sound = min(n_sound, n_obj)
         classes = rng.permutation(cfg.num_classes)[:n_obj]
         depth = rng.permutation(n_obj)  # object k of `classes` is drawn at depth position depth[k]
@@ -752,9 +758,14 @@ class SynthWorld:
         masks = labels > 0
 
         snr_db = float(rng.uniform(*cfg.snr_db))
-        audio = self._soundtrack(
-            rng, objects, sounding, num_samples, fps, snr_db, split, noise_seed
-        )
+        if split == "offscreen":
+            audio = self._offscreen_soundtrack(rng, class_ids, num_samples, snr_db, noise_seed)
+        elif split == "noise":
+            audio = self._noise_soundtrack(rng, num_samples)
+        else:
+            audio = self._soundtrack(
+                rng, objects, sounding, num_samples, fps, snr_db, split, noise_seed
+            )
         return Scene(
             split=split,
             partition=partition,
@@ -878,6 +889,44 @@ class SynthWorld:
             f += run
             state = not state
         return gate
+
+    def _offscreen_soundtrack(
+        self,
+        rng: np.random.Generator,
+        visible: np.ndarray,
+        num_samples: int,
+        snr_db: float,
+        noise_seed: int,
+    ) -> np.ndarray:
+        """The sound of a class absent from the picture, at -20 dBFS, plus background noise."""
+        absent = sorted(set(range(self.config.num_classes)) - {int(c) for c in visible})
+        class_id = int(rng.choice(absent))
+        source = SceneObject(
+            class_id=class_id,
+            center=(-1.0, -1.0),
+            radius=0.0,
+            angle=0.0,
+            velocity=(0.0, 0.0),
+            spin=0.0,
+            tint=(0.0, 0.0, 0.0),
+            texture_phase=0.0,
+            texture_scale=1.0,
+            pitch_scale=float(rng.uniform(0.97, 1.03)),
+            rate_scale=float(rng.uniform(0.9, 1.1)),
+            sound_phase=float(rng.uniform(0, 1)),
+        )
+        mix = class_sound(source, num_samples, self.config.sample_rate, noise_seed + 97)
+        noise_rms = 0.1 * 10 ** (-snr_db / 20)
+        mix += rng.standard_normal(num_samples, dtype=np.float32) * np.float32(noise_rms)
+        return mix.astype(np.float32)
+
+    def _noise_soundtrack(self, rng: np.random.Generator, num_samples: int) -> np.ndarray:
+        """White or brown noise only, RMS uniform in -30..-20 dBFS."""
+        colour: NoiseColour = "white" if rng.integers(0, 2) == 0 else "brown"
+        level = 10 ** (float(rng.uniform(-30.0, -20.0)) / 20)
+        band = (0.0, self.config.sample_rate / 2)
+        noise = _band_noise(rng, num_samples, colour, band, self.config.sample_rate)
+        return (noise * np.float32(level)).astype(np.float32)
 
     def _soundtrack(
         self,

@@ -1,0 +1,327 @@
+"""Stage 3 of the tiny models: AdaAV trained by MoCA on the pretrained tiny ImageBind.
+
+MoCA's unsupervised recipe (paper section 3.1, DESIGN section 4) on the synthetic world's train
+partition (``s4`` + ``ms3`` frames with their 2 s audio windows), with the frozen tiny ImageBind
+of stage 1 and one :class:`~moca_rt.modeling.adapter.AdaAV` per adapted layer of
+``moca_synth``:
+
+* pairing: exact cosine top-K of a global image descriptor. DINO ViT-B/16 is the paper's
+  featuriser, but no DINO checkpoint exists here and a random DINO pairs nothing; the project's
+  own unsupervised image model is the stage-1 ImageBind, so its L2-normalised vision CLS
+  embedding is the featuriser (``pairing="imagebind_cls"``, no mask or label used). The
+  ground-truth ``class`` pairing stays available as a debugging upper bound;
+* positives: a random one of the anchor's top-K; negatives: a shuffle of the batch avoiding the
+  anchor and its top-K, redrawn from the whole set when the batch has no such shuffle
+  (:func:`~moca_rt.train.pairing.sample_negatives_or_redraw`);
+* loss: ``mean max(0, C(f_a, f_p) - C(f_a, f_n) + alpha)`` with the PMA cost (SSD + NCC, row
+  search) on the audio-enhanced patch features, the anchor's audio fused into all three;
+* Adam on the adapters only, cosine decay; the frozen vision prefix (blocks before the first
+  adapter) is computed once per image.
+
+Validation (``val`` partition): S4 and MS3 mIoU of the pipeline with the adapter and no SAM
+(selection metric: their mean, ``val_miou``), patch AUC of the audio-enhanced joint-space map,
+and the PMA cost gap ``C(f_a, f_n) - C(f_a, f_p)`` on fixed validation triplets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from moca_rt.config import MOCA_PRESETS, AdapterConfig, MocaConfig
+from moca_rt.kernels.pma import pma_cost
+from moca_rt.modeling.imagebind import load_imagebind
+from moca_rt.modeling.moca import MocaModel
+from moca_rt.train.adaav import repeat_audio
+from moca_rt.train.core import LoopSettings, StageResult, finished, run_stage, seeded_batch
+from moca_rt.train.imagebind_synth import PairCache, cosine_factor, vision_outputs
+from moca_rt.train.pairing import PairingTable, sample_negatives_or_redraw
+from moca_rt.train.synth_eval import (
+    EvalSet,
+    avsbench_scores,
+    patch_auc,
+    patch_targets,
+    render_eval_set,
+)
+
+__all__ = ["AdaavStage", "AdaavStageConfig", "train_adaav"]
+
+WEIGHTS_FILE = "adaav_synth.safetensors"
+PairingKind = Literal["imagebind_cls", "class"]
+
+
+@dataclass(frozen=True)
+class AdaavStageConfig:
+    """Settings of the AdaAV stage (recorded in the manifest).
+
+    Attributes:
+        preset: ``MOCA_PRESETS`` key (its ImageBind sizes must match the stage-1 weights).
+        imagebind: the stage-1 weights (official key layout).
+        pairing: ``imagebind_cls`` (unsupervised, default) or ``class`` (ground truth, debug).
+        k: neighbours per item in the pairing table.
+        batch, lr, alpha: the paper's 8, 1e-4, 0.3 by default.
+        search / max_disparity: PMA search (``row`` over the whole scanline by default;
+            ``max_disparity=0`` is the no-matching ablation).
+        train_scenes / val_scenes: per split (``s4`` and ``ms3``).
+    """
+
+    imagebind: str
+    preset: str = "moca_synth"
+    world_seed: int = 0
+    seed: int = 0
+    pairing: PairingKind = "imagebind_cls"
+    k: int = 10
+    train_scenes: int = 500
+    val_scenes: int = 48
+    batch: int = 8
+    lr: float = 1e-4
+    warmup: int = 0
+    alpha: float = 0.3
+    search: Literal["row", "full"] = "row"
+    max_disparity: int | None = None
+    ssd_weight: float = 1.0
+    ncc_weight: float = 1.0
+    num_layers: int | None = None
+    image_size: int = 112
+    eval_image_size: int = 224
+
+    def moca_config(self) -> MocaConfig:
+        base = MOCA_PRESETS[self.preset]
+        if self.num_layers is None:
+            return base
+        adapter = AdapterConfig(**{**asdict(base.adapter), "num_layers": self.num_layers})
+        return MocaConfig(imagebind=base.imagebind, adapter=adapter)
+
+
+class AdaavStage:
+    """:class:`~moca_rt.train.core.TrainingStage` of MoCA's AdaAV training."""
+
+    name = "adaav"
+    selection = "val_miou"
+
+    def __init__(self, config: AdaavStageConfig, iters: int) -> None:
+        self.config = config
+        torch.manual_seed(config.seed)
+        moca_config = config.moca_config()
+        imagebind = load_imagebind(config.imagebind, moca_config.imagebind)
+        self.model = MocaModel(moca_config, imagebind=imagebind)
+        train = [
+            render_eval_set(split, config.train_scenes, config.world_seed, "train", 224)
+            for split in ("s4", "ms3")
+        ]
+        self.data = PairCache(train, config.image_size)
+        with torch.no_grad():
+            self.prefix = torch.cat(
+                [self.model.encode_vision_prefix(self.data.pixels[i : i + 64]) for i in range(0, len(self.data), 64)]
+            )
+            self.table = self._pairing(train)
+        self.val = {
+            split: render_eval_set(split, config.val_scenes, config.world_seed, "val", 224)
+            for split in ("s4", "ms3")
+        }
+        self.val_inputs = PairCache([self.val["s4"]], config.eval_image_size)
+        params = self.model.trainable_parameters()
+        self.optimizer = torch.optim.Adam(params, lr=config.lr)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: cosine_factor(s, iters, max(config.warmup, 1))
+        )
+        self.val_triplets = self._triplets(10_000, 16)
+
+    def _pairing(self, train: Sequence[EvalSet]) -> PairingTable:
+        cfg = self.config
+        if cfg.pairing == "class":
+            from moca_rt.datasets.synth import SynthWorld
+
+            world = SynthWorld(cfg.world_seed)
+            classes = []
+            for part in train:
+                for i in range(len(part)):
+                    scene = world.sample(part.split, i, "train")
+                    ids = scene.sounding_class_ids
+                    classes.append(min(ids) if ids else -1)
+            feats = F.one_hot(torch.tensor(classes) + 1).float() + 1e-3 * torch.randn(len(classes), max(classes) + 2)
+            return PairingTable.build(feats, cfg.k, "class", None)
+        ib = self.model.imagebind
+        feats = torch.cat(
+            [vision_outputs(ib, self.data.pixels[i : i + 64])[0] for i in range(0, len(self.data), 64)]
+        )
+        return PairingTable.build(feats, cfg.k, "imagebind_synth:vision_cls", None)
+
+    def _triplets(self, step: int, batch: int) -> tuple[Tensor, Tensor, Tensor]:
+        gen = torch.Generator().manual_seed(self.config.seed * 7919 + step)
+        anchors = torch.tensor(seeded_batch(self.config.seed + 1, step, len(self.data), batch))
+        pick = torch.randint(0, self.table.indices.shape[1], (batch,), generator=gen)
+        positives = self.table.indices[anchors, pick]
+        negatives = sample_negatives_or_redraw(anchors, self.table, gen, len(self.data))
+        return anchors, positives, negatives
+
+    def _features(self, anchors: Tensor, others: Tensor) -> Tensor:
+        """f^a [len(others), g, g, Dv] of the images ``others`` with the anchors' audio."""
+        times = others.numel() // anchors.numel()
+        audio = repeat_audio(self.model.encode_audio(self.data.fbank[anchors]), times)
+        return self.model.encode_vision_from_prefix(self.prefix[others], audio).patch_features.float()
+
+    def _costs(self, triplet: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        a, p, n = triplet
+        feats = self._features(a, torch.cat([a, p, n]))
+        f_a, f_p, f_n = feats.split(a.numel())
+        cfg = self.config
+        kw: dict[str, Any] = {
+            "max_disparity": cfg.max_disparity,
+            "search": cfg.search,
+            "ssd_weight": cfg.ssd_weight,
+            "ncc_weight": cfg.ncc_weight,
+        }
+        return pma_cost(f_a, f_p, **kw).cost, pma_cost(f_a, f_n, **kw).cost
+
+    def train_step(self, step: int) -> dict[str, float]:
+        self.model.train()
+        c_pos, c_neg = self._costs(self._triplets(step, self.config.batch))
+        loss = torch.clamp_min(c_pos - c_neg + self.config.alpha, 0.0).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        return {"loss": float(loss.detach()), "cost_gap": float((c_neg - c_pos).mean().detach())}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        self.model.eval()
+        try:
+            c_pos, c_neg = self._costs(self.val_triplets)
+            metrics = evaluate_moca(self.model, self.val, self.val_inputs, self.config.eval_image_size)
+            metrics["val_cost_gap"] = float((c_neg - c_pos).mean())
+            return metrics
+        finally:
+            self.model.train()
+
+    def save_weights(self, folder: Path) -> list[Path]:
+        from safetensors.torch import save_file
+
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / WEIGHTS_FILE
+        tmp = path.with_name(path.name + ".tmp")
+        state = {k: v.detach().contiguous() for k, v in self.model.adapter_state_dict().items()}
+        save_file(state, str(tmp))
+        tmp.replace(path)
+        return [path]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "adapters": self.model.adapter_state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_adapter_state_dict(state["adapters"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+
+@torch.no_grad()
+def evaluate_moca(
+    model: MocaModel, val: dict[str, EvalSet], s4_inputs: PairCache, image_size: int = 224
+) -> dict[str, float]:
+    """No-SAM pipeline mIoU / F on each validation split, their mean, and the S4 patch AUC."""
+    from moca_rt.pipeline import MocaPipeline, PipelineConfig
+
+    audio = model.encode_audio(s4_inputs.fbank)
+    vision = model.encode_vision(s4_inputs.pixels, audio)
+    emb = F.normalize(vision.patch_embeddings.float(), dim=-1)
+    a = F.normalize(audio.embedding.float(), dim=-1)
+    scores = torch.einsum("bhwe,be->bhw", emb, a)
+    metrics = {"val_patch_auc": patch_auc(scores, patch_targets(val["s4"].masks, scores.shape[-1]))}
+    pipe = MocaPipeline(model, None, PipelineConfig(tau=-1.0, image_size=image_size))
+    mious = []
+    for split, data in val.items():
+        preds: list[np.ndarray] = []
+        for start in range(0, len(data), 16):
+            res = pipe.segment_batch(data.images[start : start + 16], data.windows[start : start + 16])
+            preds.extend(r.mask for r in res)
+        s = avsbench_scores(preds, data.masks)
+        metrics[f"val_{split}_miou"] = s.miou
+        metrics[f"val_{split}_f"] = s.fscore
+        mious.append(s.miou)
+    metrics["val_miou"] = float(sum(mious) / len(mious))
+    model.train()
+    return metrics
+
+
+def train_adaav(config: AdaavStageConfig, settings: LoopSettings) -> StageResult:
+    """Run (or resume) the stage; returns its result."""
+    recorded = finished(settings)
+    if recorded is not None:
+        print(f"[{settings.out.name}] done already ({settings.out}); skipped", flush=True)
+        return recorded
+    torch.set_num_threads(max(settings.threads, 1))
+    stage = AdaavStage(config, settings.iters)
+    settings.out.mkdir(parents=True, exist_ok=True)
+    (settings.out / "config.json").write_text(json.dumps(asdict(config), indent=2, sort_keys=True) + "\n")
+    return run_stage(stage, settings)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m moca_rt.train.adaav_synth",
+        description="Train AdaAV by MoCA (kNN pairing, PMA triplet loss) on the synthetic world.",
+    )
+    d = AdaavStageConfig(imagebind="")
+    p.add_argument("--imagebind", required=True, help="Stage-1 tiny ImageBind weights.")
+    p.add_argument("--out", required=True, help="Stage folder.")
+    p.add_argument("--iters", type=int, default=300, help="Optimisation steps.")
+    p.add_argument("--batch", type=int, default=d.batch, help="Anchors per step.")
+    p.add_argument("--lr", type=float, default=d.lr, help="Adam's peak learning rate.")
+    p.add_argument("--alpha", type=float, default=d.alpha, help="Triplet margin.")
+    p.add_argument("--pairing", choices=["imagebind_cls", "class"], default=d.pairing, help="Pairing source.")
+    p.add_argument("--max-disparity", type=int, default=None, help="PMA row disparity (0: no matching).")
+    p.add_argument("--image-size", type=int, default=d.image_size, help="Model input side in pixels.")
+    p.add_argument("--train-scenes", type=int, default=d.train_scenes, help="Scenes per training split.")
+    p.add_argument("--val-scenes", type=int, default=d.val_scenes, help="Validation scenes per split.")
+    p.add_argument("--seed", type=int, default=d.seed, help="Seed of the adapters and batches.")
+    p.add_argument("--eval-every", type=int, default=50, help="Steps between evaluations.")
+    p.add_argument("--log-every", type=int, default=10, help="Steps per progress line.")
+    p.add_argument("--threads", type=int, default=1, help="Torch threads.")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    config = AdaavStageConfig(
+        imagebind=args.imagebind,
+        seed=args.seed,
+        pairing=args.pairing,
+        train_scenes=args.train_scenes,
+        val_scenes=args.val_scenes,
+        batch=args.batch,
+        lr=args.lr,
+        alpha=args.alpha,
+        max_disparity=args.max_disparity,
+        image_size=args.image_size,
+    )
+    settings = LoopSettings(
+        out=Path(args.out),
+        iters=args.iters,
+        log_every=args.log_every,
+        save_every=args.eval_every,
+        eval_every=args.eval_every,
+        threads=args.threads,
+    )
+    result = train_adaav(config, settings)
+    print(f"weights: {result.weights}  metrics: {result.metrics}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,335 @@
+"""The small training core that the tiny-model loops share (ImageBind, SAM, AdaAV).
+
+A loop is a :class:`TrainingStage`: it owns its model, optimiser and data, and knows how to take
+one step, evaluate on its validation partition, save its weights and (de)serialise its state.
+:func:`run_stage` does the rest, the same way for every stage:
+
+* ``torch.set_num_threads(threads)`` (one thread per process is fastest on a busy 2-core box);
+* a step loop from the last checkpoint (``state.pt`` in the stage folder, written atomically
+  every ``save_every`` steps, so a killed run resumes where it stopped; batches are a pure
+  function of ``(seed, step)`` through :func:`seeded_batch`, so a resumed run sees the batches
+  the uninterrupted one would have);
+* one progress line every ``log_every`` steps on stdout (step, mean losses of the window,
+  steps/s, ETA) and the same record in ``log.jsonl``;
+* evaluation before the first step (when ``eval_every`` > 0), every ``eval_every`` steps and
+  at the end, logged; when the stage names a
+  ``selection`` metric, the weights of the best evaluation so far are kept in ``best/``
+  (selection on the validation partition only);
+* ``done.json`` at the end (final metrics, selected step), after which a rerun skips the stage.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TextIO
+
+import torch
+
+__all__ = [
+    "LoopSettings",
+    "StageResult",
+    "TrainingStage",
+    "atomic_save",
+    "finished",
+    "run_stage",
+    "seeded_batch",
+    "set_threads",
+]
+
+STATE_FILE = "state.pt"
+DONE_FILE = "done.json"
+LOG_FILE = "log.jsonl"
+BEST_DIR = "best"
+FINAL_DIR = "final"
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """How :func:`run_stage` drives a stage.
+
+    Attributes:
+        out: the stage's folder (state, log, best and final weights).
+        iters: optimisation steps in all (a resumed run continues up to this count).
+        log_every: steps per progress line / JSONL record.
+        save_every: steps between resumable checkpoints (0: only at the end).
+        eval_every: steps between evaluations (0: only at the end).
+        threads: ``torch.set_num_threads``; 0 leaves torch's default.
+    """
+
+    out: Path
+    iters: int
+    log_every: int = 10
+    save_every: int = 100
+    eval_every: int = 0
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.iters < 0:
+            raise ValueError(f"iters must be >= 0, is {self.iters}")
+        if self.log_every < 1:
+            raise ValueError(f"log_every must be >= 1, is {self.log_every}")
+        if self.save_every < 0 or self.eval_every < 0 or self.threads < 0:
+            raise ValueError(
+                f"save_every, eval_every and threads must be >= 0, are "
+                f"{self.save_every}, {self.eval_every}, {self.threads}"
+            )
+
+
+class TrainingStage(Protocol):
+    """What a loop provides to :func:`run_stage`.
+
+    ``selection`` names the evaluation metric that picks the shipped step (higher is better),
+    or is None to ship the last step.
+    """
+
+    name: str
+    selection: str | None
+
+    def train_step(self, step: int) -> dict[str, float]:
+        """Take optimisation step ``step`` (0-based); returns its losses (floats)."""
+        ...
+
+    def evaluate(self) -> dict[str, float]:
+        """Metrics on the validation partition (the model's train/eval mode is restored)."""
+        ...
+
+    def save_weights(self, folder: Path) -> list[Path]:
+        """Write the deployable weights into ``folder``; returns the files written."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs (model, optimiser, scheduler, ...)."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class StageResult:
+    """What one stage produced: final metrics, the selected step, the weights folder."""
+
+    name: str
+    steps: int
+    selected_step: int
+    metrics: dict[str, float]
+    weights: Path
+    seconds: float
+    evaluations: list[dict[str, Any]] = field(default_factory=list)
+
+
+def set_threads(threads: int) -> None:
+    """``torch.set_num_threads(threads)`` when ``threads > 0``."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
+def seeded_batch(seed: int, step: int, count: int, batch: int) -> list[int]:
+    """Item indices of ``step``: a seeded permutation of ``range(count)`` per epoch, in order,
+    the tail that does not fill a batch dropped. A pure function of its arguments."""
+    if batch < 1 or count < batch:
+        raise ValueError(f"expected 1 <= batch <= count, got batch {batch}, count {count}")
+    per_epoch = count // batch
+    epoch, slot = divmod(step, per_epoch)
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(count, generator=gen)
+    return order[slot * batch : (slot + 1) * batch].tolist()
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file, then rename over ``path`` (no half-written file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+class _Progress:
+    """Windowed mean losses -> one stdout line and one JSONL record per window."""
+
+    def __init__(self, name: str, settings: LoopSettings, stream: TextIO) -> None:
+        self.name = name
+        self.settings = settings
+        self.stream = stream
+        self.sums: dict[str, float] = {}
+        self.count = 0
+        self.window_start = time.perf_counter()
+        self.log = (settings.out / LOG_FILE).open("a")
+
+    def step(self, step: int, losses: dict[str, float]) -> None:
+        for k, v in losses.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+        self.count += 1
+        if self.count >= self.settings.log_every or step + 1 == self.settings.iters:
+            self.flush(step + 1)
+
+    def flush(self, step: int) -> None:
+        if not self.count:
+            return
+        elapsed = time.perf_counter() - self.window_start
+        rate = self.count / elapsed if elapsed > 0 else float("inf")
+        means = {k: v / self.count for k, v in self.sums.items()}
+        eta = (self.settings.iters - step) / rate if rate > 0 else float("nan")
+        self.record({"kind": "train", "step": step, "steps_per_s": rate, **means})
+        text = " ".join(f"{k} {v:.4f}" for k, v in means.items())
+        print(
+            f"[{self.name}] step {step}/{self.settings.iters} {text} "
+            f"({rate:.2f} steps/s, eta {eta / 60:.1f} min)",
+            file=self.stream,
+            flush=True,
+        )
+        self.sums, self.count = {}, 0
+        self.window_start = time.perf_counter()
+
+    def record(self, entry: dict[str, Any]) -> None:
+        self.log.write(json.dumps({"stage": self.name, "time": time.time(), **entry}) + "\n")
+        self.log.flush()
+
+    def close(self) -> None:
+        self.log.close()
+
+
+def finished(settings: LoopSettings) -> StageResult | None:
+    """The recorded result of a stage folder finished for ``settings.iters`` steps, else None.
+
+    Lets a caller skip building an expensive stage (data rendering) that would not train.
+    """
+    done_path = settings.out / DONE_FILE
+    if not done_path.exists():
+        return None
+    done = json.loads(done_path.read_text())
+    if done.get("steps") != settings.iters:
+        return None
+    return StageResult(
+        name=done["name"],
+        steps=done["steps"],
+        selected_step=done["selected_step"],
+        metrics=done["metrics"],
+        weights=Path(done["weights"]),
+        seconds=done["seconds"],
+        evaluations=done.get("evaluations", []),
+    )
+
+
+def run_stage(
+    stage: TrainingStage,
+    settings: LoopSettings,
+    stream: TextIO | None = None,
+    on_evaluation: Callable[[int, dict[str, float]], None] | None = None,
+) -> StageResult:
+    """Train ``stage`` up to ``settings.iters`` steps (resuming), evaluate, keep the best weights.
+
+    Returns the result recorded in ``done.json``; a stage whose ``done.json`` exists (for the
+    same ``iters``) is not trained again and its recorded result is returned.
+    """
+    out = settings.out
+    out.mkdir(parents=True, exist_ok=True)
+    stream = sys.stdout if stream is None else stream
+    done_path = out / DONE_FILE
+    recorded = finished(settings)
+    if recorded is not None:
+        print(f"[{stage.name}] done already ({done_path}); skipped", file=stream, flush=True)
+        return recorded
+    set_threads(settings.threads)
+    start_step, best_value, best_step, spent = 0, -math.inf, -1, 0.0
+    evaluations: list[dict[str, Any]] = []
+    state_path = out / STATE_FILE
+    if state_path.exists():
+        saved = torch.load(state_path, map_location="cpu", weights_only=False)
+        stage.load_state_dict(saved["stage"])
+        start_step, best_value, best_step = saved["step"], saved["best_value"], saved["best_step"]
+        evaluations, spent = saved["evaluations"], saved["seconds"]
+        print(f"[{stage.name}] resumed at step {start_step}", file=stream, flush=True)
+    progress = _Progress(stage.name, settings, stream)
+    began = time.perf_counter()
+
+    def elapsed() -> float:
+        return spent + time.perf_counter() - began
+
+    def evaluate(step: int) -> None:
+        nonlocal best_value, best_step
+        metrics = stage.evaluate()
+        entry = {"step": step, **metrics}
+        evaluations.append(entry)
+        progress.record({"kind": "eval", **entry})
+        text = " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        print(f"[{stage.name}] eval at step {step}: {text}", file=stream, flush=True)
+        if on_evaluation is not None:
+            on_evaluation(step, metrics)
+        if stage.selection is not None:
+            if stage.selection not in metrics:
+                raise KeyError(f"{stage.name}: evaluation lacks the selection metric {stage.selection!r}")
+            value = metrics[stage.selection]
+            if value > best_value:
+                best_value, best_step = value, step
+                stage.save_weights(out / BEST_DIR)
+
+    def checkpoint(step: int) -> None:
+        atomic_save(
+            {
+                "stage": stage.state_dict(),
+                "step": step,
+                "best_value": best_value,
+                "best_step": best_step,
+                "evaluations": evaluations,
+                "seconds": elapsed(),
+            },
+            state_path,
+        )
+
+    try:
+        if settings.eval_every and start_step == 0 and not evaluations:
+            evaluate(0)  # the untrained baseline starts every curve (and may be selected)
+        for step in range(start_step, settings.iters):
+            losses = stage.train_step(step)
+            bad = [k for k, v in losses.items() if not math.isfinite(v)]
+            if bad:
+                raise FloatingPointError(f"{stage.name}: {bad} not finite at step {step}")
+            progress.step(step, losses)
+            done_steps = step + 1
+            if settings.eval_every and done_steps % settings.eval_every == 0 and done_steps < settings.iters:
+                evaluate(done_steps)
+            if settings.save_every and done_steps % settings.save_every == 0:
+                checkpoint(done_steps)
+        if not evaluations or evaluations[-1]["step"] != settings.iters:
+            evaluate(settings.iters)
+        final = out / FINAL_DIR
+        stage.save_weights(final)
+        if stage.selection is not None and best_step >= 0:
+            weights, selected = out / BEST_DIR, best_step
+        else:
+            weights, selected = final, settings.iters
+        checkpoint(settings.iters)
+        metrics = next(e for e in evaluations if e["step"] == selected)
+        result = StageResult(
+            name=stage.name,
+            steps=settings.iters,
+            selected_step=selected,
+            metrics={k: v for k, v in metrics.items() if k != "step"},
+            weights=weights,
+            seconds=elapsed(),
+            evaluations=evaluations,
+        )
+        _write_json(done_path, {**asdict(result), "weights": str(weights)})
+        progress.record({"kind": "done", "selected_step": selected, "seconds": result.seconds})
+        print(
+            f"[{stage.name}] done: {settings.iters} steps in {result.seconds / 60:.1f} min, "
+            f"selected step {selected}",
+            file=stream,
+            flush=True,
+        )
+        return result
+    finally:
+        progress.close()
