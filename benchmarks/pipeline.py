@@ -247,6 +247,12 @@ def _pct(values: Sequence[float], q: float) -> float:
 
 
 def _weights(opts: BenchOptions) -> str:
+    from moca_rt.build import resolve_weights
+
+    resolved = resolve_weights(build_settings(opts))
+    if resolved.shipped is not None:
+        sam = "none" if opts.sam_preset == "none" else ("shipped" if resolved.sam == resolved.shipped.sam else str(resolved.sam))
+        return f"shipped tiny models (adapter={'shipped' if resolved.adapter == resolved.shipped.adapter else resolved.adapter}, sam={sam})"
     if opts.engine_dir is not None:
         sam = "none" if opts.sam_preset == "none" else str(opts.sam or "random")
         return f"engine_dir={opts.engine_dir} sam={sam}"

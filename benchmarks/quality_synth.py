@@ -34,8 +34,8 @@ import torch
 from moca_rt.config import MOCA_PRESETS, SAM_PRESETS
 from moca_rt.modeling.moca import MocaModel
 from moca_rt.modeling.sam import load_sam
-from moca_rt.pipeline import MocaPipeline, PipelineConfig, SamProposals
-from moca_rt.proposals import ProposalConfig
+from moca_rt.pipeline import MocaPipeline, PipelineConfig
+from moca_rt.proposals import ProposalConfig, SamProposals
 from moca_rt.shipped import ASSETS_DIR, load_manifest
 from moca_rt.train.quality import (
     ReplayProposals,

@@ -26,9 +26,10 @@ import torch
 
 from moca_rt.clustering import MatchMetric
 from moca_rt.config import MOCA_PRESETS, SAM_PRESETS
-from moca_rt.errors import InputError, torch_out_of_memory
+from moca_rt.errors import CheckpointError, InputError, torch_out_of_memory
 from moca_rt.pipeline import MocaPipeline, PipelineConfig
 from moca_rt.precision import DTYPES, ONNX_PRECISIONS, Precision
+from moca_rt.shipped import ShippedWeights, ShippedWeightsError, shipped_available, shipped_weights
 
 __all__ = [
     "DEFAULT_PRESET",
@@ -49,6 +50,7 @@ ProposalKind = Literal["auto", "grid", "boxes", "none"]
 ENGINES: tuple[EngineName, ...] = ("torch", "onnxruntime", "tensorrt")
 DEFAULT_PRESET = "moca_synth"  # the MoCA preset without ImageBind weights
 RANDOM_SAM_PRESET = "sam_synth"  # the SAM built with seeded random weights
+SHIPPED_SAM_PRESET = "sam_synth"  # the SAM size of the shipped tiny weights
 RANDOM_SAM_POINTS_PER_SIDE = 4  # a random SAM's grid (16 with real weights)
 SAM_POINTS_PER_SIDE = 16
 _CONFIG_OVERRIDES = ("tau", "delta", "silence_dbfs", "num_clusters", "mpm_threshold", "mpm_metric")
@@ -61,8 +63,11 @@ class BuildSettings:
     Attributes:
         preset: the MoCA size (``MOCA_PRESETS``); None: ``moca_huge`` with ImageBind weights,
             else ``moca_synth`` (:data:`DEFAULT_PRESET`).
-        imagebind, adapter, sam: checkpoint files; None gives seeded random weights (an
-            untrained, zero-initialised adapter) until shipped weights exist.
+        imagebind, adapter, sam: checkpoint files; None with the tiny presets takes the shipped
+            trained weights (``moca_rt.shipped``), otherwise seeded random weights (an
+            untrained, zero-initialised adapter).
+        random_weights: seeded random weights even where shipped weights exist (tests, speed
+            measurements of an untrained model).
         sam_preset: the SAM size (``SAM_PRESETS``); None: read from the ``sam`` checkpoint, or
             :data:`RANDOM_SAM_PRESET` for a random SAM.
         proposals: ``"grid"`` or ``"boxes"``: SAM proposals (a seeded random SAM without ``sam``
@@ -104,13 +109,15 @@ class BuildSettings:
     num_clusters: int | None = None
     mpm_threshold: float | None = None
     mpm_metric: MatchMetric | None = None
+    random_weights: bool = False
 
-    def pipeline_config(self) -> PipelineConfig:
-        """The thresholds: PipelineConfig's defaults with the overrides given and ``seed``.
+    def pipeline_config(self, calibrated: dict[str, Any] | None = None) -> PipelineConfig:
+        """The thresholds: PipelineConfig's defaults (or the ``calibrated`` values of the shipped
+        models) with the overrides given and ``seed``.
 
         Raises ValueError for values out of range (the message names the field).
         """
-        overrides: dict[str, Any] = {}
+        overrides: dict[str, Any] = dict(calibrated or {})
         for name in _CONFIG_OVERRIDES:
             value = getattr(self, name)
             if value is not None:
@@ -144,20 +151,52 @@ class BuildSettings:
 
 @dataclass(frozen=True)
 class Weights:
-    """The checkpoint files to load; None: seeded random weights (an untrained adapter)."""
+    """The checkpoint files to load; None: seeded random weights (an untrained adapter).
+
+    ``shipped``: the shipped tiny models when they are used (their calibrated pipeline and
+    proposal settings then replace the generic defaults).
+    """
 
     imagebind: Path | None
     adapter: Path | None
     sam: Path | None
+    shipped: ShippedWeights | None = None
 
 
 def resolve_weights(settings: BuildSettings) -> Weights:
-    """The checkpoints that ``settings`` ask for: today the paths they give.
+    """The checkpoints that ``settings`` ask for.
 
-    This is where a preset given without paths is to find its shipped weights (the tiny
-    ``moca_synth`` / ``sam_synth`` models once they are trained and packaged).
+    The paths given; and for the tiny ``moca_synth`` preset without ``imagebind`` (and without
+    engine files or ``random_weights``), the shipped trained weights: ImageBind, the adapter
+    unless one is given, and SAM for proposals (``sam_synth``) unless one is given.
     """
-    return Weights(imagebind=settings.imagebind, adapter=settings.adapter, sam=settings.sam)
+    given = Weights(imagebind=settings.imagebind, adapter=settings.adapter, sam=settings.sam)
+    tiny = settings.preset in (None, DEFAULT_PRESET) and settings.imagebind is None
+    if settings.random_weights or not tiny or settings.engine_dir is not None or not shipped_available():
+        return given
+    try:
+        shipped = shipped_weights()
+    except ShippedWeightsError as e:
+        raise CheckpointError(str(e)) from e
+    sam = settings.sam
+    if sam is None and settings.proposals != "none" and settings.sam_preset in (None, SHIPPED_SAM_PRESET):
+        sam = shipped.sam
+    adapter = settings.adapter if settings.adapter is not None else shipped.adapter
+    return Weights(imagebind=shipped.imagebind, adapter=adapter, sam=sam, shipped=shipped)
+
+
+def imagebind_preset_for(path: Path) -> str | None:
+    """The MoCA preset whose ImageBind fits the checkpoint key for key and shape for shape."""
+    from moca_rt.checkpoints import read_state_dict
+    from moca_rt.modeling.imagebind import official_key_layout
+
+    state = read_state_dict(path)
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    for name, cfg in MOCA_PRESETS.items():
+        layout = official_key_layout(cfg.imagebind)
+        if all(shapes.get(k) == v for k, v in layout.items()):
+            return name
+    return None
 
 
 @dataclass
@@ -188,9 +227,15 @@ def build_pipeline(settings: BuildSettings) -> BuiltPipeline:
     problem = settings.usage_problem()
     if problem is not None:
         raise InputError(problem)
-    config = settings.pipeline_config()
     weights = resolve_weights(settings)
+    config = settings.pipeline_config(weights.shipped.pipeline if weights.shipped else None)
     notes: list[str] = []
+    if weights.shipped is not None:
+        notes.append(
+            f"shipped tiny models (moca_synth + sam_synth, trained on the synthetic world; "
+            f"{weights.shipped.folder}) with their calibrated settings: K {config.num_clusters}, "
+            f"tau {config.tau}, delta {config.delta}, MPM {config.mpm_metric} > {config.mpm_threshold}"
+        )
     dtype = DTYPES[settings.precision]
     with torch_out_of_memory():
         if settings.engine == "torch":
@@ -212,12 +257,20 @@ def _torch_trunk(settings: BuildSettings, weights: Weights, device: torch.device
     """The torch MocaModel, built from ``settings.seed`` (random parts) and the weights."""
     from moca_rt.modeling.moca import MocaModel
 
-    preset = settings.preset or ("moca_huge" if weights.imagebind else DEFAULT_PRESET)
+    preset = settings.preset or ("moca_huge" if settings.imagebind else DEFAULT_PRESET)
+    if settings.preset is None and settings.imagebind is not None:
+        fits = imagebind_preset_for(settings.imagebind)
+        if fits is not None and fits != preset:
+            raise CheckpointError(
+                f"--imagebind {settings.imagebind}: the checkpoint is the {fits} ImageBind, not "
+                f"{preset}'s (the default with --imagebind); pass --preset {fits}"
+            )
     torch.manual_seed(settings.seed)
     if weights.imagebind is None:
+        why = "--random-weights" if settings.random_weights else "no shipped weights for this preset"
         notes.append(
-            f"no --imagebind checkpoint: ImageBind ({preset}) has seeded random weights "
-            "(no trained tiny weights ship yet), so masks are not meaningful"
+            f"no --imagebind checkpoint: ImageBind ({preset}) has seeded random weights ({why}), "
+            "so masks are not meaningful"
         )
     model = MocaModel.from_config(
         MOCA_PRESETS[preset], device=device, imagebind_weights=weights.imagebind,
@@ -225,6 +278,13 @@ def _torch_trunk(settings: BuildSettings, weights: Weights, device: torch.device
     )  # fmt: skip
     if weights.adapter is None:
         notes.append("no --adapter: AdaAV is untrained (zero-initialised), i.e. plain ImageBind")
+    elif weights.shipped is not None and weights.adapter == weights.shipped.adapter:
+        step = weights.shipped.manifest["stages"]["adaav"]["selected_step"]
+        if step == 0:
+            notes.append(
+                "shipped adapter: validation selected the untrained (zero) adapter, i.e. plain "
+                "ImageBind (no AdaAV step beat it on the synthetic world; docs/design.md)"
+            )
     return model
 
 
@@ -378,7 +438,7 @@ def _sam_preset_for(state: dict[str, torch.Tensor]) -> str:
         )
     width = int(state[key].shape[0])
     for name, cfg in SAM_PRESETS.items():
-        if cfg.encoder_embed_dim == width and name not in ("sam_test", "sam_synth"):
+        if cfg.encoder_embed_dim == width and name != "sam_test":
             return name
     raise InputError(f"--sam: no SAM preset has encoder width {width}")
 
@@ -422,6 +482,15 @@ def _proposal_source(
         # the demo exercises every stage. Once trained tiny weights ship, keep the filters.
         config = ProposalConfig(points_per_side=points, pred_iou_thresh=0.0, stability_score_thresh=0.0)
         notes.append("random SAM: proposal quality filters are off (no trained SAM to filter)")
+    elif weights.shipped is not None and weights.sam == weights.shipped.sam:
+        # The shipped tiny SAM's IoU head is not confident enough for SAM's usual filters
+        # (0.88 / 0.95 keep almost nothing); its calibrated settings say which ones it keeps.
+        config = ProposalConfig(**{**weights.shipped.proposals, "points_per_side": points})
+        notes.append(
+            f"shipped tiny SAM: proposal filters predicted IoU > {config.pred_iou_thresh}, "
+            f"stability >= {config.stability_score_thresh} (SAM's 0.88 / 0.95 keep almost "
+            f"nothing of it), NMS {config.box_nms_thresh}"
+        )
     else:
         config = ProposalConfig(points_per_side=points)
     return SamProposals(sam, config), points

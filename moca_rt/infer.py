@@ -270,15 +270,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audio", type=Path, help="The wav file that goes with an image or frame folder.")
     p.add_argument("--out", type=Path, default=Path("moca_out"), help="The output folder (created if needed).")
     p.add_argument("--demo", action="store_true",
-                   help="Segment a generated synthetic-world clip with the embedded default models.")
+                   help="Segment a generated synthetic-world clip with the shipped tiny models "
+                   "(trained on the synthetic world).")
     models = p.add_argument_group("models")
     models.add_argument("--preset", choices=sorted(MOCA_PRESETS),
                         help="The MoCA model size; defaults to moca_huge with --imagebind, else the tiny moca_synth.")
-    models.add_argument("--imagebind", type=Path, help="The official imagebind_huge.pth checkpoint.")
+    models.add_argument("--imagebind", type=Path, help="The official imagebind_huge.pth checkpoint "
+                        "(a tiny imagebind_synth file needs --preset moca_synth).")
     models.add_argument("--adapter", type=Path, help="Trained AdaAV weights (.safetensors or .pt).")
     models.add_argument("--sam", type=Path, help="An official sam_vit_{h,l,b} checkpoint for mask proposals.")
     models.add_argument("--sam-preset", choices=sorted(SAM_PRESETS),
                         help="The SAM size; read from the checkpoint when not given.")
+    models.add_argument("--random-weights", action="store_true",
+                        help="Seeded random weights for every checkpoint not given, instead of the "
+                        "shipped trained tiny models (moca_synth, sam_synth).")
     run = p.add_argument_group("running")
     run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                      help="The torch device to run on, such as cpu or cuda:0.")

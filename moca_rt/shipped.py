@@ -48,6 +48,7 @@ class ShippedWeights:
     pipeline: dict[str, Any]
     proposals: dict[str, Any]
     manifest: dict[str, Any]
+    folder: Path
 
 
 def _sha256(path: Path) -> str:
@@ -104,4 +105,5 @@ def shipped_weights(folder: Path = ASSETS_DIR) -> ShippedWeights:
         pipeline=dict(manifest["calibration"]["pipeline"]),
         proposals=dict(manifest["calibration"]["proposals"]),
         manifest=manifest,
+        folder=folder,
     )

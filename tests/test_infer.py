@@ -109,7 +109,7 @@ def test_demo_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pyte
     out = tmp_path / "demo"
     code, stdout, err = _run(capsys, "--demo", "--out", out, "--no-progress", "--device", "cpu")
     assert code == 0, err
-    assert (out / "demo_input.mp4").is_file() and "random weights" in err
+    assert (out / "demo_input.mp4").is_file() and "shipped tiny models" in err
     records = _check_records_match_pngs(out)
     assert len(records) == _count_video_frames(out / "demo_input.mp4") == 5
     assert records[0]["mask"]["size"] == [224, 224]
@@ -323,6 +323,24 @@ def test_checkpoint_of_the_wrong_model(
     else:
         assert "unexpected keys [backbone.layer1.weight, head.fc.bias]" in err
         assert "missing keys" in err
+
+
+def test_tiny_imagebind_without_preset_names_the_preset(clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from moca_rt.shipped import shipped_weights
+
+    tiny = shipped_weights().imagebind
+    code, _, err = _run(capsys, clip, "--out", tmp_path / "out", "--no-progress", "--device", "cpu", "--imagebind", tiny)
+    assert code == infer.EXIT_BAD_CHECKPOINT, err
+    assert "pass --preset moca_synth" in err and "missing keys" not in err
+    code, _, err = _run(capsys, clip, "--out", tmp_path / "ok", "--no-progress", "--device", "cpu",
+                        "--imagebind", tiny, "--preset", "moca_synth", "--proposals", "none")  # fmt: skip
+    assert code == 0, err
+
+
+def test_random_weights_instead_of_the_shipped_models(clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _run(capsys, clip, "--out", tmp_path / "out", "--no-progress", "--device", "cpu", "--random-weights")
+    assert code == 0, err
+    assert "seeded random weights (--random-weights)" in err and "shipped tiny models" not in err
 
 
 def test_adapter_of_another_size(clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

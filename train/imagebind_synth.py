@@ -112,8 +112,7 @@ class PairCache:
     """
 
     def __init__(self, data: Sequence[EvalSet], image_size: int, chunk: int = 64) -> None:
-        from moca_rt.pipeline import frames_to_model_input
-        from moca_rt.preprocess import imagebind_audio_batch
+        from moca_rt.preprocess import frames_to_model_input, imagebind_audio_batch
 
         pixels, fbank, masks = [], [], []
         for part in data:

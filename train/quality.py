@@ -147,8 +147,7 @@ def owod_scores(model: MocaModel, proposals: ReplayProposals, data: EvalSet) -> 
     Each proposal's crop: the proposal's bounding box of the frame with the pixels outside the
     proposal set to the CLIP mean colour (zero after normalisation), resized to 224.
     """
-    from moca_rt.pipeline import frames_to_model_input
-    from moca_rt.preprocess import imagebind_audio_batch
+    from moca_rt.preprocess import frames_to_model_input, imagebind_audio_batch
 
     ib = model.imagebind
     out = []

@@ -178,8 +178,8 @@ def run_calibration(
     from moca_rt.config import MOCA_PRESETS, SAM_PRESETS
     from moca_rt.modeling.moca import MocaModel
     from moca_rt.modeling.sam import load_sam
-    from moca_rt.pipeline import MocaPipeline, PipelineConfig, SamProposals
-    from moca_rt.proposals import ProposalConfig
+    from moca_rt.pipeline import MocaPipeline, PipelineConfig
+    from moca_rt.proposals import ProposalConfig, SamProposals
     from moca_rt.train.quality import ReplayProposals, ReplayTrunk, calibrate
     from moca_rt.train.synth_eval import render_eval_set
 
