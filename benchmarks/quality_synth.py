@@ -220,7 +220,8 @@ def _curves(runs: Path) -> dict[str, dict[str, tuple[list[float], list[float]]]]
             if rec.get("kind") not in ("train", "eval"):
                 continue
             for k, v in rec.items():
-                if k in ("stage", "time", "kind", "step", "steps_per_s") or not isinstance(v, int | float):
+                skip = k in ("stage", "time", "kind", "step", "steps_per_s") or "per_image" in k or "seconds" in k
+                if skip or not isinstance(v, int | float):
                     continue
                 xs, ys = series.setdefault(k, ([], []))
                 xs.append(rec["step"])

@@ -63,3 +63,22 @@ def test_shipped_models_segment_unseen_scenes() -> None:
     assert scores.miou >= 0.5, scores
     silent = render_eval_set("silent", 4, FLOOR_SEED, "test", 224)
     assert not any(m.any() for m in pipeline_masks(pipe, silent))
+
+
+def test_reproduce_command_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every stage of the reproduce command with a handful of steps, then a rerun that skips."""
+    from moca_rt.train.synth_models import main
+
+    assert main(["--out", str(tmp_path), "--quick"]) == 0
+    out = capsys.readouterr().out
+    for stage in ("[imagebind] step", "[sam] step", "[adaav] step", "[calibrate]", "[synth_models] done"):
+        assert stage in out
+    folder = shipped_weights(tmp_path / "weights")
+    manifest = folder.manifest
+    assert manifest["command"] == f"python -m moca_rt.train.synth_models --out {tmp_path} --quick"
+    assert set(manifest["stages"]) == {"imagebind", "sam", "adaav"}
+    for stage in ("imagebind", "sam", "adaav"):
+        assert (tmp_path / stage / "log.jsonl").is_file() and (tmp_path / stage / "done.json").is_file()
+    assert main(["--out", str(tmp_path), "--quick"]) == 0
+    rerun = capsys.readouterr().out
+    assert "done already" in rerun and "[imagebind] step" not in rerun
