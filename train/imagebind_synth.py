@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import math
 import sys
 from collections.abc import Sequence
@@ -286,7 +287,7 @@ def train_imagebind(config: ImageBindStageConfig, settings: LoopSettings) -> Sta
     stage = ImageBindStage(config, settings.iters)
     (settings.out).mkdir(parents=True, exist_ok=True)
     (settings.out / "config.json").write_text(
-        __import__("json").dumps(asdict(config), indent=2, sort_keys=True) + "\n"
+        json.dumps(asdict(config), indent=2, sort_keys=True) + "\n"
     )
     return run_stage(stage, settings)
 

@@ -44,6 +44,7 @@ __all__ = [
     "evaluate_method",
     "oracle_masks",
     "owod_bind_masks",
+    "owod_scores",
     "pipeline_masks",
 ]
 

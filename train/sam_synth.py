@@ -139,6 +139,7 @@ class SamTrainConfig:
     focal_weight: float = 20.0
     dice_weight: float = 1.0
     iou_weight: float = 1.0
+    soft_targets: bool = False
     min_train_pixels: int = 10
     points_per_side: int = 16
     low_pred_iou: float = 0.7
@@ -196,7 +197,7 @@ class SceneCache:
         obj_scene: int64 [M] scene of each object. obj_boxes: float32 [M, 4] XYXY in input
             pixels, exclusive right / bottom edges. obj_low: bool [M, S/4, S/4] the object's
             visible pixels in the decoder's low-res frame (resized to H' x W', zero-padded to
-            S x S, 4 x 4 average > 0.5). obj_pixels: int32 flat indices (y * W + x) of every
+            S x S, 4 x 4 average > 0.5); obj_frac: uint8 [M, S/4, S/4] that average x 255. obj_pixels: int32 flat indices (y * W + x) of every
             object's visible pixels, object m at ``obj_offsets[m] : obj_offsets[m + 1]``.
         instances: per scene bool [n, H, W] (objects with >= ``min_pixels`` visible pixels).
     """
@@ -241,7 +242,9 @@ class SceneCache:
         self.obj_scene = torch.repeat_interleave(torch.arange(len(instances)), counts)
         all_masks = torch.from_numpy(np.concatenate(instances))  # [M, H, W]
         self.obj_boxes = _mask_boxes(all_masks)
-        self.obj_low = low_res_targets(all_masks, self.input_size, model_size)
+        frac = low_res_fractions(all_masks, self.input_size, model_size)
+        self.obj_low = frac > 0.5
+        self.obj_frac = (frac * 255).round().to(torch.uint8)
         flat = all_masks.flatten(1)
         sizes = flat.sum(dim=1)
         self.obj_offsets = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(sizes, 0)])
@@ -272,19 +275,23 @@ def _mask_boxes(masks: Tensor) -> Tensor:
     return torch.stack([x0, y0, x1, y1], dim=1).float()
 
 
-def low_res_targets(masks: Tensor, input_size: tuple[int, int], model_size: int) -> Tensor:
-    """bool [M, H, W] input-frame masks -> bool [M, S/4, S/4] in the decoder's low-res frame.
-
-    Resized (bilinear) to the model frame H' x W', zero-padded to S x S like the image, then
-    each 4 x 4 cell is foreground when more than half of it is.
-    """
+def low_res_fractions(masks: Tensor, input_size: tuple[int, int], model_size: int) -> Tensor:
+    """bool [M, H, W] input-frame masks -> float32 [M, S/4, S/4]: the share of each cell of the
+    decoder's low-res frame that the mask covers (resized bilinearly to the model frame
+    H' x W', zero-padded to S x S like the image, averaged over 4 x 4 model pixels)."""
     out = []
     for start in range(0, masks.shape[0], 256):
         m = masks[start : start + 256, None].float()
         m = F.interpolate(m, size=input_size, mode="bilinear", align_corners=False)
         m = F.pad(m, (0, model_size - input_size[1], 0, model_size - input_size[0]))
-        out.append(F.avg_pool2d(m, 4)[:, 0] > 0.5)
+        out.append(F.avg_pool2d(m, 4)[:, 0])
     return torch.cat(out)
+
+
+def low_res_targets(masks: Tensor, input_size: tuple[int, int], model_size: int) -> Tensor:
+    """bool [M, S/4, S/4]: the cells of the decoder's low-res frame more than half covered
+    (see :func:`low_res_fractions`)."""
+    return low_res_fractions(masks, input_size, model_size) > 0.5
 
 
 @dataclass
@@ -371,7 +378,8 @@ def mask_losses(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]
     actual IoU of ``logits > 0``.
 
     Args:
-        logits: [P, K, h, w] float; target: bool [P, h, w].
+        logits: [P, K, h, w] float; target: [P, h, w] bool, or float in [0, 1] (soft
+            targets: the share of each cell covered; the IoU counts cells > 0.5).
 
     Returns:
         focal, dice, iou: each float [P, K] (iou without gradient).
@@ -624,7 +632,10 @@ class SamStage:
         logits, iou_pred = model.mask_decoder.predict_masks(
             emb[prompts.image], pe.get_dense_pe(), sparse, dense
         )
-        target = self.train_data.obj_low[prompts.target]
+        if cfg.soft_targets:
+            target = self.train_data.obj_frac[prompts.target].float() / 255.0
+        else:
+            target = self.train_data.obj_low[prompts.target]
         focal, dice, iou = mask_losses(logits, target)  # [P, 4] each
         per_mask = cfg.focal_weight * focal + cfg.dice_weight * dice
         # Points: masks 1..3, only the best trained; boxes: mask 0 alone.
