@@ -53,7 +53,8 @@ class ReproduceSettings:
     seed: int = 0
     imagebind_iters: int = 800
     imagebind_scenes: int = 2000
-    sam_iters: int = 2400
+    sam_iters: int = 3300
+    sam_eval_every: int = 1100
     adaav_iters: int = 300
     adaav_scenes: int = 500
     val_scenes: int = 48
@@ -77,6 +78,7 @@ class ReproduceSettings:
             calibration_scenes=4,
             log_every=1,
             eval_every=0,
+            sam_eval_every=0,
         )
 
 
@@ -108,14 +110,17 @@ def _versions() -> dict[str, str]:
     return {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__}
 
 
-def _stage_settings(s: ReproduceSettings, name: str, iters: int) -> LoopSettings:
-    save = max(s.eval_every, 50) if iters > 50 else 0
+def _stage_settings(
+    s: ReproduceSettings, name: str, iters: int, eval_every: int | None = None
+) -> LoopSettings:
+    every = s.eval_every if eval_every is None else eval_every
+    save = max(min(every, 500), 50) if iters > 50 else 0
     return LoopSettings(
         out=s.out / name,
         iters=iters,
         log_every=s.log_every,
         save_every=save,
-        eval_every=s.eval_every,
+        eval_every=every,
         threads=s.threads,
     )
 
@@ -135,12 +140,19 @@ def run_imagebind(s: ReproduceSettings) -> StageResult:
     return train_imagebind(config, _stage_settings(s, "imagebind", s.imagebind_iters))
 
 
-# The tiny SAM's schedule and loss weights (measured on val by the SAM stage's sweeps: a focal
-# weight of 1 instead of SAM's 20 and batch 4 reach a higher proposal recall in the same time).
-SAM_SETTINGS: dict[str, Any] = {"batch": 4, "lr": 1e-3, "focal_weight": 1.0, "train_scenes": 1000}
-# Grid proposals of the tiny SAM: its IoU head is not confident enough for SAM's usual filters
-# (predicted IoU 0.88 / stability 0.95 keep almost nothing), so they are off; NMS stays on.
-SAM_PROPOSALS: dict[str, Any] = {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
+# The tiny SAM's recipe is SamTrainConfig's defaults (focal : dice 1 : 1, 80% point prompts,
+# tied query/key init, batch 4 at lr 1e-3; measured on val, see train/sam_synth.py), 3300 steps,
+# validated every 1100 (an 8 s grid-proposal eval; 12 val scenes are too few to select among
+# 33 nearby checkpoints). Grid proposals keep SAM's quality filters at the thresholds its IoU
+# head supports (predicted IoU 0.6 / stability 0.8: val recall 0.880 with 6 proposals per image
+# against 0.886 with 66 unfiltered; SAM's 0.88 / 0.95 keep too little); NMS stays on.
+SAM_SETTINGS: dict[str, Any] = {"train_scenes": 1000}
+
+
+def _sam_proposals() -> dict[str, Any]:
+    from moca_rt.train.sam_synth import RECOMMENDED_PROPOSALS
+
+    return dict(RECOMMENDED_PROPOSALS)
 
 
 def run_sam(s: ReproduceSettings) -> StageResult:
@@ -150,7 +162,7 @@ def run_sam(s: ReproduceSettings) -> StageResult:
         config = SamTrainConfig(world_seed=s.world_seed, seed=s.seed, **SAM_SETTINGS)
     else:
         config = SamTrainConfig.quick()
-    return train_sam(config, _stage_settings(s, "sam", s.sam_iters))
+    return train_sam(config, _stage_settings(s, "sam", s.sam_iters, s.sam_eval_every))
 
 
 def run_adaav(s: ReproduceSettings, imagebind: Path) -> StageResult:
@@ -325,7 +337,7 @@ def reproduce(s: ReproduceSettings, command: str = "", stages: Sequence[str] = S
         "sam": results["sam"].weights / "sam_synth.safetensors",
     }
     t = time.perf_counter()
-    calibration = run_calibration(s, files["imagebind"], files["adapter"], files["sam"], dict(SAM_PROPOSALS))
+    calibration = run_calibration(s, files["imagebind"], files["adapter"], files["sam"], _sam_proposals())
     timings["calibrate"] = time.perf_counter() - t
     if "package" not in stages:
         return None
