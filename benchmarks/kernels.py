@@ -35,10 +35,25 @@ from typing import Any
 RESULTS = Path(__file__).parent / "results"
 PEAK_GBPS = {"H200": 4800.0, "H100 PCIe": 2000.0, "H100": 3350.0, "A100": 2039.0}
 COLUMNS = [
-    "op", "impl", "device", "device_name", "torch", "triton", "cupy", "dtype", "config",
-    "first_call_ms", "median_ms", "p99_ms", "reps", "peak_extra_mib", "floor_mb",
-    "achieved_gbps", "floor_fraction", "status",
-]  # fmt: skip
+    "op",
+    "impl",
+    "device",
+    "device_name",
+    "torch",
+    "triton",
+    "cupy",
+    "dtype",
+    "config",
+    "first_call_ms",
+    "median_ms",
+    "p99_ms",
+    "reps",
+    "peak_extra_mib",
+    "floor_mb",
+    "achieved_gbps",
+    "floor_fraction",
+    "status",
+]
 
 
 @dataclass
@@ -191,10 +206,14 @@ def kmeans_cases(device: str, dtype: str, small: bool) -> Iterable[Case]:
             else:
                 skipped["cupy"] = "skipped: CuPy cannot run here"
             yield Case(
-                "kmeans", f"B={b} N={n} D={d} K={k} iters={iters} early_stop=off", dtype,
-                {"x": x}, impls, floor_bytes=float(b * n * d * x.element_size() * iters),
+                "kmeans",
+                f"B={b} N={n} D={d} K={k} iters={iters} early_stop=off",
+                dtype,
+                {"x": x},
+                impls,
+                floor_bytes=float(b * n * d * x.element_size() * iters),
                 skipped=skipped,
-            )  # fmt: skip
+            )
 
 
 def iou_cases(device: str, dtype: str, small: bool) -> Iterable[Case]:
@@ -229,9 +248,14 @@ def iou_cases(device: str, dtype: str, small: bool) -> Iterable[Case]:
     else:
         skipped["cupy"] = "skipped: CuPy cannot run here"
     yield Case(
-        "mask_iou", f"B={b} P={n_p} K={n_k} {side}x{side}", label, {"p": p, "c": c}, impls,
-        floor_bytes=float(_tensor_bytes((p, c))), skipped=skipped,
-    )  # fmt: skip
+        "mask_iou",
+        f"B={b} P={n_p} K={n_k} {side}x{side}",
+        label,
+        {"p": p, "c": c},
+        impls,
+        floor_bytes=float(_tensor_bytes((p, c))),
+        skipped=skipped,
+    )
 
 
 def pma_cases(device: str, dtype: str, small: bool) -> Iterable[Case]:
@@ -268,10 +292,15 @@ def pma_cases(device: str, dtype: str, small: bool) -> Iterable[Case]:
     else:
         skipped["triton"] = "skipped: Triton cannot run on this device"
     yield Case(
-        "pma_fwd_bwd", f"B={b} {h}x{w}x{ch} row search D=W-1", dtype, {"f": f, "g": gg}, impls,
-        floor_bytes=float(2 * _tensor_bytes((f, gg))), skipped=skipped,
+        "pma_fwd_bwd",
+        f"B={b} {h}x{w}x{ch} row search D=W-1",
+        dtype,
+        {"f": f, "g": gg},
+        impls,
+        floor_bytes=float(2 * _tensor_bytes((f, gg))),
+        skipped=skipped,
         held_bytes=lambda: _tensor_bytes((f.grad, gg.grad)),
-    )  # fmt: skip
+    )
 
 
 FACTORIES = {"kmeans": kmeans_cases, "iou": iou_cases, "pma": pma_cases}
@@ -310,9 +339,12 @@ def run_benchmarks(
     name, known_peak = device_info(device)
     peak = peak_gbps if peak_gbps is not None else known_peak
     common = {
-        "device": device, "device_name": name, "torch": torch.__version__,
-        "triton": _version("triton"), "cupy": _cupy_version(),
-    }  # fmt: skip
+        "device": device,
+        "device_name": name,
+        "torch": torch.__version__,
+        "triton": _version("triton"),
+        "cupy": _cupy_version(),
+    }
     rows: list[dict[str, Any]] = []
     for op in ops:
         for dtype in dtypes:
@@ -485,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
         help="Set TRITON_INTERPRET=1 so Triton runs on CPU (slow; timing is moot).",
     )
     parser.add_argument("--out", type=Path, default=None, help="CSV path (default results/).")
-    args = parser.parse_args(argv)  # fmt: skip
+    args = parser.parse_args(argv)
     if args.interpret:
         if "triton" in sys.modules:
             parser.error("--interpret must be set before triton is imported")

@@ -80,15 +80,46 @@ FLOOR_TFLOP = {
     "sam_decoder_256_points": 0.9,
 }
 COLUMNS = [
-    "timestamp_utc", "git_commit", "device", "device_name", "python", "torch", "threads",
-    "preset", "sam_preset", "points_per_side", "precision", "engine", "batch", "frames", "timed_batches",
-    "warmup", "splits", "seed", "weights", "status", "first_call_ms", "batch_ms_p50",
-    "batch_ms_p99", "e2e_ms_p50", "e2e_ms_p99", "fps",
+    "timestamp_utc",
+    "git_commit",
+    "device",
+    "device_name",
+    "python",
+    "torch",
+    "threads",
+    "preset",
+    "sam_preset",
+    "points_per_side",
+    "precision",
+    "engine",
+    "batch",
+    "frames",
+    "timed_batches",
+    "warmup",
+    "splits",
+    "seed",
+    "weights",
+    "status",
+    "first_call_ms",
+    "batch_ms_p50",
+    "batch_ms_p99",
+    "e2e_ms_p50",
+    "e2e_ms_p99",
+    "fps",
     *(f"{s}_ms_{q}" for s in STAGES for q in ("p50", "p99")),
-    "peak_mem_mib", "peak_mem_kind", "miou", "fscore", "scored_frames", "silent_frames",
+    "peak_mem_mib",
+    "peak_mem_kind",
+    "miou",
+    "fscore",
+    "scored_frames",
+    "silent_frames",
     "unchosen_frames",
-    "fallback_frames", "mean_proposals", "floor_h100_ms", "floor_fraction", "notes",
-]  # fmt: skip
+    "fallback_frames",
+    "mean_proposals",
+    "floor_h100_ms",
+    "floor_fraction",
+    "notes",
+]
 
 
 @dataclass
@@ -124,10 +155,13 @@ class BenchOptions:
             raise ValueError(f"preset: expected one of {sorted(MOCA_PRESETS)}, got {self.preset!r}")
         if self.sam_preset != "none" and self.sam_preset not in SAM_PRESETS:
             raise ValueError(
-                f"sam_preset: expected 'none' or one of {sorted(SAM_PRESETS)}, got {self.sam_preset!r}"
+                f"sam_preset: expected 'none' or one of {sorted(SAM_PRESETS)}, "
+                f"got {self.sam_preset!r}"
             )
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision: expected one of {list(PRECISIONS)}, got {self.precision!r}")
+            raise ValueError(
+                f"precision: expected one of {list(PRECISIONS)}, got {self.precision!r}"
+            )
         if not self.batches or any(b < 1 for b in self.batches):
             raise ValueError(f"batches: expected one or more sizes >= 1, got {list(self.batches)}")
         if self.frames < 1:
@@ -219,7 +253,7 @@ def score_masks(preds: Sequence[np.ndarray], targets: Sequence[np.ndarray]) -> t
 
 
 def floor_h100_ms(preset: str, sam_preset: str, points_per_side: int) -> float | None:
-    """DESIGN section 8 compute floor per frame on an H100 in ms; None for presets it does not cover."""
+    """DESIGN section 8 compute floor per frame on an H100 in ms (None: preset not covered)."""
     if preset != "moca_huge":
         return None
     tflop = FLOOR_TFLOP["imagebind_vision"] + FLOOR_TFLOP["imagebind_audio_clip"]
@@ -251,8 +285,13 @@ def _weights(opts: BenchOptions) -> str:
 
     resolved = resolve_weights(build_settings(opts))
     if resolved.shipped is not None:
-        sam = "none" if opts.sam_preset == "none" else ("shipped" if resolved.sam == resolved.shipped.sam else str(resolved.sam))
-        return f"shipped tiny models (adapter={'shipped' if resolved.adapter == resolved.shipped.adapter else resolved.adapter}, sam={sam})"
+        sam = (
+            "none"
+            if opts.sam_preset == "none"
+            else ("shipped" if resolved.sam == resolved.shipped.sam else str(resolved.sam))
+        )
+        adapter = "shipped" if resolved.adapter == resolved.shipped.adapter else resolved.adapter
+        return f"shipped tiny models (adapter={adapter}, sam={sam})"
     if opts.engine_dir is not None:
         sam = "none" if opts.sam_preset == "none" else str(opts.sam or "random")
         return f"engine_dir={opts.engine_dir} sam={sam}"
@@ -266,12 +305,19 @@ def build_settings(opts: BenchOptions) -> BuildSettings:
     """The settings ``moca_rt.build`` builds for these options (``sam_preset="none"``: no SAM)."""
     use_sam = opts.sam_preset != "none"
     return BuildSettings(
-        preset=opts.preset, imagebind=opts.imagebind, adapter=opts.adapter,
-        sam=opts.sam if use_sam else None, sam_preset=opts.sam_preset if use_sam else None,
-        proposals="grid" if use_sam else "none", points_per_side=opts.points_per_side,
-        engine=opts.engine, engine_dir=opts.engine_dir, device=opts.device,
-        precision=opts.precision, seed=opts.seed,
-    )  # fmt: skip
+        preset=opts.preset,
+        imagebind=opts.imagebind,
+        adapter=opts.adapter,
+        sam=opts.sam if use_sam else None,
+        sam_preset=opts.sam_preset if use_sam else None,
+        proposals="grid" if use_sam else "none",
+        points_per_side=opts.points_per_side,
+        engine=opts.engine,
+        engine_dir=opts.engine_dir,
+        device=opts.device,
+        precision=opts.precision,
+        seed=opts.seed,
+    )
 
 
 def build_pipeline(opts: BenchOptions) -> tuple[Any, int]:
@@ -384,14 +430,16 @@ def _run(opts: BenchOptions, inputs: BenchInputs | None) -> list[dict[str, Any]]
     floor = floor_h100_ms(opts.preset, opts.sam_preset, points or 16)
     if floor is None:
         opts.notes.append(
-            "no compute floor: DESIGN section 8's ~9 ms/frame H100 floor covers moca_huge + sam_vit_h "
-            "(ImageBind-H 0.34 + 0.04 TFLOP, SAM-H encoder 5.9 + 256-point decoder 0.9 TFLOP at ~800 TFLOP/s)"
+            "no compute floor: DESIGN section 8's ~9 ms/frame H100 floor covers moca_huge + "
+            "sam_vit_h (ImageBind-H 0.34 + 0.04 TFLOP, SAM-H encoder 5.9 + 256-point decoder "
+            "0.9 TFLOP at ~800 TFLOP/s)"
         )
     common: dict[str, Any] = {
         "timestamp_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "git_commit": git_commit(
             short=True, dirty_paths=("moca_rt", "kernels", "benchmarks/pipeline.py"), root=REPO
-        ) or "",
+        )
+        or "",
         "device": opts.device,
         "device_name": device_name(opts.device),
         "python": platform.python_version(),
@@ -475,11 +523,16 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
             lines.append(f"{r['batch']:>10}  {r.get('status')}")
             continue
         vals = [
-            f"{r['batch']}", f"{r['e2e_ms_p50']:.2f}", f"{r['e2e_ms_p99']:.2f}",
-            f"{r['batch_ms_p50']:.2f}", f"{r['fps']:.1f}",
+            f"{r['batch']}",
+            f"{r['e2e_ms_p50']:.2f}",
+            f"{r['e2e_ms_p99']:.2f}",
+            f"{r['batch_ms_p50']:.2f}",
+            f"{r['fps']:.1f}",
             *(f"{r.get(f'{s}_ms_p50', 0.0):.2f}" for s in stages),
-            f"{r['peak_mem_mib']:.0f}", f"{r['miou']:.4f}", f"{r['fscore']:.4f}",
-        ]  # fmt: skip
+            f"{r['peak_mem_mib']:.0f}",
+            f"{r['miou']:.4f}",
+            f"{r['fscore']:.4f}",
+        ]
         lines.append("  ".join(f"{v:>10}" for v in vals))
     return "\n".join(lines)
 
@@ -576,7 +629,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         type=Path,
         default=None,
-        help="The CSV to write (default benchmarks/results/pipeline_<device>.csv); JSON goes next to it.",
+        help="The CSV to write (default benchmarks/results/pipeline_<device>.csv); "
+        "JSON goes next to it.",
     )
     return p
 
@@ -584,13 +638,24 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     opts = BenchOptions(
-        preset=args.preset, sam_preset=args.sam_preset, device=args.device, precision=args.precision,
-        batches=args.batch, frames=args.frames, warmup=args.warmup,
-        splits=tuple(s.strip() for s in args.splits.split(",") if s.strip()), seed=args.seed,
-        image_size=args.image_size, points_per_side=args.points_per_side, threads=args.threads,
-        imagebind=args.imagebind, adapter=args.adapter, sam=args.sam, engine=args.engine,
+        preset=args.preset,
+        sam_preset=args.sam_preset,
+        device=args.device,
+        precision=args.precision,
+        batches=args.batch,
+        frames=args.frames,
+        warmup=args.warmup,
+        splits=tuple(s.strip() for s in args.splits.split(",") if s.strip()),
+        seed=args.seed,
+        image_size=args.image_size,
+        points_per_side=args.points_per_side,
+        threads=args.threads,
+        imagebind=args.imagebind,
+        adapter=args.adapter,
+        sam=args.sam,
+        engine=args.engine,
         engine_dir=args.engine_dir,
-    )  # fmt: skip
+    )
     try:
         rows = run_pipeline_benchmark(opts)
     except ValueError as err:  # a bad option, or settings the build cannot use (InputError)
@@ -600,8 +665,9 @@ def main(argv: list[str] | None = None) -> int:
     json_path = write_rows(rows, out)
     first = rows[0]
     print(
-        f"{first['device_name']}, torch {first['torch']}, {first['threads']} threads, preset {opts.preset} "
-        f"+ {opts.sam_preset}, {opts.precision}, {first['frames']} frames, weights {first['weights']}"
+        f"{first['device_name']}, torch {first['torch']}, {first['threads']} threads, "
+        f"preset {opts.preset} + {opts.sam_preset}, {opts.precision}, {first['frames']} frames, "
+        f"weights {first['weights']}"
     )
     print("ms per frame (stage columns: p50 of the pipeline's own stage timings)")
     print(format_table(rows))

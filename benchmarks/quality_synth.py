@@ -61,7 +61,9 @@ METHODS = (
 )
 
 
-def _calibrate_owod(scored_val: dict[str, Any], val: dict[str, EvalSet], silent_val: dict[str, list[bool]]) -> tuple[float, float]:
+def _calibrate_owod(
+    scored_val: dict[str, Any], val: dict[str, EvalSet], silent_val: dict[str, list[bool]]
+) -> tuple[float, float]:
     """OWOD-BIND threshold and delta maximising mean(S4, MS3 mIoU) + empties, on val only."""
     best, best_value = (0.0, 0.0), -1.0
     for thr in np.round(np.arange(-0.2, 0.8, 0.025), 4):
@@ -87,15 +89,36 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     pcfg = PipelineConfig(**manifest["calibration"]["pipeline"])
     props_cfg = ProposalConfig(**manifest["calibration"]["proposals"])
     imagebind, adapter, sam_path = (folder / roles[r] for r in ("imagebind", "adapter", "sam"))
-    moca = ReplayTrunk(MocaModel.from_config(MOCA_PRESETS["moca_synth"], imagebind_weights=imagebind, adapter_weights=adapter))
-    frozen = ReplayTrunk(MocaModel.from_config(MOCA_PRESETS["moca_synth"], imagebind_weights=imagebind))
+    moca = ReplayTrunk(
+        MocaModel.from_config(
+            MOCA_PRESETS["moca_synth"], imagebind_weights=imagebind, adapter_weights=adapter
+        )
+    )
+    frozen = ReplayTrunk(
+        MocaModel.from_config(MOCA_PRESETS["moca_synth"], imagebind_weights=imagebind)
+    )
     sam = ReplayProposals(SamProposals(load_sam(sam_path, SAM_PRESETS["sam_synth"]), props_cfg))
     t0 = time.perf_counter()
-    test = {split: render_eval_set(split, args.scenes if split in ("s4", "ms3") else args.empty_scenes, args.test_seed, "test", 224) for split in SPLITS}
-    print(f"rendered the test world (seed {args.test_seed}) in {time.perf_counter() - t0:.1f} s", flush=True)
+    test = {
+        split: render_eval_set(
+            split,
+            args.scenes if split in ("s4", "ms3") else args.empty_scenes,
+            args.test_seed,
+            "test",
+            224,
+        )
+        for split in SPLITS
+    }
+    print(
+        f"rendered the test world (seed {args.test_seed}) in {time.perf_counter() - t0:.1f} s",
+        flush=True,
+    )
 
     # OWOD-BIND's threshold is calibrated on the training world's val partition, like MoCA's tau.
-    val = {split: render_eval_set(split, args.val_scenes, 0, "val", 224) for split in ("s4", "ms3", "offscreen", "noise")}
+    val = {
+        split: render_eval_set(split, args.val_scenes, 0, "val", 224)
+        for split in ("s4", "ms3", "offscreen", "noise")
+    }
 
     def silent_flags(data: EvalSet) -> list[bool]:
         from moca_rt.clustering import window_dbfs
@@ -103,7 +126,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         return (window_dbfs(data.windows) < pcfg.silence_dbfs).tolist()
 
     scored_val = {s: owod_scores(frozen.trunk, sam, d) for s, d in val.items()}
-    owod_thr, owod_delta = _calibrate_owod(scored_val, val, {s: silent_flags(d) for s, d in val.items()})
+    owod_thr, owod_delta = _calibrate_owod(
+        scored_val, val, {s: silent_flags(d) for s, d in val.items()}
+    )
     print(f"owod_bind calibrated on val: threshold {owod_thr}, delta {owod_delta}", flush=True)
 
     pipelines: dict[str, Callable[[EvalSet], list[np.ndarray]]] = {
@@ -111,7 +136,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         "moca_no_mpm": lambda d: pipeline_masks(MocaPipeline(moca, None, pcfg), d),  # type: ignore[arg-type]
         "frozen_mpm": lambda d: pipeline_masks(MocaPipeline(frozen, sam, pcfg), d),  # type: ignore[arg-type]
         "frozen_no_mpm": lambda d: pipeline_masks(MocaPipeline(frozen, None, pcfg), d),  # type: ignore[arg-type]
-        "owod_bind": lambda d: owod_bind_masks(owod_scores(frozen.trunk, sam, d), owod_thr, owod_delta, silent_flags(d)),
+        "owod_bind": lambda d: owod_bind_masks(
+            owod_scores(frozen.trunk, sam, d), owod_thr, owod_delta, silent_flags(d)
+        ),
         "sam_oracle": lambda d: oracle_masks(sam, d),
         "all_background": lambda d: [np.zeros_like(m) for m in d.masks],
         "all_foreground": lambda d: [np.ones_like(m) for m in d.masks],
@@ -135,7 +162,10 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         "scenes_empty_splits": args.empty_scenes,
         "weights": str(folder),
         "weights_sha256": {k: v["sha256"][:12] for k, v in manifest["files"].items()},
-        "pipeline": {k: getattr(pcfg, k) for k in ("num_clusters", "tau", "delta", "mpm_threshold", "mpm_metric")},
+        "pipeline": {
+            k: getattr(pcfg, k)
+            for k in ("num_clusters", "tau", "delta", "mpm_threshold", "mpm_metric")
+        },
         "proposals": manifest["calibration"]["proposals"],
         "owod_bind": {"threshold": owod_thr, "delta": owod_delta},
         "torch": torch.__version__,
@@ -158,16 +188,19 @@ def write(rows: list[dict[str, Any]], meta: dict[str, Any], args: argparse.Names
     lines = [
         "# Quality on the held-out synthetic test world",
         "",
-        f"Test world seed {meta['test_seed']} (never used in training or calibration), partition `test`; "
-        f"{meta['scenes_s4_ms3']} scenes each for S4/MS3, {meta['scenes_empty_splits']} for silent/offscreen/noise. "
-        "AVSBench mIoU / F-score with 4 frames per meter batch; `*_empty` = share of clips given an empty mask.",
+        f"Test world seed {meta['test_seed']} (never used in training or calibration), "
+        f"partition `test`; {meta['scenes_s4_ms3']} scenes each for S4/MS3, "
+        f"{meta['scenes_empty_splits']} for silent/offscreen/noise. AVSBench mIoU / F-score with "
+        "4 frames per meter batch; `*_empty` = share of clips given an empty mask.",
         "",
-        "| method | S4 mIoU | S4 F | MS3 mIoU | MS3 F | silent empty | offscreen empty | noise empty |",
+        "| method | S4 mIoU | S4 F | MS3 mIoU | MS3 F "
+        "| silent empty | offscreen empty | noise empty |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         lines.append(
-            f"| {r['method']} | {r['s4_miou']:.3f} | {r['s4_f']:.3f} | {r['ms3_miou']:.3f} | {r['ms3_f']:.3f} | "
+            f"| {r['method']} | {r['s4_miou']:.3f} | {r['s4_f']:.3f} "
+            f"| {r['ms3_miou']:.3f} | {r['ms3_f']:.3f} | "
             f"{r['silent_empty']:.2f} | {r['offscreen_empty']:.2f} | {r['noise_empty']:.2f} |"
         )
     lines += ["", "Settings:", "", "```json", json.dumps(meta, indent=2, sort_keys=True), "```", ""]
@@ -220,7 +253,11 @@ def _curves(runs: Path) -> dict[str, dict[str, tuple[list[float], list[float]]]]
             if rec.get("kind") not in ("train", "eval"):
                 continue
             for k, v in rec.items():
-                skip = k in ("stage", "time", "kind", "step", "steps_per_s") or "per_image" in k or "seconds" in k
+                skip = (
+                    k in ("stage", "time", "kind", "step", "steps_per_s")
+                    or "per_image" in k
+                    or "seconds" in k
+                )
                 if skip or not isinstance(v, int | float):
                     continue
                 xs, ys = series.setdefault(k, ([], []))
@@ -231,13 +268,30 @@ def _curves(runs: Path) -> dict[str, dict[str, tuple[list[float], list[float]]]]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Quality table of the tiny models on a held-out synthetic test world.")
-    p.add_argument("--weights", default=str(ASSETS_DIR), help="Weights folder with manifest.json (default: shipped).")
-    p.add_argument("--runs", default=None, help="A reproduce run folder: adds its training curves to the plot.")
-    p.add_argument("--test-seed", type=int, default=20261204, help="World seed of the test scenes (never trained on).")
+    p = argparse.ArgumentParser(
+        description="Quality table of the tiny models on a held-out synthetic test world."
+    )
+    p.add_argument(
+        "--weights",
+        default=str(ASSETS_DIR),
+        help="Weights folder with manifest.json (default: shipped).",
+    )
+    p.add_argument(
+        "--runs", default=None, help="A reproduce run folder: adds its training curves to the plot."
+    )
+    p.add_argument(
+        "--test-seed",
+        type=int,
+        default=20261204,
+        help="World seed of the test scenes (never trained on).",
+    )
     p.add_argument("--scenes", type=int, default=96, help="Scenes for each of S4 and MS3.")
-    p.add_argument("--empty-scenes", type=int, default=48, help="Scenes for each of silent, offscreen, noise.")
-    p.add_argument("--val-scenes", type=int, default=48, help="Val scenes per split for OWOD-BIND's threshold.")
+    p.add_argument(
+        "--empty-scenes", type=int, default=48, help="Scenes for each of silent, offscreen, noise."
+    )
+    p.add_argument(
+        "--val-scenes", type=int, default=48, help="Val scenes per split for OWOD-BIND's threshold."
+    )
     p.add_argument("--threads", type=int, default=1, help="Torch threads.")
     p.add_argument("--results", default=str(RESULTS), help="Output folder.")
     return p
@@ -250,5 +304,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-

@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(
                 f"{row['mode']:>12} frames={frames} {row['samples_per_s_wall']:>7} samples/s wall, "
-                f"{row['samples_per_s_cpu']:>7} cpu, p50 {row['ms_p50']} ms, p99 {row['ms_p99']} ms, "
+                f"{row['samples_per_s_cpu']:>7} cpu, p50 {row['ms_p50']} ms, "
+                f"p99 {row['ms_p99']} ms, "
                 f"{row['bytes_per_sample'] or '-'} B/sample (load {row['load_avg_1m']})"
             )
     args.csv.parent.mkdir(parents=True, exist_ok=True)

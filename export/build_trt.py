@@ -219,8 +219,9 @@ def external_data_files(onnx_path: str | Path) -> list[Path]:
     files = [path.parent / loc for loc in locations]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
-        raise ValueError(f"expected the external data files of {path} beside it, got {missing} "
-                         "missing")  # fmt: skip
+        raise ValueError(
+            f"expected the external data files of {path} beside it, got {missing} missing"
+        )
     return files
 
 
@@ -284,9 +285,14 @@ def engine_cache_key(
     one byte of a ``.data`` weight file, gives another key.
     """
     components = cache_key_components(
-        onnx_path, profile, precision, device_name, compute_capability, trt_version,
+        onnx_path,
+        profile,
+        precision,
+        device_name,
+        compute_capability,
+        trt_version,
         strongly_typed,
-    )  # fmt: skip
+    )
     return _key_of(components)
 
 
@@ -496,8 +502,9 @@ def build_engine(
 def _trtexec_line(unit: names.Unit, onnx_path: Path, profile: Profile, precision: str) -> str:
     shapes = {name: ranges[1] for name, ranges in profile.items()}
     layers = infer_num_layers(unit, profile)
-    line = trtexec_command(unit, onnx_path, shapes, "fp16" if precision == "fp16" else "fp32",
-                           layers)  # fmt: skip
+    line = trtexec_command(
+        unit, onnx_path, shapes, "fp16" if precision == "fp16" else "fp32", layers
+    )
     return line + (" --bf16" if precision == "bf16" else "")
 
 
@@ -514,10 +521,16 @@ def run_build_trt(
 ) -> Path:
     """:func:`build_engine` with the CLI's arguments (same errors); returns the engine path."""
     return build_engine(
-        onnx_path, unit, precision=precision, cache_dir=cache_dir, num_layers=num_layers,
-        force=force, workspace_gib=workspace_gib, timing_cache=timing_cache,
+        onnx_path,
+        unit,
+        precision=precision,
+        cache_dir=cache_dir,
+        num_layers=num_layers,
+        force=force,
+        workspace_gib=workspace_gib,
+        timing_cache=timing_cache,
         strongly_typed=strongly_typed,
-    )  # fmt: skip
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -528,25 +541,50 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Build (or reuse from the cache) a TensorRT engine of an exported unit.",
     )
     parser.add_argument("--onnx", required=True, help="The ONNX file written by create_onnx.")
-    parser.add_argument("--unit", choices=names.UNITS, required=True,
-                        help="The unit the ONNX file holds; sizes the optimisation profile.")  # fmt: skip
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp16",
-                        help="fp32 (TF32 off), fp16 or bf16 kernels.")  # fmt: skip
-    parser.add_argument("--cache", default=None,
-                        help=f"Engine cache folder (default ${CACHE_ENV} or "
-                             "~/.cache/moca_rt/engines).")  # fmt: skip
-    parser.add_argument("--num-layers", type=int, default=None,
-                        help="Adapted layers of a MoCA unit (read from the ONNX names when "
-                             "omitted).")  # fmt: skip
-    parser.add_argument("--workspace-gib", type=float, default=DEFAULT_WORKSPACE_GIB,
-                        help="Limit of TensorRT's workspace memory pool in GiB.")  # fmt: skip
-    parser.add_argument("--timing-cache", default=None,
-                        help="TensorRT timing-cache file, read if present and updated.")  # fmt: skip
-    parser.add_argument("--strongly-typed", action="store_true",
-                        help="Build a strongly typed network (the ONNX types decide; needs "
-                             "--precision fp32).")  # fmt: skip
-    parser.add_argument("--force", action="store_true",
-                        help="Rebuild even when the cache holds an engine for this key.")  # fmt: skip
+    parser.add_argument(
+        "--unit",
+        choices=names.UNITS,
+        required=True,
+        help="The unit the ONNX file holds; sizes the optimisation profile.",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp16",
+        help="fp32 (TF32 off), fp16 or bf16 kernels.",
+    )
+    parser.add_argument(
+        "--cache",
+        default=None,
+        help=f"Engine cache folder (default ${CACHE_ENV} or ~/.cache/moca_rt/engines).",
+    )
+    parser.add_argument(
+        "--num-layers",
+        type=int,
+        default=None,
+        help="Adapted layers of a MoCA unit (read from the ONNX names when omitted).",
+    )
+    parser.add_argument(
+        "--workspace-gib",
+        type=float,
+        default=DEFAULT_WORKSPACE_GIB,
+        help="Limit of TensorRT's workspace memory pool in GiB.",
+    )
+    parser.add_argument(
+        "--timing-cache",
+        default=None,
+        help="TensorRT timing-cache file, read if present and updated.",
+    )
+    parser.add_argument(
+        "--strongly-typed",
+        action="store_true",
+        help="Build a strongly typed network (the ONNX types decide; needs --precision fp32).",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="Rebuild even when the cache holds an engine for this key.",
+    )
     args = parser.parse_args(argv)
     if not trt_available():
         print(TENSORRT_MISSING, file=sys.stderr)
@@ -555,9 +593,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         profile = optimization_profile(args.unit, args.onnx, args.num_layers)
         print(f"equivalent: {_trtexec_line(args.unit, Path(args.onnx), profile, args.precision)}")
         engine = run_build_trt(
-            args.onnx, args.unit, args.precision, args.cache, args.num_layers, args.force,
-            args.workspace_gib, args.timing_cache, args.strongly_typed,
-        )  # fmt: skip
+            args.onnx,
+            args.unit,
+            args.precision,
+            args.cache,
+            args.num_layers,
+            args.force,
+            args.workspace_gib,
+            args.timing_cache,
+            args.strongly_typed,
+        )
     except (ValueError, RuntimeError) as exc:
         print(f"build failed: {exc}", file=sys.stderr)
         return 1

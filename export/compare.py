@@ -129,9 +129,14 @@ def _compare_one(name: str, ref: Tensor, got: Tensor, tol: Tolerance) -> OutputC
     shape = tuple(ref.shape)
     if tuple(got.shape) != shape:
         return OutputComparison(
-            name, shape, math.inf, math.inf, 0.0, False,
+            name,
+            shape,
+            math.inf,
+            math.inf,
+            0.0,
+            False,
             f"shape {list(got.shape)}, expected {list(shape)}",
-        )  # fmt: skip
+        )
     a = got.detach().to(torch.float64).cpu().flatten()
     b = ref.detach().to(torch.float64).cpu().flatten()
     if a.numel() == 0:
@@ -223,24 +228,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--unit", choices=names.UNITS, required=True, help="The exported unit.")
     parser.add_argument("--onnx", required=True, help="The ONNX file written by create_onnx.")
     add_model_arguments(parser)  # as exported; --precision also picks the tolerance
-    parser.add_argument("--batch", type=int, default=COMPARE_BATCH,
-                        help="Batch (decoder: number of prompts) to compare at.")  # fmt: skip
-    parser.add_argument("--provider", action="append", default=None,
-                        help="onnxruntime execution provider, repeatable, in priority order "
-                             "(default CPUExecutionProvider).")  # fmt: skip
-    parser.add_argument("--strict-provider", action="store_true",
-                        help="Fail (exit 3) when onnxruntime falls back from the first provider.")  # fmt: skip
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=COMPARE_BATCH,
+        help="Batch (decoder: number of prompts) to compare at.",
+    )
+    parser.add_argument(
+        "--provider",
+        action="append",
+        default=None,
+        help="onnxruntime execution provider, repeatable, in priority order "
+        "(default CPUExecutionProvider).",
+    )
+    parser.add_argument(
+        "--strict-provider",
+        action="store_true",
+        help="Fail (exit 3) when onnxruntime falls back from the first provider.",
+    )
     args = parser.parse_args(argv)
     model = build_model(
-        args.unit, args.preset, args.sam_preset, args.precision,
-        args.imagebind, args.adapter, args.sam, args.seed,
-    )  # fmt: skip
+        args.unit,
+        args.preset,
+        args.sam_preset,
+        args.precision,
+        args.imagebind,
+        args.adapter,
+        args.sam,
+        args.seed,
+    )
     providers = args.provider or ["CPUExecutionProvider"]
     try:
         report = compare_unit(
-            args.unit, model, args.onnx, args.precision, args.batch, providers=providers,
+            args.unit,
+            model,
+            args.onnx,
+            args.precision,
+            args.batch,
+            providers=providers,
             strict_provider=args.strict_provider,
-        )  # fmt: skip
+        )
     except RuntimeError as exc:
         print(f"provider check failed: {exc}", file=sys.stderr)
         return 3

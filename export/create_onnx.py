@@ -238,9 +238,9 @@ def export_unit(
     The example has batch :data:`EXPORT_BATCH` (decoder: 3 prompts of 2 points); the axes of
     :func:`moca_rt.engines.names.dynamic_axes` stay symbolic. The MoCA units fix ``audio_clips``
     clips per window (3: the official preprocessing; 1: what the pipeline computes for its 2 s
-    windows, a third of the audio work); export both units with the same value. The dynamo exporter may write
-    weights to ``<out_path>.data`` beside the file. A JSON sidecar ``<out_path>.json`` holds
-    the :class:`ExportResult`.
+    windows, a third of the audio work); export both units with the same value. The dynamo
+    exporter may write weights to ``<out_path>.data`` beside the file. A JSON sidecar
+    ``<out_path>.json`` holds the :class:`ExportResult`.
     """
     if precision not in ONNX_PRECISIONS:
         raise ValueError(f"expected precision in {ONNX_PRECISIONS}, got {precision!r}")
@@ -259,16 +259,27 @@ def export_unit(
         warnings.simplefilter("ignore")
         if exporter == "dynamo":
             torch.onnx.export(
-                wrapper, args, str(path), input_names=list(ins), output_names=list(outs),
-                dynamic_shapes=_dynamic_shapes(unit, num_layers), opset_version=OPSET,
-                dynamo=True, verbose=False,
-            )  # fmt: skip
+                wrapper,
+                args,
+                str(path),
+                input_names=list(ins),
+                output_names=list(outs),
+                dynamic_shapes=_dynamic_shapes(unit, num_layers),
+                opset_version=OPSET,
+                dynamo=True,
+                verbose=False,
+            )
         else:
             torch.onnx.export(
-                wrapper, args, str(path), input_names=list(ins), output_names=list(outs),
+                wrapper,
+                args,
+                str(path),
+                input_names=list(ins),
+                output_names=list(outs),
                 dynamic_axes=cast(dict, names.dynamic_axes(unit, num_layers)),
-                opset_version=17, dynamo=False,
-            )  # fmt: skip
+                opset_version=17,
+                dynamo=False,
+            )
     shapes = {k: tuple(v.shape) for k, v in feeds.items()}
     result = ExportResult(
         unit=unit,
@@ -358,18 +369,37 @@ def run_create_onnx(
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags that name the model of the units: ``create_onnx`` exports it, ``compare``
     rebuilds it from the same values to check a file against it."""
-    parser.add_argument("--preset", choices=sorted(MOCA_PRESETS), default="moca_huge",
-                        help="MoCA preset (sizes of ImageBind and the adapters).")  # fmt: skip
-    parser.add_argument("--sam-preset", choices=sorted(SAM_PRESETS), default="sam_vit_h",
-                        help="SAM preset for the sam_encoder and sam_decoder units.")  # fmt: skip
-    parser.add_argument("--precision", choices=ONNX_PRECISIONS, default="fp32",
-                        help="Weights and float inputs in fp32 or fp16.")  # fmt: skip
-    parser.add_argument("--imagebind", default=None,
-                        help="Official ImageBind checkpoint (random weights when omitted).")  # fmt: skip
-    parser.add_argument("--adapter", default=None,
-                        help="Trained AdaAV weights (seeded random adapters when omitted).")  # fmt: skip
-    parser.add_argument("--sam", default=None,
-                        help="Official SAM checkpoint (random weights when omitted).")  # fmt: skip
+    parser.add_argument(
+        "--preset",
+        choices=sorted(MOCA_PRESETS),
+        default="moca_huge",
+        help="MoCA preset (sizes of ImageBind and the adapters).",
+    )
+    parser.add_argument(
+        "--sam-preset",
+        choices=sorted(SAM_PRESETS),
+        default="sam_vit_h",
+        help="SAM preset for the sam_encoder and sam_decoder units.",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=ONNX_PRECISIONS,
+        default="fp32",
+        help="Weights and float inputs in fp32 or fp16.",
+    )
+    parser.add_argument(
+        "--imagebind",
+        default=None,
+        help="Official ImageBind checkpoint (random weights when omitted).",
+    )
+    parser.add_argument(
+        "--adapter",
+        default=None,
+        help="Trained AdaAV weights (seeded random adapters when omitted).",
+    )
+    parser.add_argument(
+        "--sam", default=None, help="Official SAM checkpoint (random weights when omitted)."
+    )
     parser.add_argument("--seed", type=int, default=0, help="Seed of the random weights.")
 
 
@@ -379,23 +409,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m moca_rt.export.create_onnx",
         description="Export MoCA / SAM units to ONNX and print the trtexec command for each.",
     )
-    parser.add_argument("--unit", choices=[*names.UNITS, "all"], default="all",
-                        help="Which unit to export; 'all' exports the four units.")  # fmt: skip
+    parser.add_argument(
+        "--unit",
+        choices=[*names.UNITS, "all"],
+        default="all",
+        help="Which unit to export; 'all' exports the four units.",
+    )
     parser.add_argument("--out", required=True, help="Folder that receives the ONNX files.")
     add_model_arguments(parser)
-    parser.add_argument("--audio-clips", type=int, default=AUDIO_CLIPS,
-                        help="Clips per 2 s audio window fixed in the audio and vision units: 3 "
-                             "(official preprocessing) or 1 (what python -m moca_rt.infer "
-                             "computes; a third of the audio work).")  # fmt: skip
+    parser.add_argument(
+        "--audio-clips",
+        type=int,
+        default=AUDIO_CLIPS,
+        help="Clips per 2 s audio window fixed in the audio and vision units: 3 "
+        "(official preprocessing) or 1 (what python -m moca_rt.infer "
+        "computes; a third of the audio work).",
+    )
     args = parser.parse_args(argv)
     if args.audio_clips < 1:
         parser.error(f"--audio-clips: expected >= 1, got {args.audio_clips}")
     units = names.UNITS if args.unit == "all" else (args.unit,)
     try:
         results = run_create_onnx(
-            units, args.out, args.preset, args.sam_preset, args.precision,
-            args.imagebind, args.adapter, args.sam, args.seed, args.audio_clips,
-        )  # fmt: skip
+            units,
+            args.out,
+            args.preset,
+            args.sam_preset,
+            args.precision,
+            args.imagebind,
+            args.adapter,
+            args.sam,
+            args.seed,
+            args.audio_clips,
+        )
     except Exception as exc:  # report and exit non-zero; the traceback is in the message chain
         print(f"export failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

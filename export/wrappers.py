@@ -65,7 +65,7 @@ class VisionUnit(nn.Module):
 
 
 class SamEncoderUnit(nn.Module):
-    """SAM image encoder: [B, 3, S, S] normalised, zero-padded -> embeddings [B, 256, S/16, S/16]."""
+    """SAM image encoder: [B, 3, S, S] normalised, zero-padded -> [B, 256, S/16, S/16]."""
 
     def __init__(self, sam: Sam) -> None:
         super().__init__()

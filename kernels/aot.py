@@ -115,8 +115,10 @@ def compile_spec(spec: KernelSpec, arch: int = 90) -> CompileReport:
         fh.flush()
         proc = subprocess.run(
             [str(_ptxas()), f"-arch=sm_{arch}{suffix}", "-v", fh.name, "-o", "/dev/null"],
-            capture_output=True, text=True, check=True,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            check=True,
+        )
     log = proc.stderr
     regs = [int(v) for v in re.findall(r"Used (\d+) registers", log)]
     return CompileReport(

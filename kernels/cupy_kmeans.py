@@ -102,8 +102,16 @@ def cosine_kmeans_cupy(
     fn = raw_module("kmeans.cu").get_function(_ENTRY[x.dtype])
     smem = 4 * (4 * n + _FIXED_SMEM_WORDS)
     args = (
-        as_cupy(x), as_cupy(rand), as_cupy(cent), as_cupy(labels), as_cupy(iters),
-        np.int32(n), np.int32(d), np.int32(k), np.int32(max_iters), np.int32(int(early_stop)),
-    )  # fmt: skip
+        as_cupy(x),
+        as_cupy(rand),
+        as_cupy(cent),
+        as_cupy(labels),
+        as_cupy(iters),
+        np.int32(n),
+        np.int32(d),
+        np.int32(k),
+        np.int32(max_iters),
+        np.int32(int(early_stop)),
+    )
     launch(x, fn, (bsz,), args, smem)
     return KMeansResult(labels, cent, iters)

@@ -49,8 +49,13 @@ def mask_match_cupy(
         return out
     fn = raw_module("mask_iou.cu").get_function("moca_mask_match_u8_kernel")
     args = (
-        as_cupy(p), as_cupy(c), as_cupy(out),
-        np.int32(n_p), np.int32(n_k), np.int32(h * w), np.int32(int(metric == "coverage")),
-    )  # fmt: skip
+        as_cupy(p),
+        as_cupy(c),
+        as_cupy(out),
+        np.int32(n_p),
+        np.int32(n_k),
+        np.int32(h * w),
+        np.int32(int(metric == "coverage")),
+    )
     launch(proposals, fn, (n_p, bsz), args, 0)
     return out

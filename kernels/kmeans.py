@@ -12,15 +12,15 @@ The algorithm, shared exactly by every backend so that their labels can be compa
    device and for every frame ``b``, so a frame's draws do not depend on its batch row; its
    result can still differ in rare cases, because batched matmuls may round the cosines
    differently at another batch size). Step 0 takes patch ``r[b, 0] % N``. Step ``s >= 1``
-   weighs each patch by ``w = clamp(1 - max_c cos(x, c), 0, 2)`` over the centres chosen so far (for unit
-   vectors ``|x - c|^2 = 2 (1 - cos)``, so this is D^2 sampling), quantises
+   weighs each patch by ``w = clamp(1 - max_c cos(x, c), 0, 2)`` over the centres chosen so far
+   (for unit vectors ``|x - c|^2 = 2 (1 - cos)``, so this is D^2 sampling), quantises
    ``q = floor(w * 2^16)`` (int), and takes the smallest index ``i`` whose inclusive prefix sum
    ``sum_{j<=i} q_j`` exceeds ``t = (r[b, s] * sum(q)) >> 31`` (the draw scaled to the total,
    so a total that rounding moves by a unit or two moves ``t`` by less than one). Integer
-   prefix sums make the choice exact once the ``q`` agree; the ``q`` come from fp32 dot products whose rounding differs slightly
-   between backends, so two backends can only disagree when the draw lands within a few units of
-   a prefix-sum boundary (about one draw in a million). If every ``q`` is 0 (all patches equal
-   to a centre), step ``s`` takes ``r[b, s] % N``.
+   prefix sums make the choice exact once the ``q`` agree; the ``q`` come from fp32 dot products
+   whose rounding differs slightly between backends, so two backends can only disagree when the
+   draw lands within a few units of a prefix-sum boundary (about one draw in a million). If every
+   ``q`` is 0 (all patches equal to a centre), step ``s`` takes ``r[b, s] % N``.
 2. **Assignment**: ``label = argmax_k cos(x, c_k)``, ties to the lowest ``k``.
 3. **Update**: ``c_k = normalise(mean of the members of k)``; a cluster with no member keeps its
    previous centroid.
@@ -57,6 +57,7 @@ NORM_EPS = 1e-12
 WEIGHT_SCALE = 65536.0  # 2^16: quantisation of the seeding weights (see module docstring).
 TRITON_MAX_N = 512  # all N rows of a frame live in one program's registers
 TRITON_MAX_K = 64
+
 
 def _seed_index(q: torch.Tensor, rand: torch.Tensor, n: int) -> torch.Tensor:
     """Seeding choice from integer weights q [..., N] and draws rand [...] (see module doc)."""
@@ -432,11 +433,25 @@ def cosine_kmeans_triton(
         )
     kernel = _triton_kernel(triton_interpreting())
     kernel[(bsz,)](
-        x, rand, cent, labels, iters, n, d, k, max_iters, x.stride(0), x.stride(1),
-        EARLY_STOP=early_stop, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, BLOCK_D=cfg.block_d,
-        DOT_PRECISION=dot_precision, num_warps=cfg.num_warps,
+        x,
+        rand,
+        cent,
+        labels,
+        iters,
+        n,
+        d,
+        k,
+        max_iters,
+        x.stride(0),
+        x.stride(1),
+        EARLY_STOP=early_stop,
+        BLOCK_N=cfg.block_n,
+        BLOCK_K=cfg.block_k,
+        BLOCK_D=cfg.block_d,
+        DOT_PRECISION=dot_precision,
+        num_warps=cfg.num_warps,
         **({} if cfg.num_stages is None else {"num_stages": cfg.num_stages}),
-    )  # fmt: skip
+    )
     return KMeansResult(labels, cent, iters)
 
 
@@ -450,23 +465,38 @@ def aot_specs() -> list[Any]:
     fn = _triton_kernel(False)
     specs = []
     for dtype, torch_dtype in (
-        ("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)
-    ):  # fmt: skip
+        ("fp32", torch.float32),
+        ("bf16", torch.bfloat16),
+        ("fp16", torch.float16),
+    ):
         cfg = triton_kmeans_config(256, 16, torch_dtype)
         assert cfg == triton_kmeans_config(256, 2, torch_dtype), "k = 2..16: one config"
         types = {
-            "x_ptr": f"*{dtype}", "rand_ptr": "*i32", "cent_ptr": "*fp32", "labels_ptr": "*i64",
-            "iters_ptr": "*i32", "N": "i32", "D": "i32", "K": "i32", "max_iters": "i32",
-            "stride_xb": "i32", "stride_xn": "i32",
-        }  # fmt: skip
+            "x_ptr": f"*{dtype}",
+            "rand_ptr": "*i32",
+            "cent_ptr": "*fp32",
+            "labels_ptr": "*i64",
+            "iters_ptr": "*i32",
+            "N": "i32",
+            "D": "i32",
+            "K": "i32",
+            "max_iters": "i32",
+            "stride_xb": "i32",
+            "stride_xn": "i32",
+        }
         consts = {
-            "EARLY_STOP": True, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k,
-            "BLOCK_D": cfg.block_d, "DOT_PRECISION": "ieee",
-        }  # fmt: skip
+            "EARLY_STOP": True,
+            "BLOCK_N": cfg.block_n,
+            "BLOCK_K": cfg.block_k,
+            "BLOCK_D": cfg.block_d,
+            "DOT_PRECISION": "ieee",
+        }
         # N = 256, D = 1280 and the strides are multiples of 16 there; K and max_iters not.
         divisible = ("N", "D", "stride_xb", "stride_xn")
         name = f"kmeans {dtype} N=256 D=1280 k=2..16"
-        spec = KernelSpec(name, fn, types, consts, cfg.num_warps, cfg.num_stages, divisible=divisible)
+        spec = KernelSpec(
+            name, fn, types, consts, cfg.num_warps, cfg.num_stages, divisible=divisible
+        )
         specs.append(spec)
     return specs
 

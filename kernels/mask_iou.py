@@ -175,20 +175,26 @@ def aot_specs() -> list[Any]:
     for in_type, metric in (("u8", "iou"), ("u8", "coverage"), ("bf16", "iou"), ("fp32", "iou")):
         for n_k in (4, 16):
             types = {
-                "p_ptr": f"*{in_type}", "c_ptr": f"*{in_type}", "out_ptr": "*fp32", "P": "i32",
-                "K": "i32", "HW": "i32", "threshold": "fp32",
-            }  # fmt: skip
+                "p_ptr": f"*{in_type}",
+                "c_ptr": f"*{in_type}",
+                "out_ptr": "*fp32",
+                "P": "i32",
+                "K": "i32",
+                "HW": "i32",
+                "threshold": "fp32",
+            }
             is_float = in_type != "u8"
             consts = {
-                "P_FLOAT": is_float, "C_FLOAT": is_float, "COVERAGE": metric == "coverage",
-                "BLOCK_P": TRITON_BLOCK_P, "BLOCK_K": _block_k(n_k),
+                "P_FLOAT": is_float,
+                "C_FLOAT": is_float,
+                "COVERAGE": metric == "coverage",
+                "BLOCK_P": TRITON_BLOCK_P,
+                "BLOCK_K": _block_k(n_k),
                 "BLOCK_HW": _block_hw(4 if in_type == "fp32" else 2 if is_float else 1),
-            }  # fmt: skip
+            }
             name = f"mask_{metric} {in_type} P=256 K={n_k} 256x256"
             divisible = ("P", "HW")  # 256 and 65536; K (4 or 16) is left unmarked
-            specs.append(
-                KernelSpec(name, fn, types, consts, TRITON_NUM_WARPS, divisible=divisible)
-            )
+            specs.append(KernelSpec(name, fn, types, consts, TRITON_NUM_WARPS, divisible=divisible))
     return specs
 
 
@@ -226,11 +232,21 @@ def mask_iou_triton(
         return out
     kernel = _triton_kernel(triton_interpreting())
     kernel[(bsz, (n_p + TRITON_BLOCK_P - 1) // TRITON_BLOCK_P)](
-        pv, cv, out, n_p, n_k, h * w, float(threshold if threshold is not None else 0.0),
-        P_FLOAT=pv.dtype.is_floating_point, C_FLOAT=cv.dtype.is_floating_point,
-        COVERAGE=metric == "coverage", BLOCK_P=TRITON_BLOCK_P, BLOCK_K=_block_k(n_k),
-        BLOCK_HW=_block_hw(max(pv.element_size(), cv.element_size())), num_warps=TRITON_NUM_WARPS,
-    )  # fmt: skip
+        pv,
+        cv,
+        out,
+        n_p,
+        n_k,
+        h * w,
+        float(threshold if threshold is not None else 0.0),
+        P_FLOAT=pv.dtype.is_floating_point,
+        C_FLOAT=cv.dtype.is_floating_point,
+        COVERAGE=metric == "coverage",
+        BLOCK_P=TRITON_BLOCK_P,
+        BLOCK_K=_block_k(n_k),
+        BLOCK_HW=_block_hw(max(pv.element_size(), cv.element_size())),
+        num_warps=TRITON_NUM_WARPS,
+    )
     return out
 
 

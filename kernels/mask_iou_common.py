@@ -37,7 +37,8 @@ def check_masks(
     b, _, h, w = proposals.shape
     if clusters.shape[0] != b or clusters.shape[2:] != proposals.shape[2:]:
         raise ValueError(
-            f"expected clusters [B={b}, K, {h}, {w}] matching proposals, got {tuple(clusters.shape)}"
+            f"expected clusters [B={b}, K, {h}, {w}] matching proposals, "
+            f"got {tuple(clusters.shape)}"
         )
     if proposals.device != clusters.device:
         raise ValueError(

@@ -342,9 +342,14 @@ class _PmaTritonFunction(torch.autograd.Function):
         full, ssd_weight, ncc_weight, eps = ctx.params  # type: ignore[attr-defined]
         grad_pix = _pixel_grad(grad_cost, grad_min, f)
         gf, gg = pma_triton.backward_grouped(
-            _grouped(f, full), _grouped(g, full), argk, _grouped_pix(grad_pix, full),
-            ssd_weight, ncc_weight, eps,
-        )  # fmt: skip
+            _grouped(f, full),
+            _grouped(g, full),
+            argk,
+            _grouped_pix(grad_pix, full),
+            ssd_weight,
+            ncc_weight,
+            eps,
+        )
         return gf.reshape(f.shape), gg.reshape(g.shape), None, None, None, None, None
 
 

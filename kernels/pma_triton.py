@@ -432,13 +432,24 @@ def forward_grouped(
     fwd, _ = _kernels(_interpreting())
     grid = (G, triton.cdiv(L, cfg.block_j))
     fwd[grid](
-        f, g, min_cost, argk, L, C, max_disparity,
-        float(ssd_weight), float(ncc_weight), float(eps), 1.0 / C,
-        BLOCK_J=cfg.block_j, BLOCK_K=cfg.block_k, BLOCK_C=cfg.block_c,
+        f,
+        g,
+        min_cost,
+        argk,
+        L,
+        C,
+        max_disparity,
+        float(ssd_weight),
+        float(ncc_weight),
+        float(eps),
+        1.0 / C,
+        BLOCK_J=cfg.block_j,
+        BLOCK_K=cfg.block_k,
+        BLOCK_C=cfg.block_c,
         PRECISION=_fwd_precision(f.dtype),
         UPCAST_DOT=f.dtype == torch.bfloat16 and _interpreting(),
         **_launch_options(cfg.num_warps, cfg.num_stages),
-    )  # fmt: skip
+    )
     return min_cost, argk
 
 
@@ -492,11 +503,23 @@ def backward_grouped(
         grid = (G, triton.cdiv(L, cfg.block_j))
     _, bwd = _kernels(_interpreting())
     bwd[grid](
-        f, g, argk, grad_min, grad_f, grad_g, L, C,
-        float(ssd_weight), float(ncc_weight), float(eps), 1.0 / C,
-        BLOCK_J=cfg.block_j, BLOCK_C=cfg.block_c, DETERMINISTIC=cfg.deterministic,
+        f,
+        g,
+        argk,
+        grad_min,
+        grad_f,
+        grad_g,
+        L,
+        C,
+        float(ssd_weight),
+        float(ncc_weight),
+        float(eps),
+        1.0 / C,
+        BLOCK_J=cfg.block_j,
+        BLOCK_C=cfg.block_c,
+        DETERMINISTIC=cfg.deterministic,
         **_launch_options(cfg.num_warps, cfg.num_stages),
-    )  # fmt: skip
+    )
     return grad_f, grad_g.to(g.dtype)
 
 
@@ -518,26 +541,62 @@ def aot_specs() -> list[Any]:
     for label, G, L, C, D in REAL_SHAPES:
         for dtype, ty in _TL_TYPES.items():
             fc = fwd_config(G, L, C, D, dtype)
-            fsig = {"f_ptr": f"*{ty}", "g_ptr": f"*{ty}", "min_ptr": "*fp32", "arg_ptr": "*i64",
-                    "L": "i32", "C": "i32", "D": "i32", **scalars}  # fmt: skip
-            fconst = {"BLOCK_J": fc.block_j, "BLOCK_K": fc.block_k, "BLOCK_C": fc.block_c,
-                      "PRECISION": _fwd_precision(dtype), "UPCAST_DOT": False}  # fmt: skip
-            specs.append(KernelSpec(
-                f"pma_fwd {label} {ty} J{fc.block_j} K{fc.block_k} C{fc.block_c}", fwd,
-                fsig, fconst, fc.num_warps,
-                fc.num_stages, divisible=("L", "C"),  # 16 or 256, and 1280; D is not
-            ))  # fmt: skip
+            fsig = {
+                "f_ptr": f"*{ty}",
+                "g_ptr": f"*{ty}",
+                "min_ptr": "*fp32",
+                "arg_ptr": "*i64",
+                "L": "i32",
+                "C": "i32",
+                "D": "i32",
+                **scalars,
+            }
+            fconst = {
+                "BLOCK_J": fc.block_j,
+                "BLOCK_K": fc.block_k,
+                "BLOCK_C": fc.block_c,
+                "PRECISION": _fwd_precision(dtype),
+                "UPCAST_DOT": False,
+            }
+            specs.append(
+                KernelSpec(
+                    f"pma_fwd {label} {ty} J{fc.block_j} K{fc.block_k} C{fc.block_c}",
+                    fwd,
+                    fsig,
+                    fconst,
+                    fc.num_warps,
+                    fc.num_stages,
+                    divisible=("L", "C"),  # 16 or 256, and 1280; D is not
+                )
+            )
             bc = bwd_config(G, L, C, dtype)
             gg_ty = ty if bc.deterministic else "fp32"
-            bsig = {"f_ptr": f"*{ty}", "g_ptr": f"*{ty}", "arg_ptr": "*i64", "go_ptr": "*fp32",
-                    "gf_ptr": f"*{ty}", "gg_ptr": f"*{gg_ty}", "L": "i32", "C": "i32",
-                    **scalars}  # fmt: skip
-            bconst = {"BLOCK_J": bc.block_j, "BLOCK_C": bc.block_c,
-                      "DETERMINISTIC": bc.deterministic}  # fmt: skip
+            bsig = {
+                "f_ptr": f"*{ty}",
+                "g_ptr": f"*{ty}",
+                "arg_ptr": "*i64",
+                "go_ptr": "*fp32",
+                "gf_ptr": f"*{ty}",
+                "gg_ptr": f"*{gg_ty}",
+                "L": "i32",
+                "C": "i32",
+                **scalars,
+            }
+            bconst = {
+                "BLOCK_J": bc.block_j,
+                "BLOCK_C": bc.block_c,
+                "DETERMINISTIC": bc.deterministic,
+            }
             path = "deterministic" if bc.deterministic else "atomic"
-            specs.append(KernelSpec(
-                f"pma_bwd {label} {ty} {path} J{bc.block_j} C{bc.block_c}", bwd,
-                bsig, bconst, bc.num_warps,
-                bc.num_stages, divisible=("L", "C"),
-            ))  # fmt: skip
+            specs.append(
+                KernelSpec(
+                    f"pma_bwd {label} {ty} {path} J{bc.block_j} C{bc.block_c}",
+                    bwd,
+                    bsig,
+                    bconst,
+                    bc.num_warps,
+                    bc.num_stages,
+                    divisible=("L", "C"),
+                )
+            )
     return specs

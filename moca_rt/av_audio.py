@@ -28,8 +28,10 @@ def audio_frame_to_float(frame: Any) -> np.ndarray:
     if base in ("flt", "dbl"):
         return np.ascontiguousarray(arr, dtype=np.float32)
     if base not in _INT_SCALE:
-        raise MediaDecodeError(f"unsupported audio sample format: expected one of "
-                               f"u8/s16/s32/s64/flt/dbl, got {fmt.name}")
+        raise MediaDecodeError(
+            f"unsupported audio sample format: expected one of "
+            f"u8/s16/s32/s64/flt/dbl, got {fmt.name}"
+        )
     out = arr.astype(np.float64)
     if base == "u8":
         out -= 128.0

@@ -140,12 +140,19 @@ class BuildSettings:
             if self.engine_dir is not None:
                 return "--engine-dir is for --engine onnxruntime or tensorrt, got --engine torch"
             return None
-        if self.engine_dir is None and not (self.export_dir is not None and self.engine == "onnxruntime"):
-            how = ("python -m moca_rt.export.create_onnx --unit audio/vision" if self.engine ==
-                   "onnxruntime" else "python -m moca_rt.export.build_trt")  # fmt: skip
+        if self.engine_dir is None and not (
+            self.export_dir is not None and self.engine == "onnxruntime"
+        ):
+            how = (
+                "python -m moca_rt.export.create_onnx --unit audio/vision"
+                if self.engine == "onnxruntime"
+                else "python -m moca_rt.export.build_trt"
+            )
             demo = " or --demo" if self.engine == "onnxruntime" else ""
-            return (f"--engine {self.engine}: expected --engine-dir DIR with the audio and vision "
-                    f"units ({how}){demo}, got no --engine-dir")  # fmt: skip
+            return (
+                f"--engine {self.engine}: expected --engine-dir DIR with the audio and vision "
+                f"units ({how}){demo}, got no --engine-dir"
+            )
         return None
 
 
@@ -172,14 +179,23 @@ def resolve_weights(settings: BuildSettings) -> Weights:
     """
     given = Weights(imagebind=settings.imagebind, adapter=settings.adapter, sam=settings.sam)
     tiny = settings.preset in (None, DEFAULT_PRESET) and settings.imagebind is None
-    if settings.random_weights or not tiny or settings.engine_dir is not None or not shipped_available():
+    if (
+        settings.random_weights
+        or not tiny
+        or settings.engine_dir is not None
+        or not shipped_available()
+    ):
         return given
     try:
         shipped = shipped_weights()
     except ShippedWeightsError as e:
         raise CheckpointError(str(e)) from e
     sam = settings.sam
-    if sam is None and settings.proposals != "none" and settings.sam_preset in (None, SHIPPED_SAM_PRESET):
+    if (
+        sam is None
+        and settings.proposals != "none"
+        and settings.sam_preset in (None, SHIPPED_SAM_PRESET)
+    ):
         sam = shipped.sam
     adapter = settings.adapter if settings.adapter is not None else shipped.adapter
     return Weights(imagebind=shipped.imagebind, adapter=adapter, sam=sam, shipped=shipped)
@@ -213,7 +229,7 @@ class BuiltPipeline:
 
 
 def build_pipeline(settings: BuildSettings) -> BuiltPipeline:
-    """Build the models, engines, SAM and the :class:`~moca_rt.pipeline.MocaPipeline` of ``settings``.
+    """Build the models, engines, SAM and the :class:`~moca_rt.pipeline.MocaPipeline`.
 
     Raises:
         InputError: settings out of range or that do not go together
@@ -234,7 +250,8 @@ def build_pipeline(settings: BuildSettings) -> BuiltPipeline:
         notes.append(
             f"shipped tiny models (moca_synth + sam_synth, trained on the synthetic world; "
             f"{weights.shipped.folder}) with their calibrated settings: K {config.num_clusters}, "
-            f"tau {config.tau}, delta {config.delta}, MPM {config.mpm_metric} > {config.mpm_threshold}"
+            f"tau {config.tau}, delta {config.delta}, "
+            f"MPM {config.mpm_metric} > {config.mpm_threshold}"
         )
     dtype = DTYPES[settings.precision]
     with torch_out_of_memory():
@@ -253,7 +270,9 @@ def build_pipeline(settings: BuildSettings) -> BuiltPipeline:
     return BuiltPipeline(pipeline, notes, points)
 
 
-def _torch_trunk(settings: BuildSettings, weights: Weights, device: torch.device, notes: list[str]) -> Any:
+def _torch_trunk(
+    settings: BuildSettings, weights: Weights, device: torch.device, notes: list[str]
+) -> Any:
     """The torch MocaModel, built from ``settings.seed`` (random parts) and the weights."""
     from moca_rt.modeling.moca import MocaModel
 
@@ -267,15 +286,19 @@ def _torch_trunk(settings: BuildSettings, weights: Weights, device: torch.device
             )
     torch.manual_seed(settings.seed)
     if weights.imagebind is None:
-        why = "--random-weights" if settings.random_weights else "no shipped weights for this preset"
+        why = (
+            "--random-weights" if settings.random_weights else "no shipped weights for this preset"
+        )
         notes.append(
             f"no --imagebind checkpoint: ImageBind ({preset}) has seeded random weights ({why}), "
             "so masks are not meaningful"
         )
     model = MocaModel.from_config(
-        MOCA_PRESETS[preset], device=device, imagebind_weights=weights.imagebind,
+        MOCA_PRESETS[preset],
+        device=device,
+        imagebind_weights=weights.imagebind,
         adapter_weights=weights.adapter,
-    )  # fmt: skip
+    )
     if weights.adapter is None:
         notes.append("no --adapter: AdaAV is untrained (zero-initialised), i.e. plain ImageBind")
     elif weights.shipped is not None and weights.adapter == weights.shipped.adapter:
@@ -295,7 +318,9 @@ def _engine_trunk(settings: BuildSettings, weights: Weights, notes: list[str]) -
     ``export_dir`` for onnxruntime without ``engine_dir``, and notes which provider really runs
     it.
     """
-    if settings.engine_dir is not None and (weights.imagebind is not None or weights.adapter is not None):
+    if settings.engine_dir is not None and (
+        weights.imagebind is not None or weights.adapter is not None
+    ):
         raise InputError(
             "--imagebind / --adapter: the engine files in --engine-dir already hold the weights; "
             "expected them at export time (python -m moca_rt.export.create_onnx --imagebind ... "
@@ -365,7 +390,8 @@ def _onnxruntime_trunk(settings: BuildSettings, weights: Weights, notes: list[st
     engine = model.audio_engine
     got = list(getattr(engine, "providers", ()))
     notes.append(
-        f"--engine onnxruntime: the MoCA trunk ({folder}, {found}) runs on {got[0] if got else '?'} "
+        f"--engine onnxruntime: the MoCA trunk ({folder}, {found}) "
+        f"runs on {got[0] if got else '?'} "
         f"(providers {got}); SAM proposals, k-means and mask matching stay on torch ({device})"
     )
     if getattr(engine, "fell_back", False):
@@ -409,7 +435,9 @@ def _export_trunk(settings: BuildSettings, weights: Weights, notes: list[str]) -
             f"export, got {precision}"
         )
     if settings.export_dir is None:
-        raise InputError("--engine onnxruntime: expected --engine-dir or an export folder, got neither")
+        raise InputError(
+            "--engine onnxruntime: expected --engine-dir or an export folder, got neither"
+        )
     started = time.perf_counter()
     model = _torch_trunk(settings, weights, torch.device("cpu"), notes)
     model = model.to(DTYPES[precision]).eval()
@@ -470,17 +498,23 @@ def _proposal_source(
 
     if sam is None:
         if settings.proposals != "none":
-            notes.append(f"--proposals {settings.proposals}: no SAM (give --sam, or --proposals grid "
-                         "for a random one), so the masks are the cluster masks without proposal "
-                         "matching")  # fmt: skip
+            notes.append(
+                f"--proposals {settings.proposals}: no SAM (give --sam, or --proposals grid "
+                "for a random one), so the masks are the cluster masks without proposal "
+                "matching"
+            )
         return None, 0
     random_sam = weights.sam is None
-    points = settings.points_per_side or (RANDOM_SAM_POINTS_PER_SIDE if random_sam else SAM_POINTS_PER_SIDE)
+    points = settings.points_per_side or (
+        RANDOM_SAM_POINTS_PER_SIDE if random_sam else SAM_POINTS_PER_SIDE
+    )
     if random_sam:
         # A random SAM (no trained tiny SAM ships yet, DESIGN 6) never passes the quality
         # filters (predicted IoU 0.88, stability 0.95), so MPM would never run; with them off
         # the demo exercises every stage. Once trained tiny weights ship, keep the filters.
-        config = ProposalConfig(points_per_side=points, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+        config = ProposalConfig(
+            points_per_side=points, pred_iou_thresh=0.0, stability_score_thresh=0.0
+        )
         notes.append("random SAM: proposal quality filters are off (no trained SAM to filter)")
     elif weights.shipped is not None and weights.sam == weights.shipped.sam:
         # The shipped tiny SAM's IoU head is not confident enough for SAM's usual filters

@@ -31,7 +31,10 @@ def window_dbfs(audio: torch.Tensor) -> torch.Tensor:
 
 
 def cluster_scores(
-    patch_embeddings: torch.Tensor, labels: torch.Tensor, num_clusters: int, audio_embedding: torch.Tensor
+    patch_embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    num_clusters: int,
+    audio_embedding: torch.Tensor,
 ) -> torch.Tensor:
     """Cosine between each cluster's mean joint-space embedding and the audio embedding.
 
@@ -47,7 +50,9 @@ def cluster_scores(
     if labels.shape != (b, n):
         raise ValueError(f"labels must be [B, N] = {(b, n)}, got {tuple(labels.shape)}")
     if audio_embedding.shape != (b, e):
-        raise ValueError(f"audio_embedding must be [B, E] = {(b, e)}, got {tuple(audio_embedding.shape)}")
+        raise ValueError(
+            f"audio_embedding must be [B, E] = {(b, e)}, got {tuple(audio_embedding.shape)}"
+        )
     one_hot = F.one_hot(labels.long(), num_clusters).float()  # [B, N, K]
     counts = one_hot.sum(dim=1)  # [B, K]
     sums = torch.einsum("bnk,bne->bke", one_hot, patch_embeddings.float())

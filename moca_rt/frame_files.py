@@ -113,9 +113,7 @@ def read_prob_map(path: Path, size: tuple[int, int] | None = None) -> np.ndarray
     """Read an 8-bit probability map PNG as float32 [H, W] = value / 255."""
     img = _open(path, size)
     if img.mode not in _GREY_MODES:
-        raise InputError(
-            f"expected an 8-bit probability map in {path}, got PNG mode {img.mode!r}"
-        )
+        raise InputError(f"expected an 8-bit probability map in {path}, got PNG mode {img.mode!r}")
     return np.asarray(img.convert("L")).astype(np.float32) / np.float32(255.0)
 
 

@@ -32,21 +32,19 @@ Exit codes:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from moca_rt.build import ENGINES, BuildSettings
 from moca_rt.config import MOCA_PRESETS, SAM_PRESETS
-from moca_rt.errors import CheckpointError, DecodeError, InputError, MediaError, OutOfMemoryError
+from moca_rt.errors import CheckpointError, InputError, OutOfMemoryError
 from moca_rt.precision import PRECISIONS
+from moca_rt.runner import RunSummary, segment_source
 
 EXIT_OK = 0
 EXIT_DECODE_ERROR = 1
@@ -78,32 +76,7 @@ class InferOptions:
     progress: bool = True
 
 
-@dataclass
-class InferSummary:
-    """What a run did: counts, per-stage mean milliseconds per processed frame, outputs."""
-
-    frames: int = 0
-    processed: int = 0
-    dropped: int = 0
-    silent: int = 0
-    empty: int = 0
-    stage_ms: dict[str, float] = field(default_factory=dict)
-    wall_s: float = 0.0
-    out: str = ""
-    error: str | None = None
-    interrupted: bool = False
-    notes: list[str] = field(default_factory=list)
-
-    def timing_table(self) -> str:
-        rows = [f"{'stage':<12} {'ms/frame':>10}"]
-        for name, ms in self.stage_ms.items():
-            rows.append(f"{name:<12} {ms:>10.2f}")
-        total = sum(self.stage_ms.values())
-        rows.append(f"{'total':<12} {total:>10.2f}")
-        fps = self.processed / self.wall_s if self.wall_s > 0 else 0.0
-        rows.append(f"{self.frames} frames ({self.processed} processed, {self.dropped} dropped, "
-                    f"{self.silent} silent) in {self.wall_s:.2f} s = {fps:.2f} frames/s")
-        return "\n".join(rows)
+InferSummary = RunSummary  # the summary of one infer run (the name of earlier releases)
 
 
 def build_settings(opts: InferOptions) -> BuildSettings:
@@ -127,8 +100,13 @@ def make_demo_clip(out_dir: Path, seed: int = 0) -> Path:
 
     world = SynthWorld(seed, image_size=224, video_seconds=DEMO_SECONDS)
     scene = world.sample("video", 0)
-    return write_mp4(out_dir / "demo_input.mp4", scene.frames, scene.audio, fps=25.0,
-                     sample_rate=scene.sample_rate)
+    return write_mp4(
+        out_dir / "demo_input.mp4",
+        scene.frames,
+        scene.audio,
+        fps=25.0,
+        sample_rate=scene.sample_rate,
+    )
 
 
 def run_infer(opts: InferOptions) -> InferSummary:
@@ -145,7 +123,6 @@ def run_infer(opts: InferOptions) -> InferSummary:
     from moca_rt.build import build_pipeline
     from moca_rt.media import NoAudioStreamError, open_source
     from moca_rt.proposals import load_box_prompts
-    from moca_rt.sinks import JsonlWriter, MaskPngWriter, OverlayVideoWriter
 
     settings = build_settings(opts)
     if settings.batch < 1:
@@ -162,7 +139,9 @@ def run_infer(opts: InferOptions) -> InferSummary:
     source_spec = opts.source
     if opts.demo and source_spec is None:
         source_spec = str(make_demo_clip(out, settings.seed))
-        notes.append(f"demo: generated {source_spec} from the synthetic world (seed {settings.seed})")
+        notes.append(
+            f"demo: generated {source_spec} from the synthetic world (seed {settings.seed})"
+        )
     if source_spec is None:
         raise InputError("no SOURCE given (or use --demo)")
     box_prompts = None
@@ -183,49 +162,16 @@ def run_infer(opts: InferOptions) -> InferSummary:
     except NoAudioStreamError as e:
         raise InputError(f"{e} (on the command line: --allow-silent)") from e
 
-    started = time.perf_counter()
-    stage_totals: dict[str, float] = {}
-    masks = MaskPngWriter(out / "masks")
-    records = JsonlWriter(out / "records.jsonl")
-    overlay = OverlayVideoWriter.for_source(out / "overlay.mp4", source) if opts.overlay else None
-    progress = tqdm(desc="frames", unit="frame", file=sys.stderr, dynamic_ncols=True,
-                    disable=not opts.progress)
-    try:
-        with source:
-            frames = source if overlay is None else overlay.tap_audio(source)
-            for frame, result in built.pipeline.stream(frames, settings.batch, box_prompts):
-                summary.frames += 1
-                progress.update(1)
-                if result is None:
-                    summary.dropped += 1
-                    records.write_result(frame, None)
-                    continue
-                summary.processed += 1
-                summary.silent += int(result.silent)
-                summary.empty += int(not result.mask.any())
-                for name, ms in result.timings_ms.items():
-                    stage_totals[name] = stage_totals.get(name, 0.0) + ms
-                masks.write(frame.index, result.mask)  # before its record: a record has its PNG
-                records.write_result(frame, result)
-                if overlay is not None and frame.image is not None:
-                    overlay.write(frame.image, result.mask, frame.pts)
-    except (DecodeError, MediaError) as e:  # also a later image of a folder that cannot be read
-        summary.error = f"{type(e).__name__}: {e}"
-    except KeyboardInterrupt:
-        summary.interrupted = True
-    finally:
-        progress.close()
-        records.close()
-        masks.close()
-        if overlay is not None:
-            overlay.write_audio(source.tail_audio())
-            overlay.close()
-        summary.wall_s = time.perf_counter() - started
-        notes.extend(f"stream: {line}" for line in source.reconnect_log)
-        if summary.processed:
-            summary.stage_ms = {k: v / summary.processed for k, v in stage_totals.items()}
-        (out / "summary.json").write_text(json.dumps(asdict(summary), indent=2) + "\n")
-    return summary
+    return segment_source(
+        built.pipeline,
+        source,
+        out,
+        batch=settings.batch,
+        box_prompts=box_prompts,
+        overlay=opts.overlay,
+        progress=opts.progress,
+        summary=summary,
+    )
 
 
 def _source_options(spec: str, opts: InferOptions) -> tuple[dict[str, Any], list[str]]:
@@ -238,8 +184,10 @@ def _source_options(spec: str, opts: InferOptions) -> tuple[dict[str, Any], list
     notes: list[str] = []
     if kind in ("stream", "file"):
         if opts.audio is not None:
-            raise InputError(f"--audio {opts.audio}: expected an image or a frame folder as "
-                             f"SOURCE, got a video or stream ({spec}) that carries its own audio")
+            raise InputError(
+                f"--audio {opts.audio}: expected an image or a frame folder as "
+                f"SOURCE, got a video or stream ({spec}) that carries its own audio"
+            )
         if opts.realtime:
             source_opts["realtime"] = True
         if opts.overlay:
@@ -266,78 +214,180 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 ok; 1 the source broke part-way (outputs kept); 2 bad arguments; "
         "3 unusable input; 4 checkpoint does not fit; 5 out of GPU memory; 130 interrupted.",
     )
-    p.add_argument("source", nargs="?", help="The input: a file path, URL, AVSBench frame folder or image.")
-    p.add_argument("--audio", type=Path, help="The wav file that goes with an image or frame folder.")
-    p.add_argument("--out", type=Path, default=Path("moca_out"), help="The output folder (created if needed).")
-    p.add_argument("--demo", action="store_true",
-                   help="Segment a generated synthetic-world clip with the shipped tiny models "
-                   "(trained on the synthetic world).")
+    p.add_argument(
+        "source", nargs="?", help="The input: a file path, URL, AVSBench frame folder or image."
+    )
+    p.add_argument(
+        "--audio", type=Path, help="The wav file that goes with an image or frame folder."
+    )
+    p.add_argument(
+        "--out", type=Path, default=Path("moca_out"), help="The output folder (created if needed)."
+    )
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="Segment a generated synthetic-world clip with the shipped tiny models "
+        "(trained on the synthetic world).",
+    )
     models = p.add_argument_group("models")
-    models.add_argument("--preset", choices=sorted(MOCA_PRESETS),
-                        help="The MoCA model size; defaults to moca_huge with --imagebind, else the tiny moca_synth.")
-    models.add_argument("--imagebind", type=Path, help="The official imagebind_huge.pth checkpoint "
-                        "(a tiny imagebind_synth file needs --preset moca_synth).")
+    models.add_argument(
+        "--preset",
+        choices=sorted(MOCA_PRESETS),
+        help="The MoCA model size; defaults to moca_huge with --imagebind, "
+        "else the tiny moca_synth.",
+    )
+    models.add_argument(
+        "--imagebind",
+        type=Path,
+        help="The official imagebind_huge.pth checkpoint "
+        "(a tiny imagebind_synth file needs --preset moca_synth).",
+    )
     models.add_argument("--adapter", type=Path, help="Trained AdaAV weights (.safetensors or .pt).")
-    models.add_argument("--sam", type=Path, help="An official sam_vit_{h,l,b} checkpoint for mask proposals.")
-    models.add_argument("--sam-preset", choices=sorted(SAM_PRESETS),
-                        help="The SAM size; read from the checkpoint when not given.")
-    models.add_argument("--random-weights", action="store_true",
-                        help="Seeded random weights for every checkpoint not given, instead of the "
-                        "shipped trained tiny models (moca_synth, sam_synth).")
+    models.add_argument(
+        "--sam", type=Path, help="An official sam_vit_{h,l,b} checkpoint for mask proposals."
+    )
+    models.add_argument(
+        "--sam-preset",
+        choices=sorted(SAM_PRESETS),
+        help="The SAM size; read from the checkpoint when not given.",
+    )
+    models.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="Seeded random weights for every checkpoint not given, instead of the "
+        "shipped trained tiny models (moca_synth, sam_synth).",
+    )
     run = p.add_argument_group("running")
-    run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                     help="The torch device to run on, such as cpu or cuda:0.")
-    run.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                     help="The compute precision of the models; with an engine it must be the "
-                     "precision the units were exported in (fp32 or fp16).")
-    run.add_argument("--engine", choices=ENGINES, default="torch",
-                     help="What runs the MoCA trunk (ImageBind audio and adapted vision): torch, or "
-                     "the exported units on onnxruntime (CUDA provider with a cuda --device) or "
-                     "TensorRT. SAM proposals, k-means and mask matching always run on torch.")
-    run.add_argument("--engine-dir", type=Path,
-                     help="The folder of exported units for --engine onnxruntime "
-                     "(audio_<precision>.onnx and vision_<precision>.onnx from "
-                     "python -m moca_rt.export.create_onnx) or tensorrt (one audio_*.engine and "
-                     "one vision_*.engine from python -m moca_rt.export.build_trt). With --demo "
-                     "and onnxruntime it may be left out: the demo trunk is exported to OUT/onnx.")
+    run.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="The torch device to run on, such as cpu or cuda:0.",
+    )
+    run.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="The compute precision of the models; with an engine it must be the "
+        "precision the units were exported in (fp32 or fp16).",
+    )
+    run.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="torch",
+        help="What runs the MoCA trunk (ImageBind audio and adapted vision): torch, or "
+        "the exported units on onnxruntime (CUDA provider with a cuda --device) or "
+        "TensorRT. SAM proposals, k-means and mask matching always run on torch.",
+    )
+    run.add_argument(
+        "--engine-dir",
+        type=Path,
+        help="The folder of exported units for --engine onnxruntime "
+        "(audio_<precision>.onnx and vision_<precision>.onnx from "
+        "python -m moca_rt.export.create_onnx) or tensorrt (one audio_*.engine and "
+        "one vision_*.engine from python -m moca_rt.export.build_trt). With --demo "
+        "and onnxruntime it may be left out: the demo trunk is exported to OUT/onnx.",
+    )
     run.add_argument("--batch", type=int, default=1, help="The number of frames per model call.")
-    run.add_argument("--fps", type=float, help="Process this many frames per second of video (others are skipped).")
-    run.add_argument("--realtime", action="store_true",
-                     help="Drop frames when processing falls behind the stream and record them as dropped.")
-    run.add_argument("--reconnect", type=int, default=0, metavar="N",
-                     help="Live streams: reopen the URL up to N times in a row when it ends or breaks "
-                          "(records go on with increasing indices and pts); 0 ends with the stream.")
-    run.add_argument("--overlay", action="store_true", help="Also write overlay.mp4 with the masks and the original audio.")
-    run.add_argument("--allow-silent", action="store_true",
-                     help="Treat a video without an audio stream as silence instead of failing.")
-    run.add_argument("--seed", type=int, default=0, help="The seed of k-means++ and of random demo weights.")
+    run.add_argument(
+        "--fps",
+        type=float,
+        help="Process this many frames per second of video (others are skipped).",
+    )
+    run.add_argument(
+        "--realtime",
+        action="store_true",
+        help="Drop frames when processing falls behind the stream and record them as dropped.",
+    )
+    run.add_argument(
+        "--reconnect",
+        type=int,
+        default=0,
+        metavar="N",
+        help="Live streams: reopen the URL up to N times in a row when it ends or breaks "
+        "(records go on with increasing indices and pts); 0 ends with the stream.",
+    )
+    run.add_argument(
+        "--overlay",
+        action="store_true",
+        help="Also write overlay.mp4 with the masks and the original audio.",
+    )
+    run.add_argument(
+        "--allow-silent",
+        action="store_true",
+        help="Treat a video without an audio stream as silence instead of failing.",
+    )
+    run.add_argument(
+        "--seed", type=int, default=0, help="The seed of k-means++ and of random demo weights."
+    )
     run.add_argument("--no-progress", action="store_true", help="Do not show a progress bar.")
     th = p.add_argument_group("thresholds")
     th.add_argument("--tau", type=float, help="The minimum cosine score of a sounding cluster.")
-    th.add_argument("--delta", type=float, help="Clusters within delta of the best score also sound.")
-    th.add_argument("--silence-db", type=float, dest="silence_dbfs",
-                    help="Windows quieter than this RMS level in dBFS give an empty mask.")
-    th.add_argument("--clusters", type=int, dest="num_clusters",
-                    help="The number of k-means clusters per frame (2 to 16).")
-    th.add_argument("--proposals", choices=("auto", "grid", "boxes", "none"), default="auto",
-                    help="Where mask proposals come from: a SAM point grid, user boxes, or none (cluster masks only).")
-    th.add_argument("--boxes", type=Path, help='A JSON file of per-frame boxes: {"frames": {"0": [[x0, y0, x1, y1], ...]}}.')
-    th.add_argument("--points-per-side", type=int,
-                    help="The SAM point grid size for proposals (16 with a real --sam, 4 for the random demo SAM).")
-    th.add_argument("--mpm-threshold", type=float, help="Keep proposals whose IoU with the cluster mask is above this.")
-    th.add_argument("--mpm-metric", choices=("iou", "coverage"), help="How a proposal is matched to the cluster mask.")
+    th.add_argument(
+        "--delta", type=float, help="Clusters within delta of the best score also sound."
+    )
+    th.add_argument(
+        "--silence-db",
+        type=float,
+        dest="silence_dbfs",
+        help="Windows quieter than this RMS level in dBFS give an empty mask.",
+    )
+    th.add_argument(
+        "--clusters",
+        type=int,
+        dest="num_clusters",
+        help="The number of k-means clusters per frame (2 to 16).",
+    )
+    th.add_argument(
+        "--proposals",
+        choices=("auto", "grid", "boxes", "none"),
+        default="auto",
+        help="Where mask proposals come from: a SAM point grid, user boxes, "
+        "or none (cluster masks only).",
+    )
+    th.add_argument(
+        "--boxes",
+        type=Path,
+        help='A JSON file of per-frame boxes: {"frames": {"0": [[x0, y0, x1, y1], ...]}}.',
+    )
+    th.add_argument(
+        "--points-per-side",
+        type=int,
+        help="The SAM point grid size for proposals "
+        "(16 with a real --sam, 4 for the random demo SAM).",
+    )
+    th.add_argument(
+        "--mpm-threshold",
+        type=float,
+        help="Keep proposals whose IoU with the cluster mask is above this.",
+    )
+    th.add_argument(
+        "--mpm-metric",
+        choices=("iou", "coverage"),
+        help="How a proposal is matched to the cluster mask.",
+    )
     return p
 
 
 def options_from_args(args: argparse.Namespace) -> InferOptions:
     """The options of a parsed command line (the flags of BuildSettings' fields go there)."""
     given = vars(args)
-    settings = BuildSettings(**{f.name: given[f.name] for f in fields(BuildSettings) if f.name in given})
+    settings = BuildSettings(
+        **{f.name: given[f.name] for f in fields(BuildSettings) if f.name in given}
+    )
     return InferOptions(
-        source=args.source, out=args.out, settings=settings, audio=args.audio, boxes=args.boxes,
-        fps=args.fps, realtime=args.realtime, reconnect=args.reconnect, overlay=args.overlay,
-        allow_silent=args.allow_silent, demo=args.demo, progress=not args.no_progress,
-    )  # fmt: skip
+        source=args.source,
+        out=args.out,
+        settings=settings,
+        audio=args.audio,
+        boxes=args.boxes,
+        fps=args.fps,
+        realtime=args.realtime,
+        reconnect=args.reconnect,
+        overlay=args.overlay,
+        allow_silent=args.allow_silent,
+        demo=args.demo,
+        progress=not args.no_progress,
+    )
 
 
 def _usage_problem(opts: InferOptions) -> str | None:
@@ -375,8 +425,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except OutOfMemoryError as e:
-        print(f"error: out of GPU memory with --batch {opts.settings.batch} ({e}); try a smaller "
-              "--batch, --precision bf16, or --proposals none", file=sys.stderr)
+        print(
+            f"error: out of GPU memory with --batch {opts.settings.batch} ({e}); try a smaller "
+            "--batch, --precision bf16, or --proposals none",
+            file=sys.stderr,
+        )
         return EXIT_OUT_OF_MEMORY
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -389,7 +442,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted: outputs so far are written", file=sys.stderr)
         return EXIT_INTERRUPTED
     if summary.error is not None:
-        print(f"error: the source broke after {summary.frames} frames: {summary.error}", file=sys.stderr)
+        print(
+            f"error: the source broke after {summary.frames} frames: {summary.error}",
+            file=sys.stderr,
+        )
         return EXIT_DECODE_ERROR
     return EXIT_OK
 

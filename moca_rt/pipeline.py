@@ -193,12 +193,15 @@ class MocaPipeline:
         windows = torch.as_tensor(audio, dtype=torch.float32)
         if windows.shape != (b, WINDOW_SAMPLES):
             raise ValueError(
-                f"audio must be [B, {WINDOW_SAMPLES}] 16 kHz windows for B={b} frames, got {tuple(windows.shape)}"
+                f"audio must be [B, {WINDOW_SAMPLES}] 16 kHz windows for B={b} frames, "
+                f"got {tuple(windows.shape)}"
             )
         if not bool(torch.isfinite(windows).all()):
             raise ValueError("audio windows contain NaN or inf; clean them before segmenting")
         if boxes is not None and len(boxes) != b:
-            raise ValueError(f"boxes: expected one entry (array or None) per frame, {b}, got {len(boxes)}")
+            raise ValueError(
+                f"boxes: expected one entry (array or None) per frame, {b}, got {len(boxes)}"
+            )
         prompts = None if boxes is None else [_box_tensor(bx) for bx in boxes]
         timer = _StageTimer(self.device)
         windows = windows.to(self.device)
@@ -217,7 +220,9 @@ class MocaPipeline:
             labels, iterations = _kmeans_per_frame(patches.reshape(b, -1, patches.shape[-1]), cfg)
         with timer.stage("choose"):
             joint = vision.patch_embeddings.float().reshape(b, labels.shape[1], -1)
-            scores = clustering.cluster_scores(joint, labels, cfg.num_clusters, audio_feats.embedding.float())
+            scores = clustering.cluster_scores(
+                joint, labels, cfg.num_clusters, audio_feats.embedding.float()
+            )
             chosen = clustering.choose_clusters(scores, cfg.tau, cfg.delta) & ~silent[:, None]
         masks, n_props, n_kept, fallback = self._masks(images, prompts, labels, chosen, grid, timer)
         results = []
@@ -242,7 +247,10 @@ class MocaPipeline:
         return results
 
     def segment(
-        self, image: np.ndarray, audio: np.ndarray | torch.Tensor, boxes: torch.Tensor | np.ndarray | None = None
+        self,
+        image: np.ndarray,
+        audio: np.ndarray | torch.Tensor,
+        boxes: torch.Tensor | np.ndarray | None = None,
     ) -> FrameResult:
         """One frame: uint8 [H, W, 3] and a [32000] 16 kHz window centred on it."""
         window = torch.as_tensor(audio, dtype=torch.float32).reshape(1, -1)
@@ -275,7 +283,9 @@ class MocaPipeline:
             if box_prompts is not None:
                 boxes = [box_prompts.get(f.index) for f in pending]
             audio = np.stack([f.audio for f in pending if f.audio is not None])
-            results = self.segment_batch([f.image for f in pending if f.image is not None], audio, boxes)
+            results = self.segment_batch(
+                [f.image for f in pending if f.image is not None], audio, boxes
+            )
             yield from zip(pending, results, strict=True)
             pending.clear()
 
@@ -310,7 +320,8 @@ class MocaPipeline:
         if self.proposals is not None and sounding:
             with timer.stage("proposals"):
                 found = self.proposals(
-                    [images[i] for i in sounding], None if boxes is None else [boxes[i] for i in sounding]
+                    [images[i] for i in sounding],
+                    None if boxes is None else [boxes[i] for i in sounding],
                 )
             proposal_logits = dict(zip(sounding, found, strict=True))
         masks, n_props, n_kept, fallback = [], [], [], []
@@ -325,22 +336,36 @@ class MocaPipeline:
                     fallback.append(False)
                     continue
                 if props is None or props.shape[0] == 0:
-                    prob = clustering.sounding_probability(labels[i : i + 1], chosen[i : i + 1], grid, (h, w))
+                    prob = clustering.sounding_probability(
+                        labels[i : i + 1], chosen[i : i + 1], grid, (h, w)
+                    )
                     masks.append((prob[0] > cfg.coarse_threshold).cpu().numpy())
                     n_props.append(0)
                     n_kept.append(0)
                     fallback.append(True)
                     continue
                 low = (int(props.shape[1]), int(props.shape[2]))
-                coarse = clustering.sounding_probability(labels[i : i + 1], chosen[i : i + 1], grid, low)
+                coarse = clustering.sounding_probability(
+                    labels[i : i + 1], chosen[i : i + 1], grid, low
+                )
                 coarse_mask = coarse > cfg.coarse_threshold
-                kept = clustering.match_scores((props > 0)[None], coarse_mask, cfg.mpm_metric)[0] > cfg.mpm_threshold
+                kept = (
+                    clustering.match_scores((props > 0)[None], coarse_mask, cfg.mpm_metric)[0]
+                    > cfg.mpm_threshold
+                )
                 k = int(kept.sum())
                 if k:
                     logits = props[kept].float().amax(dim=0)[None, None]
-                    full = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)[0, 0] > 0
+                    full = (
+                        F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)[
+                            0, 0
+                        ]
+                        > 0
+                    )
                 else:
-                    prob = clustering.sounding_probability(labels[i : i + 1], chosen[i : i + 1], grid, (h, w))
+                    prob = clustering.sounding_probability(
+                        labels[i : i + 1], chosen[i : i + 1], grid, (h, w)
+                    )
                     full = prob[0] > cfg.coarse_threshold
                 masks.append(full.cpu().numpy())
                 n_props.append(int(props.shape[0]))
@@ -362,7 +387,9 @@ def _kmeans_per_frame(x: torch.Tensor, cfg: PipelineConfig) -> tuple[torch.Tenso
         res = cosine_kmeans(x, cfg.num_clusters, max_iters=cfg.kmeans_iters, seed=cfg.kmeans_seed)
         return res.labels, res.iterations
     runs = [
-        cosine_kmeans(x[i : i + 1], cfg.num_clusters, max_iters=cfg.kmeans_iters, seed=cfg.kmeans_seed)
+        cosine_kmeans(
+            x[i : i + 1], cfg.num_clusters, max_iters=cfg.kmeans_iters, seed=cfg.kmeans_seed
+        )
         for i in range(x.shape[0])
     ]
     return torch.cat([r.labels for r in runs]), torch.cat([r.iterations for r in runs])

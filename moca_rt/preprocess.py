@@ -103,7 +103,8 @@ def _check_float_audio(x: torch.Tensor, name: str, dims: tuple[int, ...] | None)
         raise ValueError(f"{name}: expected a [..., T] tensor, got a 0-D tensor")
     if dims is not None and x.dim() not in dims:
         raise ValueError(
-            f"{name}: expected {' or '.join(f'{d}-D' for d in dims)} tensor, got shape {tuple(x.shape)}"
+            f"{name}: expected {' or '.join(f'{d}-D' for d in dims)} tensor, "
+            f"got shape {tuple(x.shape)}"
         )
     if not x.is_floating_point():
         raise ValueError(f"{name}: expected a floating-point tensor, got {x.dtype}")
@@ -522,7 +523,7 @@ def preprocess_image(image: ImageLike, size: int = IMAGE_SIZE) -> torch.Tensor:
 
 
 def preprocess_images(images: Sequence[ImageLike], size: int = IMAGE_SIZE) -> torch.Tensor:
-    """``preprocess_image`` for a list of frames (sizes may differ) -> float32 [B, 3, size, size]."""
+    """``preprocess_image`` for a list of frames (sizes may differ) -> [B, 3, size, size]."""
     if len(images) == 0:
         raise ValueError("images: expected at least one image, got an empty sequence")
     return torch.stack([preprocess_image(im, size) for im in images])
@@ -653,7 +654,12 @@ def frames_to_model_input(
     """
     batch = []
     for i, img in enumerate(images):
-        if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+        if (
+            not isinstance(img, np.ndarray)
+            or img.dtype != np.uint8
+            or img.ndim != 3
+            or img.shape[2] != 3
+        ):
             got = f"{img.dtype} {img.shape}" if isinstance(img, np.ndarray) else type(img).__name__
             raise ValueError(f"frame {i}: expected a uint8 [H, W, 3] RGB array, got {got}")
         t = torch.from_numpy(np.ascontiguousarray(img)).to(device).permute(2, 0, 1)[None].float()

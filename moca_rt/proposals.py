@@ -828,7 +828,9 @@ class SamProposals:
         encoder_batch: frames per image-encoder call.
     """
 
-    def __init__(self, sam: Sam, config: ProposalConfig | None = None, encoder_batch: int = 4) -> None:
+    def __init__(
+        self, sam: Sam, config: ProposalConfig | None = None, encoder_batch: int = 4
+    ) -> None:
         base = config or ProposalConfig()
         self.sam = sam.eval()
         self.config = ProposalConfig(
@@ -855,7 +857,9 @@ class SamProposals:
             )
         else:
             found = [
-                grid_proposals_from_embedding(self.sam, embeddings[i : i + 1], sizes[i], self.config)
+                grid_proposals_from_embedding(
+                    self.sam, embeddings[i : i + 1], sizes[i], self.config
+                )
                 for i in range(len(images))
             ]
         out = []

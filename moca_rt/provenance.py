@@ -31,14 +31,24 @@ def git_commit(
     try:
         head = subprocess.run(
             ["git", "rev-parse", *(["--short=12"] if short else []), "HEAD"],
-            cwd=cwd, capture_output=True, text=True, timeout=10, check=False,
-        )  # fmt: skip
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
         if head.returncode != 0 or not head.stdout.strip():
             return None
-        dirty = bool(dirty_paths) and subprocess.run(
-            ["git", "diff", "--quiet", "HEAD", "--", *dirty_paths],
-            cwd=cwd, timeout=10, check=False,
-        ).returncode != 0  # fmt: skip
+        dirty = (
+            bool(dirty_paths)
+            and subprocess.run(
+                ["git", "diff", "--quiet", "HEAD", "--", *dirty_paths],
+                cwd=cwd,
+                timeout=10,
+                check=False,
+            ).returncode
+            != 0
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return head.stdout.strip() + ("+dirty" if dirty else "")

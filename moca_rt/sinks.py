@@ -44,8 +44,10 @@ def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
     binary = _check_mask(mask)
     rle = mask_utils.encode(np.asfortranarray(binary.astype(np.uint8)))
     counts = rle["counts"]
-    return {"size": [int(v) for v in rle["size"]],
-            "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
+    return {
+        "size": [int(v) for v in rle["size"]],
+        "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts,
+    }
 
 
 def decode_rle(record: Mapping[str, Any]) -> np.ndarray:
@@ -58,11 +60,15 @@ def decode_rle(record: Mapping[str, Any]) -> np.ndarray:
 
     rle = record.get("mask", record) if "counts" not in record else record
     if rle is None or not isinstance(rle, Mapping) or "counts" not in rle or "size" not in rle:
-        raise ValueError(f"expected a record with a COCO RLE mask ({{'size', 'counts'}}), got "
-                         f"keys {sorted(record)}" + (" (mask is null)" if rle is None else ""))
+        raise ValueError(
+            f"expected a record with a COCO RLE mask ({{'size', 'counts'}}), got "
+            f"keys {sorted(record)}" + (" (mask is null)" if rle is None else "")
+        )
     counts = rle["counts"]
-    coded = {"size": list(rle["size"]),
-             "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    coded = {
+        "size": list(rle["size"]),
+        "counts": counts.encode("ascii") if isinstance(counts, str) else counts,
+    }
     with warnings.catch_warnings():
         # pycocotools' Cython array wrapper predates numpy 2's copy keyword
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -196,9 +202,17 @@ class JsonlWriter:
         if result is None:
             return self.write_frame(frame.index, frame.pts, None, dropped=True)
         extra = {name: getattr(result, name) for name in RESULT_FIELDS}
-        return self.write_frame(frame.index, frame.pts, result.mask, scores=result.scores,
-                                chosen=result.chosen, timings=result.timings_ms, **extra,
-                                fallback=result.used_fallback, audio_missing=frame.audio_missing)
+        return self.write_frame(
+            frame.index,
+            frame.pts,
+            result.mask,
+            scores=result.scores,
+            chosen=result.chosen,
+            timings=result.timings_ms,
+            **extra,
+            fallback=result.used_fallback,
+            audio_missing=frame.audio_missing,
+        )
 
     def close(self) -> None:
         if not self._fh.closed:
@@ -225,17 +239,21 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
-def tint(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = (255, 0, 64),
-         alpha: float = 0.5) -> np.ndarray:
+def tint(
+    image: np.ndarray,
+    mask: np.ndarray,
+    color: tuple[int, int, int] = (255, 0, 64),
+    alpha: float = 0.5,
+) -> np.ndarray:
     """uint8 [H, W, 3] RGB with ``color`` blended at ``alpha`` inside ``mask`` [H, W]."""
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"image: expected uint8 [H, W, 3], got {image.dtype} "
-                         f"{tuple(image.shape)}")
+        raise ValueError(f"image: expected uint8 [H, W, 3], got {image.dtype} {tuple(image.shape)}")
     binary = _check_mask(mask)
     if binary.shape != image.shape[:2]:
-        raise ValueError(f"mask: expected shape {image.shape[:2]} (the image's), got "
-                         f"{binary.shape}")
+        raise ValueError(
+            f"mask: expected shape {image.shape[:2]} (the image's), got {binary.shape}"
+        )
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha: expected a value in [0, 1], got {alpha}")
     out = image.copy()
@@ -278,8 +296,10 @@ class OverlayVideoWriter:
         if not frame_rate > 0:
             raise ValueError(f"frame_rate: expected > 0, got {frame_rate}")
         if audio_sample_rate is not None and (audio_sample_rate <= 0 or audio_channels < 1):
-            raise ValueError(f"audio: expected a positive rate and >= 1 channel, got "
-                             f"{audio_sample_rate} Hz, {audio_channels} channels")
+            raise ValueError(
+                f"audio: expected a positive rate and >= 1 channel, got "
+                f"{audio_sample_rate} Hz, {audio_channels} channels"
+            )
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.frame_rate = Fraction(frame_rate).limit_denominator(1001)
@@ -293,11 +313,13 @@ class OverlayVideoWriter:
         if audio_sample_rate is not None:
             layout = {1: "mono", 2: "stereo"}.get(audio_channels, f"{audio_channels}c")
             try:
-                self._audio = self._container.add_stream("aac", rate=audio_sample_rate,
-                                                         layout=layout)
+                self._audio = self._container.add_stream(
+                    "aac", rate=audio_sample_rate, layout=layout
+                )
             except (ValueError, av.error.FFmpegError):
-                self._audio = self._container.add_stream("aac", rate=audio_sample_rate,
-                                                         layout="stereo")
+                self._audio = self._container.add_stream(
+                    "aac", rate=audio_sample_rate, layout="stereo"
+                )
                 self._channels = 2
             self._audio.bit_rate = 128000
         self._size: tuple[int, int] | None = None
@@ -313,7 +335,9 @@ class OverlayVideoWriter:
     def for_source(cls, path: str | Path, source: MediaSource, **kwargs: Any) -> OverlayVideoWriter:
         """A writer matching ``source``'s frame rate, audio format and start time."""
         kwargs.setdefault("frame_rate", source.frame_rate or 25.0)
-        kwargs.setdefault("audio_sample_rate", source.audio_sample_rate if source.has_audio else None)
+        kwargs.setdefault(
+            "audio_sample_rate", source.audio_sample_rate if source.has_audio else None
+        )
         kwargs.setdefault("audio_channels", max(source.audio_channels, 1))
         kwargs.setdefault("time_origin", source.start_time)
         return cls(path, **kwargs)
@@ -337,14 +361,16 @@ class OverlayVideoWriter:
             raise ValueError(f"expected an open writer, got a closed one ({self.path})")
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"image: expected uint8 [H, W, 3], got {image.dtype} "
-                             f"{tuple(image.shape)}")
+            raise ValueError(
+                f"image: expected uint8 [H, W, 3], got {image.dtype} {tuple(image.shape)}"
+            )
         if self._video is None:
             self._open_video(*image.shape[:2])
             self._encode_audio(final=False)
         if image.shape[:2] != self._size:
-            raise ValueError(f"image: expected the size of the first frame {self._size}, got "
-                             f"{image.shape[:2]}")
+            raise ValueError(
+                f"image: expected the size of the first frame {self._size}, got {image.shape[:2]}"
+            )
         pts_out = round((pts - self.time_origin) / self.TIME_BASE)
         if pts_out <= self._last_pts or pts_out < 0:
             self.frames_skipped += 1
@@ -352,8 +378,9 @@ class OverlayVideoWriter:
         self._last_pts = pts_out
         shown = image if mask is None else tint(image, mask, self.color, self.alpha)
         if shown.shape[0] % 2 or shown.shape[1] % 2:
-            shown = np.pad(shown, ((0, shown.shape[0] % 2), (0, shown.shape[1] % 2), (0, 0)),
-                           mode="edge")
+            shown = np.pad(
+                shown, ((0, shown.shape[0] % 2), (0, shown.shape[1] % 2), (0, 0)), mode="edge"
+            )
         # Convert to yuv420p here: the encoder's own conversion is not bit-reproducible.
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(shown), format="rgb24")
         frame = frame.reformat(format="yuv420p")
@@ -391,8 +418,11 @@ class OverlayVideoWriter:
                 continue
             x = np.asarray(chunk.samples, np.float32)
             if x.shape[0] != self._channels:
-                x = (np.repeat(x.mean(axis=0, keepdims=True), self._channels, axis=0)
-                     if x.shape[0] != 2 or self._channels != 1 else x.mean(axis=0, keepdims=True))
+                x = (
+                    np.repeat(x.mean(axis=0, keepdims=True), self._channels, axis=0)
+                    if x.shape[0] != 2 or self._channels != 1
+                    else x.mean(axis=0, keepdims=True)
+                )
             start = round((chunk.pts - self.time_origin) * self._rate)
             end_buf = self._audio_next + self._audio_buf.shape[1]
             if start > end_buf:
@@ -417,8 +447,7 @@ class OverlayVideoWriter:
             if n < size:
                 piece = np.pad(piece, ((0, 0), (0, size - n)))
             self._audio_buf = self._audio_buf[:, n:]
-            frame = av.AudioFrame.from_ndarray(piece, format="fltp",
-                                               layout=self._audio.layout.name)
+            frame = av.AudioFrame.from_ndarray(piece, format="fltp", layout=self._audio.layout.name)
             frame.sample_rate = rate
             frame.pts, frame.time_base = self._audio_next, Fraction(1, rate)
             self._audio_next += n

@@ -84,9 +84,13 @@ def run_in_interpreter_child(
         cmd += ["-k", keyword]
     cmd.append(str(path))
     proc = subprocess.run(
-        cmd, cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
+        cmd,
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=timeout,
-    )  # fmt: skip
+    )
     tail = (proc.stdout + proc.stderr)[-4000:]
     assert proc.returncode == 0, tail
     lines = proc.stdout.strip().splitlines()

@@ -68,7 +68,9 @@ def write_wav(path: str | Path, samples: np.ndarray, sample_rate: int) -> Path:
     channels = samples.shape[0]
     pcm = np.clip(np.round(samples * 32767.0), -32768, 32767).astype(np.int16)
     with av.open(str(path), "w", format="wav") as out:
-        stream = out.add_stream("pcm_s16le", rate=sample_rate, layout="mono" if channels == 1 else "stereo")
+        stream = out.add_stream(
+            "pcm_s16le", rate=sample_rate, layout="mono" if channels == 1 else "stereo"
+        )
         frame = av.AudioFrame.from_ndarray(
             np.ascontiguousarray(pcm.T.reshape(1, -1)), format="s16", layout=stream.layout.name
         )
@@ -198,7 +200,8 @@ def write_avsbench_clip(
     freq: float = 440.0,
     duration: float = 5.0,
 ) -> tuple[Path, Path]:
-    """AVSBench-style clip: ``visual_frames/<vid>/<vid>_<k>.png`` (k = 1..5), ``audio_wav/<vid>.wav``."""
+    """AVSBench-style clip: ``visual_frames/<vid>/<vid>_<k>.png`` (k = 1..5) and
+    ``audio_wav/<vid>.wav``."""
     from PIL import Image
 
     root = Path(root)
@@ -250,7 +253,11 @@ def send_mpegts_udp(
             while audio_pos + 1024 <= (i + 1) * audio_rate // fps + 1024:
                 piece = np.ascontiguousarray(wave[:, audio_pos : audio_pos + 1024])
                 af = av.AudioFrame.from_ndarray(piece, format="fltp", layout="mono")
-                af.sample_rate, af.pts, af.time_base = audio_rate, audio_pos, Fraction(1, audio_rate)
+                af.sample_rate, af.pts, af.time_base = (
+                    audio_rate,
+                    audio_pos,
+                    Fraction(1, audio_rate),
+                )
                 for packet in a_stream.encode(af):
                     out.mux(packet)
                 audio_pos += 1024
@@ -266,9 +273,12 @@ def write_float_wav(path: str | Path, samples: np.ndarray, sample_rate: int) -> 
     path = Path(path)
     channels = samples.shape[0]
     with av.open(str(path), "w", format="wav") as out:
-        stream = out.add_stream("pcm_f32le", rate=sample_rate, layout="mono" if channels == 1 else "stereo")
+        stream = out.add_stream(
+            "pcm_f32le", rate=sample_rate, layout="mono" if channels == 1 else "stereo"
+        )
         frame = av.AudioFrame.from_ndarray(
-            np.ascontiguousarray(samples.astype(np.float32).T.reshape(1, -1)), format="flt",
+            np.ascontiguousarray(samples.astype(np.float32).T.reshape(1, -1)),
+            format="flt",
             layout=stream.layout.name,
         )
         frame.sample_rate = sample_rate

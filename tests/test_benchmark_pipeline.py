@@ -38,9 +38,16 @@ def bench() -> ModuleType:
 @pytest.fixture(scope="module")
 def run(bench: ModuleType) -> tuple[Any, Any, list[dict[str, Any]]]:
     opts = bench.BenchOptions(
-        preset="moca_test", sam_preset="sam_synth", device="cpu", batches=(1, 2, 3), frames=3,
-        warmup=0, image_size=64, points_per_side=2, threads=1,
-    )  # fmt: skip
+        preset="moca_test",
+        sam_preset="sam_synth",
+        device="cpu",
+        batches=(1, 2, 3),
+        frames=3,
+        warmup=0,
+        image_size=64,
+        points_per_side=2,
+        threads=1,
+    )
     inputs = bench.render_inputs(opts.frames, opts.splits, opts.seed, opts.image_size)
     return opts, inputs, bench.run_pipeline_benchmark(opts, inputs)
 
@@ -163,8 +170,26 @@ def test_cli_writes_rows(
     bench: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "cli.csv"
-    args = ["--preset", "moca_test", "--sam-preset", "none", "--device", "cpu", "--batch", "1",
-            "--frames", "2", "--warmup", "0", "--image-size", "64", "--threads", "1", "--out", str(out)]  # fmt: skip
+    args = [
+        "--preset",
+        "moca_test",
+        "--sam-preset",
+        "none",
+        "--device",
+        "cpu",
+        "--batch",
+        "1",
+        "--frames",
+        "2",
+        "--warmup",
+        "0",
+        "--image-size",
+        "64",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+    ]
     assert bench.main(args) == 0
     printed = capsys.readouterr().out
     assert "weights random" in printed and "wrote 1 rows" in printed
@@ -178,9 +203,16 @@ def test_cli_writes_rows(
 @requires_cuda
 def test_cuda_rows(bench: ModuleType) -> None:
     opts = bench.BenchOptions(
-        preset="moca_test", sam_preset="sam_synth", device="cuda", precision="bf16",
-        batches=(1, 2), frames=2, warmup=0, image_size=64, points_per_side=2,
-    )  # fmt: skip
+        preset="moca_test",
+        sam_preset="sam_synth",
+        device="cuda",
+        precision="bf16",
+        batches=(1, 2),
+        frames=2,
+        warmup=0,
+        image_size=64,
+        points_per_side=2,
+    )
     rows = bench.run_pipeline_benchmark(opts)
     for r in rows:
         assert r["status"] == "ok", r["status"]

@@ -1,4 +1,4 @@
-"""Silence gate, cluster scoring/choice, coarse mask and mask-proposal matching (hand-made cases)."""
+"""Silence gate, cluster scoring and choice, coarse mask, proposal matching (hand-made cases)."""
 
 from __future__ import annotations
 

@@ -92,7 +92,8 @@ def test_vggsound_folder_reads_videos_and_pairs(tmp_path: Path, video_scene) -> 
     assert rate == 22050 and audio.shape == (2, 2205)
     c = by_name["c"]
     assert c.frames.shape == (3, 10, 10, 3) and c.sample_rate == 12000
-    # 12 frames over 1 s at (i + 0.5) / 12; targets (j + 0.5) / 3 pick frames 1 or 2, 5 or 6, 9 or 10.
+    # 12 frames over 1 s at (i + 0.5) / 12; targets (j + 0.5) / 3 pick frames 1 or 2, 5 or 6,
+    # 9 or 10.
     for got, allowed in zip(c.frames, ((1, 2), (5, 6), (9, 10)), strict=True):
         assert any(np.array_equal(got, frames[i]) for i in allowed)
     a = by_name["a.mp4"]

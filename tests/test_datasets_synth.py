@@ -63,7 +63,8 @@ def test_fresh_process_reproduces_the_bytes() -> None:
         "from moca_rt.datasets.synth import SynthWorld\n"
         f"s = SynthWorld(11, image_size={SIZE}, frames_per_clip=2).sample('ms3', 2)\n"
         "h = hashlib.sha256()\n"
-        "for a in (s.frames, s.audio, s.masks, s.labels, s.instance_masks, s.class_ids, s.sounding):\n"
+        "for a in (s.frames, s.audio, s.masks, s.labels, s.instance_masks, s.class_ids,\n"
+        "          s.sounding):\n"
         "    h.update(np.ascontiguousarray(a).tobytes())\n"
         "print(h.hexdigest())\n"
     )

@@ -1,4 +1,4 @@
-"""DINO ViT against the reference fixtures (tests/fixtures/dino, copied from the shared reference)."""
+"""DINO ViT against the reference fixtures (tests/fixtures/dino, from the shared reference)."""
 
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ def test_every_stage_matches_reference(
 def test_size_based_interpolation_would_fail_the_gate(
     model: DinoViT, reference: dict[str, torch.Tensor]
 ) -> None:
-    """Pitfall 11: the scale-factor call matters; a size-based bicubic resize is another function."""
+    """Pitfall 11: the scale-factor call matters; a size-based bicubic resize is another one."""
     case = next(c for c in _cases() if c != "224")
     x = _input(case)
     p = model.config.patch_size

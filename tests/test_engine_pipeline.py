@@ -86,7 +86,9 @@ def engine_model(onnx_dir: Path) -> EngineMocaModel:
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return mf.write_video(tmp_path_factory.mktemp("engine_media") / "clip.mp4", num_frames=6, height=48, width=64)
+    return mf.write_video(
+        tmp_path_factory.mktemp("engine_media") / "clip.mp4", num_frames=6, height=48, width=64
+    )
 
 
 def _frames(n: int, seed: int) -> list[np.ndarray]:
@@ -137,7 +139,9 @@ def test_engine_features_match_torch(moca: MocaModel, engine_model: EngineMocaMo
     ref_a = moca.encode_audio(fbank.expand(-1, AUDIO_CLIPS, -1, -1, -1))
     for i in range(engine_model.num_layers):
         assert_close_stage(ours_a.layer_inputs[i], ref_a.layer_inputs[i], f"X_a{i}", GATE)
-        assert_close_stage(ours_a.layer_post_attention[i], ref_a.layer_post_attention[i], f"Y_a{i}", GATE)
+        assert_close_stage(
+            ours_a.layer_post_attention[i], ref_a.layer_post_attention[i], f"Y_a{i}", GATE
+        )
     # The pipeline's torch path runs one clip: same embedding and vision features up to rounding.
     one_a = moca.encode_audio(fbank)
     c = assert_close_stage(ours_a.embedding, one_a.embedding, "audio embedding", GATE)
@@ -148,24 +152,38 @@ def test_engine_features_match_torch(moca: MocaModel, engine_model: EngineMocaMo
         c = assert_close_stage(getattr(ours_v, field), getattr(ref_v, field), field, GATE)
         print(f"{field} vs torch: {c}")
     # The comparison is only worth something if the audio changes the vision features.
-    other = moca.encode_vision(images, moca.encode_audio(torch.randn(b, 1, 1, 128, 204, generator=gen)))
-    moved = (other.patch_features - ref_v.patch_features).abs().max() / ref_v.patch_features.abs().max()
+    other = moca.encode_vision(
+        images, moca.encode_audio(torch.randn(b, 1, 1, 128, 204, generator=gen))
+    )
+    moved = (
+        other.patch_features - ref_v.patch_features
+    ).abs().max() / ref_v.patch_features.abs().max()
     assert moved > 100 * GATE, f"audio barely moves f^a ({moved:.2e}): adapters not exercised"
 
 
 def test_torch_engines_rebuild_features_exactly(moca: MocaModel) -> None:
     layers = len(moca.adapters)
     trunk = EngineMocaModel(
-        TorchEngine(AudioEncoderUnit(moca), names.input_names("audio"), names.output_names("audio", layers)),
-        TorchEngine(VisionUnit(moca), names.input_names("vision", layers), names.output_names("vision")),
+        TorchEngine(
+            AudioEncoderUnit(moca), names.input_names("audio"), names.output_names("audio", layers)
+        ),
+        TorchEngine(
+            VisionUnit(moca), names.input_names("vision", layers), names.output_names("vision")
+        ),
         layers,
     )
     assert trunk.clips is None and trunk.input_dtype is None  # TorchEngine declares neither
     gen = torch.Generator().manual_seed(2)
-    fbank, images = torch.randn(2, 1, 1, 128, 204, generator=gen), torch.randn(2, 3, 224, 224, generator=gen)
+    fbank, images = (
+        torch.randn(2, 1, 1, 128, 204, generator=gen),
+        torch.randn(2, 3, 224, 224, generator=gen),
+    )
     ours_a, ref_a = trunk.encode_audio(fbank), moca.encode_audio(fbank)
-    for x, y in zip(ours_a.layer_inputs + ours_a.layer_post_attention, ref_a.layer_inputs + ref_a.layer_post_attention,
-                    strict=True):  # fmt: skip
+    for x, y in zip(
+        ours_a.layer_inputs + ours_a.layer_post_attention,
+        ref_a.layer_inputs + ref_a.layer_post_attention,
+        strict=True,
+    ):
         assert torch.equal(x, y)
     assert torch.equal(ours_a.embedding, ref_a.embedding)
     ours_v, ref_v = trunk.encode_vision(images, ours_a), moca.encode_vision(images, ref_a)
@@ -175,7 +193,9 @@ def test_torch_engines_rebuild_features_exactly(moca: MocaModel) -> None:
 
 
 def test_bad_inputs_are_named(engine_model: EngineMocaModel, moca: MocaModel) -> None:
-    with pytest.raises(ValueError, match=r"expected fbank \[B, S, 1, 128, 204\], got \(2, 128, 204\)"):
+    with pytest.raises(
+        ValueError, match=r"expected fbank \[B, S, 1, 128, 204\], got \(2, 128, 204\)"
+    ):
         engine_model.encode_audio(torch.zeros(2, 128, 204))
     with pytest.raises(ValueError, match="expected fbank with 3 clips"):
         engine_model.encode_audio(torch.zeros(1, 2, 1, 128, 204))
@@ -187,9 +207,14 @@ def test_bad_inputs_are_named(engine_model: EngineMocaModel, moca: MocaModel) ->
     vision = engine_model.vision_engine
     with pytest.raises(ValueError, match=r"audio engine outputs .*\(missing \['audio_embedding'\]"):
         EngineMocaModel(
-            TorchEngine(AudioEncoderUnit(moca), names.input_names("audio"), names.output_names("audio", 2)[:-1]),
-            vision, 2,
-        )  # fmt: skip
+            TorchEngine(
+                AudioEncoderUnit(moca),
+                names.input_names("audio"),
+                names.output_names("audio", 2)[:-1],
+            ),
+            vision,
+            2,
+        )
 
 
 def test_pipeline_on_engines_matches_torch(moca: MocaModel, engine_model: EngineMocaModel) -> None:
@@ -202,9 +227,14 @@ def test_pipeline_on_engines_matches_torch(moca: MocaModel, engine_model: Engine
     fbank = torch_pipe._fbank(torch.as_tensor(audio))
     with torch.no_grad():
         ref_a, ours_a = moca.encode_audio(fbank), engine_model.encode_audio(fbank)
-        ref_v, ours_v = moca.encode_vision(pixels, ref_a), engine_model.encode_vision(pixels, ours_a)
+        ref_v, ours_v = (
+            moca.encode_vision(pixels, ref_a),
+            engine_model.encode_vision(pixels, ours_a),
+        )
     assert_close_stage(ours_v.patch_features, ref_v.patch_features, "pipeline f^a", GATE)
-    assert_close_stage(ours_v.patch_embeddings, ref_v.patch_embeddings, "pipeline joint patches", GATE)
+    assert_close_stage(
+        ours_v.patch_embeddings, ref_v.patch_embeddings, "pipeline joint patches", GATE
+    )
     # k-means labels could flip where a patch is nearly equidistant from two centroids. With a
     # per-patch relative error eps, a patch's cosine to a centroid moves by at most ~2 eps (and
     # the centroids, means of unit vectors, by as much), so a best-vs-second gap above 10 eps
@@ -214,13 +244,22 @@ def test_pipeline_on_engines_matches_torch(moca: MocaModel, engine_model: Engine
     ref_f, ours_f = ref_v.patch_features.flatten(1, 2), ours_v.patch_features.flatten(1, 2)
     eps = float(((ours_f - ref_f).norm(dim=-1) / ref_f.norm(dim=-1)).max())
     for i in range(len(frames)):
-        ref_k = cosine_kmeans(ref_f[i : i + 1], cfg.num_clusters, max_iters=cfg.kmeans_iters, seed=cfg.kmeans_seed)
-        ours_k = cosine_kmeans(ours_f[i : i + 1], cfg.num_clusters, max_iters=cfg.kmeans_iters, seed=cfg.kmeans_seed)
+        ref_k = cosine_kmeans(
+            ref_f[i : i + 1], cfg.num_clusters, max_iters=cfg.kmeans_iters, seed=cfg.kmeans_seed
+        )
+        ours_k = cosine_kmeans(
+            ours_f[i : i + 1], cfg.num_clusters, max_iters=cfg.kmeans_iters, seed=cfg.kmeans_seed
+        )
         assert torch.equal(ref_k.labels, ours_k.labels), f"frame {i}: labels differ"
-        cos = torch.nn.functional.normalize(ref_f[i : i + 1], dim=-1) @ ref_k.centroids.transpose(1, 2)
+        cos = torch.nn.functional.normalize(ref_f[i : i + 1], dim=-1) @ ref_k.centroids.transpose(
+            1, 2
+        )
         top2 = cos.topk(2, dim=-1).values
         gap = float((top2[..., 0] - top2[..., 1]).min())
-        print(f"frame {i}: smallest best-vs-second centroid gap {gap:.2e}, f^a per-patch rel error {eps:.2e}")
+        print(
+            f"frame {i}: smallest best-vs-second centroid gap {gap:.2e}, "
+            f"f^a per-patch rel error {eps:.2e}"
+        )
         assert gap > 10 * eps, f"frame {i}: near tie (gap {gap:.2e} vs eps {eps:.2e})"
     ref_res = torch_pipe.segment_batch(frames, audio)
     ours_res = engine_pipe.segment_batch(frames, audio)
@@ -265,7 +304,9 @@ def test_cli_demo_onnxruntime_equals_torch_demo(
     ref = read_jsonl(tmp_path / "torch" / "records.jsonl")
     assert [r["chosen"] for r in records] == [r["chosen"] for r in ref]
     assert [r["mask"] for r in records] == [r["mask"] for r in ref]
-    np.testing.assert_allclose([r["scores"] for r in records], [r["scores"] for r in ref], atol=1e-5)
+    np.testing.assert_allclose(
+        [r["scores"] for r in records], [r["scores"] for r in ref], atol=1e-5
+    )
 
 
 def test_cli_engine_dir_equals_torch_checkpoints(
@@ -273,13 +314,39 @@ def test_cli_engine_dir_equals_torch_checkpoints(
 ) -> None:
     adapter = tmp_path / "adapter.safetensors"
     save_file({k: v.contiguous() for k, v in moca.adapter_state_dict().items()}, str(adapter))
-    common = [clip, "--preset", "moca_test", "--proposals", "none", "--no-progress", "--device", "cpu",
-              "--tau", "-1"]  # fmt: skip
-    code, _, err = _run(capsys, *common, "--imagebind", IMAGEBIND_WEIGHTS, "--adapter", adapter,
-                        "--out", tmp_path / "torch")  # fmt: skip
+    common = [
+        clip,
+        "--preset",
+        "moca_test",
+        "--proposals",
+        "none",
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--tau",
+        "-1",
+    ]
+    code, _, err = _run(
+        capsys,
+        *common,
+        "--imagebind",
+        IMAGEBIND_WEIGHTS,
+        "--adapter",
+        adapter,
+        "--out",
+        tmp_path / "torch",
+    )
     assert code == 0, err
-    code, _, err = _run(capsys, *common, "--engine", "onnxruntime", "--engine-dir", onnx_dir,
-                        "--out", tmp_path / "ort")  # fmt: skip
+    code, _, err = _run(
+        capsys,
+        *common,
+        "--engine",
+        "onnxruntime",
+        "--engine-dir",
+        onnx_dir,
+        "--out",
+        tmp_path / "ort",
+    )
     assert code == 0, err
     assert "--preset moca_test ignored" in err and "random weights" not in err
     assert "takes 3 clips per window" in err and "--audio-clips 1" in err  # onnx_dir: 3 clips
@@ -290,19 +357,35 @@ def test_cli_engine_dir_equals_torch_checkpoints(
     assert [r["chosen"] for r in ours] == [r["chosen"] for r in ref]
 
 
-def _engine_error(capsys: pytest.CaptureFixture[str], clip: Path, tmp_path: Path, *flags: str | Path) -> str:
-    code, _, err = _run(capsys, clip, "--out", tmp_path / "out", "--proposals", "none", "--no-progress",
-                        "--device", "cpu", *flags)  # fmt: skip
+def _engine_error(
+    capsys: pytest.CaptureFixture[str], clip: Path, tmp_path: Path, *flags: str | Path
+) -> str:
+    code, _, err = _run(
+        capsys,
+        clip,
+        "--out",
+        tmp_path / "out",
+        "--proposals",
+        "none",
+        "--no-progress",
+        "--device",
+        "cpu",
+        *flags,
+    )
     assert code == infer.EXIT_BAD_INPUT == 3, err
     return err
 
 
 def test_missing_engine_dir(clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    err = _engine_error(capsys, clip, tmp_path, "--engine", "onnxruntime", "--engine-dir", tmp_path / "nope")
+    err = _engine_error(
+        capsys, clip, tmp_path, "--engine", "onnxruntime", "--engine-dir", tmp_path / "nope"
+    )
     assert "expected a folder of ONNX files" in err and "nope" in err
 
 
-def test_missing_vision_file(onnx_dir: Path, clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_vision_file(
+    onnx_dir: Path, clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     partial = tmp_path / "partial"
     partial.mkdir()
     for f in onnx_dir.glob("audio_fp32.onnx*"):
@@ -311,7 +394,9 @@ def test_missing_vision_file(onnx_dir: Path, clip: Path, tmp_path: Path, capsys:
     assert "missing ['vision_fp32.onnx'" in err and "audio_fp32.onnx" in err
 
 
-def test_corrupt_onnx_file(onnx_dir: Path, clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_corrupt_onnx_file(
+    onnx_dir: Path, clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     broken = tmp_path / "broken"
     shutil.copytree(onnx_dir, broken)
     (broken / "audio_fp32.onnx").write_bytes(b"not a protobuf")
@@ -323,8 +408,17 @@ def test_corrupt_onnx_file(onnx_dir: Path, clip: Path, tmp_path: Path, capsys: p
 def test_precision_mismatch(
     precision: str, onnx_dir: Path, clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    err = _engine_error(capsys, clip, tmp_path, "--engine", "onnxruntime", "--engine-dir", onnx_dir,
-                        "--precision", precision)  # fmt: skip
+    err = _engine_error(
+        capsys,
+        clip,
+        tmp_path,
+        "--engine",
+        "onnxruntime",
+        "--engine-dir",
+        onnx_dir,
+        "--precision",
+        precision,
+    )
     assert f"--precision {precision}: expected audio_{precision}.onnx" in err
     assert "got the fp32 pair" in err
 
@@ -332,20 +426,35 @@ def test_precision_mismatch(
 def test_weights_flags_conflict_with_engine_files(
     onnx_dir: Path, clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    err = _engine_error(capsys, clip, tmp_path, "--engine", "onnxruntime", "--engine-dir", onnx_dir,
-                        "--imagebind", IMAGEBIND_WEIGHTS)  # fmt: skip
+    err = _engine_error(
+        capsys,
+        clip,
+        tmp_path,
+        "--engine",
+        "onnxruntime",
+        "--engine-dir",
+        onnx_dir,
+        "--imagebind",
+        IMAGEBIND_WEIGHTS,
+    )
     assert "already hold the weights" in err
 
 
 def test_onnxruntime_not_installed(
-    onnx_dir: Path, clip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    onnx_dir: Path,
+    clip: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import raises ImportError
     err = _engine_error(capsys, clip, tmp_path, "--engine", "onnxruntime", "--engine-dir", onnx_dir)
     assert "pip install 'moca-rt[onnx]'" in err
 
 
-def test_tensorrt_unavailable(onnx_dir: Path, clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_tensorrt_unavailable(
+    onnx_dir: Path, clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from moca_rt.engines.trt import trt_available
 
     if trt_available():
@@ -356,7 +465,10 @@ def test_tensorrt_unavailable(onnx_dir: Path, clip: Path, tmp_path: Path, capsys
 
 def test_from_tensorrt_names_missing_engines(tmp_path: Path) -> None:
     (tmp_path / "audio_fp32_fp16_abc.engine").write_bytes(b"")
-    with pytest.raises(ValueError, match=r"expected a vision_\*\.engine file .* found \['audio_fp32_fp16_abc.engine'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"expected a vision_\*\.engine file .* found \['audio_fp32_fp16_abc.engine'\]",
+    ):
         EngineMocaModel.from_tensorrt(tmp_path)
     (tmp_path / "vision_fp32_fp16_a.engine").write_bytes(b"")
     (tmp_path / "vision_fp32_fp16_b.engine").write_bytes(b"")
@@ -376,17 +488,32 @@ def test_benchmark_runs_the_trunk_on_onnxruntime(onnx_dir: Path) -> None:
     sys.modules["bench_pipeline_engines"] = bench  # dataclasses look their module up by name
     spec.loader.exec_module(bench)
     opts = bench.BenchOptions(
-        preset="moca_test", sam_preset="none", device="cpu", batches=(2,), frames=2, warmup=0,
-        image_size=64, threads=1, engine="onnxruntime", engine_dir=onnx_dir,
-    )  # fmt: skip
+        preset="moca_test",
+        sam_preset="none",
+        device="cpu",
+        batches=(2,),
+        frames=2,
+        warmup=0,
+        image_size=64,
+        threads=1,
+        engine="onnxruntime",
+        engine_dir=onnx_dir,
+    )
     (row,) = bench.run_pipeline_benchmark(opts)
     assert row["status"] == "ok" and row["engine"] == "onnxruntime", row
     assert row["audio_ms_p50"] > 0 and row["vision_ms_p50"] > 0
     assert f"runs on {CPU}" in row["notes"] and row["weights"].startswith("engine_dir=")
     with pytest.raises(ValueError, match="expected a folder of exported units"):
         bench.BenchOptions(engine="onnxruntime").validate()
-    bad = bench.BenchOptions(preset="moca_test", sam_preset="none", batches=(1,), frames=1,
-                             engine="onnxruntime", engine_dir=onnx_dir, precision="fp16")  # fmt: skip
+    bad = bench.BenchOptions(
+        preset="moca_test",
+        sam_preset="none",
+        batches=(1,),
+        frames=1,
+        engine="onnxruntime",
+        engine_dir=onnx_dir,
+        precision="fp16",
+    )
     with pytest.raises(ValueError, match="--precision fp16"):
         bench.run_pipeline_benchmark(bad)
 

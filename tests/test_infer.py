@@ -71,18 +71,39 @@ def synth_clip(media: Path) -> Path:
     from moca_rt.datasets.video import write_mp4
 
     scene = SynthWorld(0, image_size=64, video_seconds=0.4).sample("video", 0)
-    return write_mp4(media / "synth.mp4", scene.frames, scene.audio, fps=25.0, sample_rate=scene.sample_rate)
+    return write_mp4(
+        media / "synth.mp4", scene.frames, scene.audio, fps=25.0, sample_rate=scene.sample_rate
+    )
 
 
 # ---- must show ----
 
 
-def test_end_to_end_synthetic_video(synth_clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_end_to_end_synthetic_video(
+    synth_clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "out"
     code, stdout, err = _run(
-        capsys, synth_clip, "--out", out, "--preset", "moca_test", "--sam-preset", "sam_synth",
-        "--proposals", "grid", "--points-per-side", "2", "--batch", "3", "--overlay",
-        "--no-progress", "--device", "cpu", "--tau", "-1",
+        capsys,
+        synth_clip,
+        "--out",
+        out,
+        "--preset",
+        "moca_test",
+        "--sam-preset",
+        "sam_synth",
+        "--proposals",
+        "grid",
+        "--points-per-side",
+        "2",
+        "--batch",
+        "3",
+        "--overlay",
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--tau",
+        "-1",
     )
     assert code == 0, err
     n = _count_video_frames(synth_clip)
@@ -104,7 +125,9 @@ def test_end_to_end_synthetic_video(synth_clip: Path, tmp_path: Path, capsys: py
     assert summary["stage_ms"]["vision"] > 0
 
 
-def test_demo_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setattr(infer, "DEMO_SECONDS", 0.2)  # 5 frames; the real demo is 2 s
     out = tmp_path / "demo"
     code, stdout, err = _run(capsys, "--demo", "--out", out, "--no-progress", "--device", "cpu")
@@ -116,7 +139,9 @@ def test_demo_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pyte
     assert "total" in stdout
 
 
-def test_batch_does_not_change_outputs(clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_batch_does_not_change_outputs(
+    clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     masks = []
     for batch in ("1", "4"):
         out = tmp_path / f"b{batch}"
@@ -162,12 +187,15 @@ def test_corrupt_file(clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[
         assert (out / "summary.json").is_file()
 
 
-def test_corrupt_middle_keeps_decodable_frames(media: Path, tmp_path: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_corrupt_middle_keeps_decodable_frames(
+    media: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     full = mf.write_video(media / "mid.mp4", num_frames=25, height=64, width=64)
     data = bytearray(full.read_bytes())
     n = len(data)
-    data[n // 2 : n // 2 + 3000] = np.random.default_rng(1).integers(0, 256, 3000, dtype=np.uint8).tobytes()
+    data[n // 2 : n // 2 + 3000] = (
+        np.random.default_rng(1).integers(0, 256, 3000, dtype=np.uint8).tobytes()
+    )
     bad = tmp_path / "mid.mp4"
     bad.write_bytes(bytes(data))
     decodable, errors = 0, 0
@@ -195,7 +223,9 @@ def test_out_is_a_file(clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture
     assert code == 3 and f"--out {taken}" in err
 
 
-def test_truncated_file_keeps_decodable_frames(media: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_truncated_file_keeps_decodable_frames(
+    media: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     full = mf.write_video(media / "long.mkv", num_frames=25, height=64, width=64)
     cut = mf.write_truncated(full, tmp_path / "cut.mkv", 0.6)
     out = tmp_path / "out"
@@ -218,7 +248,9 @@ def test_truncated_file_keeps_decodable_frames(media: Path, tmp_path: Path, caps
     assert "total" in stdout  # the timing table is still printed
 
 
-def test_video_without_audio(media: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_video_without_audio(
+    media: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     mute = mf.write_video(media / "mute.mp4", num_frames=5, height=48, width=64, audio_rate=None)
     code, _, err = _run(capsys, mute, "--out", tmp_path / "a", *TINY)
     assert code == 3
@@ -234,13 +266,21 @@ def test_video_without_audio(media: Path, tmp_path: Path, capsys: pytest.Capture
 
 
 @pytest.mark.parametrize(
-    ("rate", "channels"), [(8000, 1), (44100, 2), (48000, 2), (48000, 1)], ids=["8k-mono", "44k-stereo", "48k-stereo", "48k-mono"]
+    ("rate", "channels"),
+    [(8000, 1), (44100, 2), (48000, 2), (48000, 1)],
+    ids=["8k-mono", "44k-stereo", "48k-stereo", "48k-mono"],
 )
 def test_audio_rates_and_channels(
     rate: int, channels: int, media: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = mf.write_video(media / f"a{rate}_{channels}.mp4", num_frames=5, height=32, width=32,
-                          audio_rate=rate, audio_channels=channels)
+    path = mf.write_video(
+        media / f"a{rate}_{channels}.mp4",
+        num_frames=5,
+        height=32,
+        width=32,
+        audio_rate=rate,
+        audio_channels=channels,
+    )
     out = tmp_path / "out"
     code, _, err = _run(capsys, path, "--out", out, *TINY)
     assert code == 0, err
@@ -287,17 +327,23 @@ def test_nonfinite_audio_samples(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert np.isfinite(rec["level_dbfs"]) and all(np.isfinite(rec["scores"]))
 
 
-def test_audio_flag_with_a_video_is_rejected(clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_audio_flag_with_a_video_is_rejected(
+    clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     wav = mf.write_wav(tmp_path / "x.wav", mf.sine(440.0, 16000, 1.0), 16000)
     code, _, err = _run(capsys, clip, "--audio", wav, "--out", tmp_path / "out", *TINY)
     assert code == 3 and "--audio" in err and "expected an image or a frame folder" in err
 
 
-def test_realtime_flag_on_an_image_is_noted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_realtime_flag_on_an_image_is_noted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     wav = mf.write_wav(tmp_path / "x.wav", mf.sine(440.0, 16000, 2.0), 16000)
     image = tmp_path / "frame.png"
     Image.fromarray(mf.make_frame(0, 32, 32)).save(image)
-    code, _, err = _run(capsys, image, "--audio", wav, "--realtime", "--out", tmp_path / "out", *TINY)
+    code, _, err = _run(
+        capsys, image, "--audio", wav, "--realtime", "--out", tmp_path / "out", *TINY
+    )
     assert code == 0, err
     assert "--realtime ignored" in err
 
@@ -312,7 +358,18 @@ def test_checkpoint_of_the_wrong_model(
     wrong = {"backbone.layer1.weight": torch.zeros(4, 4), "head.fc.bias": torch.zeros(3)}
     ckpt = tmp_path / "other_model.safetensors"
     save_file(wrong, str(ckpt))
-    args = [clip, "--out", tmp_path / "out", "--preset", "moca_test", "--no-progress", "--device", "cpu", flag, ckpt]
+    args = [
+        clip,
+        "--out",
+        tmp_path / "out",
+        "--preset",
+        "moca_test",
+        "--no-progress",
+        "--device",
+        "cpu",
+        flag,
+        ckpt,
+    ]
     if flag == "--sam":
         args += ["--proposals", "grid"]
     code, _, err = _run(capsys, *args)
@@ -325,25 +382,63 @@ def test_checkpoint_of_the_wrong_model(
         assert "missing keys" in err
 
 
-def test_tiny_imagebind_without_preset_names_the_preset(clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_tiny_imagebind_without_preset_names_the_preset(
+    clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from moca_rt.shipped import shipped_weights
 
     tiny = shipped_weights().imagebind
-    code, _, err = _run(capsys, clip, "--out", tmp_path / "out", "--no-progress", "--device", "cpu", "--imagebind", tiny)
+    code, _, err = _run(
+        capsys,
+        clip,
+        "--out",
+        tmp_path / "out",
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--imagebind",
+        tiny,
+    )
     assert code == infer.EXIT_BAD_CHECKPOINT, err
     assert "pass --preset moca_synth" in err and "missing keys" not in err
-    code, _, err = _run(capsys, clip, "--out", tmp_path / "ok", "--no-progress", "--device", "cpu",
-                        "--imagebind", tiny, "--preset", "moca_synth", "--proposals", "none")  # fmt: skip
+    code, _, err = _run(
+        capsys,
+        clip,
+        "--out",
+        tmp_path / "ok",
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--imagebind",
+        tiny,
+        "--preset",
+        "moca_synth",
+        "--proposals",
+        "none",
+    )
     assert code == 0, err
 
 
-def test_random_weights_instead_of_the_shipped_models(clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = _run(capsys, clip, "--out", tmp_path / "out", "--no-progress", "--device", "cpu", "--random-weights")
+def test_random_weights_instead_of_the_shipped_models(
+    clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = _run(
+        capsys,
+        clip,
+        "--out",
+        tmp_path / "out",
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--random-weights",
+    )
     assert code == 0, err
     assert "seeded random weights (--random-weights)" in err and "shipped tiny models" not in err
 
 
-def test_adapter_of_another_size(clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_adapter_of_another_size(
+    clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Adapters trained for moca_synth do not fit moca_test: shape mismatches are named."""
     from safetensors.torch import save_file
 
@@ -422,7 +517,10 @@ def test_ctrl_c_keeps_outputs(media: Path, tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "moca_rt.infer", str(long_clip), "--out", str(out), *TINY],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     records_path = out / "records.jsonl"
     try:
@@ -455,7 +553,9 @@ def test_ctrl_c_keeps_outputs(media: Path, tmp_path: Path) -> None:
 # ---- source options ----
 
 
-def test_fps_keeps_input_indices(clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_fps_keeps_input_indices(
+    clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "out"
     code, _, err = _run(capsys, clip, "--out", out, *TINY, "--fps", "5")
     assert code == 0, err
@@ -463,7 +563,9 @@ def test_fps_keeps_input_indices(clip: Path, tmp_path: Path, capsys: pytest.Capt
     assert [r["index"] for r in records] == [0, 5]  # 10 frames at 25 fps, one per 0.2 s
 
 
-def test_realtime_on_a_file_records_every_frame(clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_realtime_on_a_file_records_every_frame(
+    clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "out"
     code, stdout, err = _run(capsys, clip, "--out", out, *TINY, "--realtime")
     assert code == 0, err
@@ -476,11 +578,30 @@ def test_realtime_on_a_file_records_every_frame(clip: Path, tmp_path: Path, caps
 
 def test_box_prompts(clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     boxes = tmp_path / "boxes.json"
-    boxes.write_text(json.dumps({"frames": {"1": [[4, 4, 40, 40], [30, 10, 60, 50]], "3": [[0, 0, 63, 63]]}}))
+    boxes.write_text(
+        json.dumps({"frames": {"1": [[4, 4, 40, 40], [30, 10, 60, 50]], "3": [[0, 0, 63, 63]]}})
+    )
     out = tmp_path / "out"
     code, _, err = _run(
-        capsys, clip, "--out", out, "--preset", "moca_test", "--sam-preset", "sam_synth", "--no-progress",
-        "--device", "cpu", "--proposals", "boxes", "--boxes", boxes, "--tau", "-1", "--fps", "12.5",
+        capsys,
+        clip,
+        "--out",
+        out,
+        "--preset",
+        "moca_test",
+        "--sam-preset",
+        "sam_synth",
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--proposals",
+        "boxes",
+        "--boxes",
+        boxes,
+        "--tau",
+        "-1",
+        "--fps",
+        "12.5",
     )
     assert code == 0, err
     records = _check_records_match_pngs(out)
@@ -488,8 +609,23 @@ def test_box_prompts(clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert all(r["proposals"] == 0 and r["fallback"] for r in records)
     out2 = tmp_path / "out2"
     code, _, err = _run(
-        capsys, clip, "--out", out2, "--preset", "moca_test", "--sam-preset", "sam_synth", "--no-progress",
-        "--device", "cpu", "--proposals", "boxes", "--boxes", boxes, "--tau", "-1",
+        capsys,
+        clip,
+        "--out",
+        out2,
+        "--preset",
+        "moca_test",
+        "--sam-preset",
+        "sam_synth",
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--proposals",
+        "boxes",
+        "--boxes",
+        boxes,
+        "--tau",
+        "-1",
     )
     assert code == 0, err
     by_index = {r["index"]: r for r in _check_records_match_pngs(out2)}
@@ -498,8 +634,12 @@ def test_box_prompts(clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert all(by_index[i]["proposals"] == 0 for i in (0, 2, 4, 5, 6, 7, 8, 9))
 
 
-@pytest.mark.parametrize("content", ["{not json", '{"frames": {"0": [[1, 2, 3]]}}'], ids=["syntax", "short-box"])
-def test_bad_box_file(content: str, clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "content", ["{not json", '{"frames": {"0": [[1, 2, 3]]}}'], ids=["syntax", "short-box"]
+)
+def test_bad_box_file(
+    content: str, clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     boxes = tmp_path / "boxes.json"
     boxes.write_text(content)
     out = tmp_path / "out"
@@ -516,12 +656,32 @@ def test_missing_box_file(clip: Path, tmp_path: Path, capsys: pytest.CaptureFixt
 
 @requires_cuda
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_cuda_run(precision: str, clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cuda_run(
+    precision: str, clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "out"
     code, stdout, err = _run(
-        capsys, clip, "--out", out, "--preset", "moca_test", "--sam-preset", "sam_synth", "--proposals", "grid",
-        "--points-per-side", "4", "--no-progress", "--device", "cuda", "--precision", precision, "--batch", "4",
-        "--tau", "-1",
+        capsys,
+        clip,
+        "--out",
+        out,
+        "--preset",
+        "moca_test",
+        "--sam-preset",
+        "sam_synth",
+        "--proposals",
+        "grid",
+        "--points-per-side",
+        "4",
+        "--no-progress",
+        "--device",
+        "cuda",
+        "--precision",
+        precision,
+        "--batch",
+        "4",
+        "--tau",
+        "-1",
     )
     assert code == 0, err
     records = _check_records_match_pngs(out)

@@ -46,10 +46,26 @@ def test_cli_segments_a_live_udp_stream(tmp_path: Path) -> None:
     out = tmp_path / "live"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cli = subprocess.Popen(
-        [sys.executable, "-m", "moca_rt.infer", f"udp://127.0.0.1:{port}", "--out", str(out),
-         "--preset", "moca_test", "--proposals", "none", "--no-progress", "--device", "cpu",
-         "--realtime"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        [
+            sys.executable,
+            "-m",
+            "moca_rt.infer",
+            f"udp://127.0.0.1:{port}",
+            "--out",
+            str(out),
+            "--preset",
+            "moca_test",
+            "--proposals",
+            "none",
+            "--no-progress",
+            "--device",
+            "cpu",
+            "--realtime",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     sender = None
     try:
@@ -60,9 +76,18 @@ def test_cli_segments_a_live_udp_stream(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, "the CLI never opened the UDP port"
             time.sleep(0.05)
         sender = subprocess.Popen(
-            [sys.executable, str(Path(mf.__file__)), f"udp://127.0.0.1:{port}?pkt_size=1316",
-             "--seconds", str(SECONDS), "--start-delay", "0.2"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                str(Path(mf.__file__)),
+                f"udp://127.0.0.1:{port}?pkt_size=1316",
+                "--seconds",
+                str(SECONDS),
+                "--start-delay",
+                "0.2",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         sent_out, sent_err = sender.communicate(timeout=30)
         assert sender.returncode == 0, sent_err[-2000:]
@@ -79,11 +104,15 @@ def test_cli_segments_a_live_udp_stream(tmp_path: Path) -> None:
     records = read_jsonl(out / "records.jsonl")
     summary = json.loads((out / "summary.json").read_text())
     processed = [r for r in records if not r["dropped"]]
-    print(f"live udp: {len(records)} of {sent} sent frames arrived ({len(processed)} segmented, "
-          f"{len(records) - len(processed)} dropped records)")
+    print(
+        f"live udp: {len(records)} of {sent} sent frames arrived ({len(processed)} segmented, "
+        f"{len(records) - len(processed)} dropped records)"
+    )
     # one record per received frame, in order, and the summary agrees
     assert summary["frames"] == len(records) and summary["error"] is None
-    assert summary["processed"] == len(processed) and summary["dropped"] == len(records) - len(processed)
+    assert summary["processed"] == len(processed) and summary["dropped"] == len(records) - len(
+        processed
+    )
     indices = [r["index"] for r in records]
     assert indices == sorted(indices) and len(set(indices)) == len(indices)
     assert len(records) >= 0.8 * sent

@@ -58,8 +58,10 @@ def test_cmake_builds_library_and_smoke_test(build_dir: Path) -> None:
     )
     ctest = subprocess.run(
         ["ctest", "--test-dir", str(build_dir), "--output-on-failure"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     if torch.cuda.is_available():
         assert smoke.returncode == 0, smoke.stdout + smoke.stderr
         assert "smoke test passed" in smoke.stdout
@@ -87,13 +89,24 @@ def test_sources_compile_as_nvrtc_device_code(tmp_path: Path) -> None:
     for name in ("kmeans.cu", "mask_iou.cu"):
         ptx = tmp_path / (name + ".ptx")
         _run(
-            [NVCC, "-std=c++17", "-DMOCA_RT_NVRTC", f"-I{CSRC}", "-arch=compute_80", "--ptx",
-             str(CSRC / name), "-o", str(ptx)],
+            [
+                NVCC,
+                "-std=c++17",
+                "-DMOCA_RT_NVRTC",
+                f"-I{CSRC}",
+                "-arch=compute_80",
+                "--ptx",
+                str(CSRC / name),
+                "-o",
+                str(ptx),
+            ],
             tmp_path,
-        )  # fmt: skip
+        )
         text = ptx.read_text()
-        entries = {"kmeans.cu": ["moca_kmeans_f32", "moca_kmeans_f16", "moca_kmeans_bf16"],
-                   "mask_iou.cu": ["moca_mask_match_u8_kernel"]}[name]  # fmt: skip
+        entries = {
+            "kmeans.cu": ["moca_kmeans_f32", "moca_kmeans_f16", "moca_kmeans_bf16"],
+            "mask_iou.cu": ["moca_mask_match_u8_kernel"],
+        }[name]
         for entry in entries:
             assert f".entry {entry}(" in text, f"{entry} missing from {name} PTX"
         assert "moca_cosine_kmeans" not in text and "moca_mask_match_u8(" not in text
@@ -122,9 +135,13 @@ def test_triton_kernels_compile_for_sm90_without_spills(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path / "triton_cache")
     proc = subprocess.run(
-        [sys.executable, "-c", AOT_SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
+        [sys.executable, "-c", AOT_SCRIPT],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=600,
-    )  # fmt: skip
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     compiled = [line for line in proc.stdout.splitlines() if line.startswith("compiled")]
     names = " ".join(compiled)
@@ -165,8 +182,15 @@ def test_target_report_checks_the_issue_targets() -> None:
     spec.loader.exec_module(bench)
 
     def row(op: str, impl: str, median: float, **kw: object) -> dict[str, object]:
-        return {"op": op, "impl": impl, "dtype": "float32", "config": "c", "status": "ok",
-                "median_ms": median, **kw}  # fmt: skip
+        return {
+            "op": op,
+            "impl": impl,
+            "dtype": "float32",
+            "config": "c",
+            "status": "ok",
+            "median_ms": median,
+            **kw,
+        }
 
     rows = [
         row("pma_fwd_bwd", "torch_fast", 3.0, peak_extra_mib=40.0),

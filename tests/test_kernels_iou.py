@@ -170,7 +170,8 @@ def test_sub_triton_hand_cases() -> None:
 @interp
 @pytest.mark.parametrize("metric", ["iou", "coverage"])
 def test_sub_triton_matches_reference_irregular(metric: str) -> None:
-    # 37 proposals (3 tiles of 16, last partial), 3 clusters, 45 x 29 = 1305 px (6 pixel tiles of 256).
+    # 37 proposals (3 tiles of 16, last partial), 3 clusters, 45 x 29 = 1305 px
+    # (6 pixel tiles of 256).
     pl, cl = random_masks(3, 2, 37, 3, 45, 29)
     p, c = pl > 0.4, cl > 0.1
     p[1, 5] = False

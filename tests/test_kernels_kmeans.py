@@ -244,7 +244,9 @@ def test_launchers_say_why_they_cannot_take_a_cpu_tensor() -> None:
     assert km.triton_kmeans_supports(x, 2) == (
         "Triton cannot run on this tensor (no CUDA tensor and TRITON_INTERPRET unset)"
     )
-    assert cupy_kmeans_supports(x, 2) == "expected a CUDA tensor for the cupy backend, got device cpu"
+    assert (
+        cupy_kmeans_supports(x, 2) == "expected a CUDA tensor for the cupy backend, got device cpu"
+    )
 
 
 @interp

@@ -78,8 +78,9 @@ def assert_close_report(
     bad = ~finite | ((a - b).abs() > atol + rtol * b.abs())
     if bad.any():
         first = bad.nonzero()[:5].tolist()
-        shown = ", ".join(f"{tuple(i)}: {a[tuple(i)].item():.6g} vs {b[tuple(i)].item():.6g}"
-                          for i in first)  # fmt: skip
+        shown = ", ".join(
+            f"{tuple(i)}: {a[tuple(i)].item():.6g} vs {b[tuple(i)].item():.6g}" for i in first
+        )
         raise AssertionError(
             f"{name}: {int(bad.sum())} of {bad.numel()} elements off (atol={atol}, rtol={rtol}); "
             f"nan={int(a.isnan().sum())} inf={int(a.isinf().sum())}; first bad {shown}"
@@ -179,8 +180,11 @@ def test_torch_fast_matches_reference(
 ) -> None:
     f, g, w = _inputs(shape, seed=2)
     kw = dict(max_disparity=max_disparity, search=search)
-    _compare(_run(pma_cost_torch_fast, f, g, w, **kw), _run(pma_cost_reference, f, g, w, **kw),
-             f"fast {shape} {kw}")  # fmt: skip
+    _compare(
+        _run(pma_cost_torch_fast, f, g, w, **kw),
+        _run(pma_cost_reference, f, g, w, **kw),
+        f"fast {shape} {kw}",
+    )
 
 
 @pytest.mark.parametrize(
@@ -200,8 +204,11 @@ def test_triton_interpreter_matches_reference(
 ) -> None:
     f, g, w = _inputs(shape, seed=3)
     kw = dict(max_disparity=max_disparity, search=search)
-    _compare(_run(pma_cost_triton, f, g, w, **kw), _run(pma_cost_reference, f, g, w, **kw),
-             f"triton {shape} {kw}")  # fmt: skip
+    _compare(
+        _run(pma_cost_triton, f, g, w, **kw),
+        _run(pma_cost_reference, f, g, w, **kw),
+        f"triton {shape} {kw}",
+    )
 
 
 @pytest.mark.parametrize(("dtype", "grad_atol"), [(torch.bfloat16, 3e-2), (torch.float16, 4e-3)])
@@ -285,8 +292,16 @@ def test_triton_backward_deterministic_is_bitwise_reproducible(interpret: None) 
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
     with pytest.raises(ValueError, match=r"expected L <= 64 for the deterministic backward"):
         z = torch.zeros(1, 65, 4) + 1.0
-        pma_triton.backward_grouped(z, z, torch.zeros(1, 65, dtype=torch.int64),
-                                    torch.ones(1, 65), 1.0, 1.0, 1e-6, deterministic=True)  # fmt: skip
+        pma_triton.backward_grouped(
+            z,
+            z,
+            torch.zeros(1, 65, dtype=torch.int64),
+            torch.ones(1, 65),
+            1.0,
+            1.0,
+            1e-6,
+            deterministic=True,
+        )
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -305,8 +320,12 @@ def test_pixel_grad_combines_upstream_gradients() -> None:
     gen = torch.Generator().manual_seed(42)
     gc, gm = torch.rand(2, generator=gen), torch.rand(2, 3, 4, generator=gen)
     want = gm + gc.reshape(2, 1, 1) / 12.0
-    for a, b, expect in ((gc, gm, want), (gc, None, want - gm), (None, gm, gm),
-                         (None, None, torch.zeros(2, 3, 4))):  # fmt: skip
+    for a, b, expect in (
+        (gc, gm, want),
+        (gc, None, want - gm),
+        (None, gm, gm),
+        (None, None, torch.zeros(2, 3, 4)),
+    ):
         out = pma._pixel_grad(a, b, f)
         assert out.shape == (2, 3, 4) and out.dtype == torch.float32 and out.is_contiguous()
         assert_close_report("pixel grad", out, expect, 1e-7)
@@ -473,10 +492,15 @@ BAD_INPUTS = [
     ((1, 2, 3, 4), (1, 2, 3, 4), torch.int64, {}, "floating-point"),
     ((1, 2, 3, 4), (1, 2, 3, 4), torch.float32, {"search": "col"}, "search in"),
     ((1, 2, 3, 4), (1, 2, 3, 4), torch.float32, {"max_disparity": -1}, "max_disparity >= 0"),
-    ((1, 2, 3, 4), (1, 2, 3, 4), torch.float32, {"max_disparity": 1, "search": "full"},
-     "max_disparity=None"),
+    (
+        (1, 2, 3, 4),
+        (1, 2, 3, 4),
+        torch.float32,
+        {"max_disparity": 1, "search": "full"},
+        "max_disparity=None",
+    ),
     ((1, 0, 3, 4), (1, 0, 3, 4), torch.float32, {}, "non-empty"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("fs", "gs", "dtype", "kw", "msg"), BAD_INPUTS)
@@ -539,9 +563,15 @@ def _selected(g: torch.Tensor, argmin: torch.Tensor, search: str) -> torch.Tenso
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize(
     ("shape", "search"),
-    [((8, 16, 16, 1280), "row"), ((8, 16, 16, 1280), "full"), ((8, 16, 16, 96), "row"),
-     ((8, 16, 16, 96), "full"), ((3, 5, 7, 37), "row"), ((3, 5, 7, 37), "full")],
-)  # fmt: skip
+    [
+        ((8, 16, 16, 1280), "row"),
+        ((8, 16, 16, 1280), "full"),
+        ((8, 16, 16, 96), "row"),
+        ((8, 16, 16, 96), "full"),
+        ((3, 5, 7, 37), "row"),
+        ((3, 5, 7, 37), "full"),
+    ],
+)
 def test_triton_gpu_matches_reference(
     no_interpret: None, dtype: torch.dtype, shape: tuple[int, ...], search: str
 ) -> None:

@@ -13,8 +13,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 # Installed names of the source folders (pyproject's package-dir mapping).
-PACKAGES = {"moca_rt": "moca_rt", "moca_rt.kernels": "kernels", "moca_rt.export": "export",
-            "moca_rt.train": "train"}  # fmt: skip
+PACKAGES = {
+    "moca_rt": "moca_rt",
+    "moca_rt.kernels": "kernels",
+    "moca_rt.export": "export",
+    "moca_rt.train": "train",
+}
 
 
 def _modules() -> dict[str, Path]:
@@ -100,8 +104,13 @@ def _circles() -> list[list[str]]:
 
 def _edges(source: str, target: str) -> list[str]:
     """``a -> b`` for every import from a module under ``source`` into one under ``target``."""
-    return [f"{a} -> {b}" for a in sorted(GRAPH) if a == source or a.startswith(source + ".")
-            for b in sorted(GRAPH[a]) if b == target or b.startswith(target + ".")]  # fmt: skip
+    return [
+        f"{a} -> {b}"
+        for a in sorted(GRAPH)
+        if a == source or a.startswith(source + ".")
+        for b in sorted(GRAPH[a])
+        if b == target or b.startswith(target + ".")
+    ]
 
 
 def test_the_graph_is_read() -> None:
@@ -131,8 +140,13 @@ def test_layer_does_not_import(source: str, target: str) -> None:
 
 def test_modeling_imports_only_config_and_checkpoints() -> None:
     allowed = {"moca_rt.config", "moca_rt.checkpoints"}
-    found = [f"{a} -> {b}" for a in sorted(GRAPH) if a.startswith("moca_rt.modeling.")
-             for b in sorted(GRAPH[a]) if b not in allowed and not b.startswith("moca_rt.modeling")]  # fmt: skip
+    found = [
+        f"{a} -> {b}"
+        for a in sorted(GRAPH)
+        if a.startswith("moca_rt.modeling.")
+        for b in sorted(GRAPH[a])
+        if b not in allowed and not b.startswith("moca_rt.modeling")
+    ]
     assert found == []
 
 

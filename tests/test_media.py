@@ -59,8 +59,14 @@ FORMATS = [(".mp4", 48000, 1), (".mkv", 44100, 2), (".mov", 8000, 1), (".webm", 
 
 @pytest.mark.parametrize(("suffix", "rate", "channels"), FORMATS)
 def test_file_frames_and_windows(mdir: Path, suffix: str, rate: int, channels: int) -> None:
-    path = mf.write_video(mdir / f"fmt_{rate}_{channels}{suffix}", num_frames=25, audio_rate=rate,
-                          audio_channels=channels, onset=0.3, audio_duration=1.0)
+    path = mf.write_video(
+        mdir / f"fmt_{rate}_{channels}{suffix}",
+        num_frames=25,
+        audio_rate=rate,
+        audio_channels=channels,
+        onset=0.3,
+        audio_duration=1.0,
+    )
     with open_source(path) as src:
         assert src.has_audio and src.audio_sample_rate == rate and src.audio_channels == channels
         frames = list(src)
@@ -88,8 +94,9 @@ def test_streamed_resampling_equals_whole_signal(mdir: Path) -> None:
     """The block-wise sinc resampler of the source matches one whole-signal resample."""
     from moca_rt.preprocess import resample
 
-    path = mf.write_video(mdir / "long44.mkv", num_frames=50, audio_rate=44100, audio_channels=2,
-                          freq=1234.5)
+    path = mf.write_video(
+        mdir / "long44.mkv", num_frames=50, audio_rate=44100, audio_channels=2, freq=1234.5
+    )
     decoded = []
     with av.open(str(path)) as c:
         for fr in c.decode(audio=0):
@@ -311,8 +318,11 @@ def test_close_mid_stream_stops_decoder(mdir: Path) -> None:
     next(it)
     src.close()
     assert not src._thread.is_alive()
-    assert all(t.name != "moca-media-decoder" or not t.is_alive() for t in threading.enumerate()
-               if t is src._thread)
+    assert all(
+        t.name != "moca-media-decoder" or not t.is_alive()
+        for t in threading.enumerate()
+        if t is src._thread
+    )
     with pytest.raises(RuntimeError, match="single-pass"):
         iter(src).__next__()
 

@@ -62,8 +62,13 @@ class FakeConnection(MediaSource):
                 return
             self.stats.frames_decoded += 1
             chunk = AudioChunk(pts=t, sample_rate=16000, samples=np.zeros((1, 4), np.float32))
-            yield MediaFrame(index=i, pts=t, image=np.zeros((2, 2, 3), np.uint8),
-                             audio=np.zeros(32000, np.float32), raw_audio=[chunk])  # fmt: skip
+            yield MediaFrame(
+                index=i,
+                pts=t,
+                image=np.zeros((2, 2, 3), np.uint8),
+                audio=np.zeros(32000, np.float32),
+                raw_audio=[chunk],
+            )
         if self.conn.error is not None:
             self.error = MediaDecodeError(self.conn.error)
         else:
@@ -74,8 +79,9 @@ class FakeConnection(MediaSource):
 
 
 def _open(script: Script, reconnects: int, **opts: Any) -> ReconnectingSource:
-    return ReconnectingSource("udp://127.0.0.1:1", reconnects=reconnects, retry_delay_s=0.0,
-                              open_source=script, **opts)  # fmt: skip
+    return ReconnectingSource(
+        "udp://127.0.0.1:1", reconnects=reconnects, retry_delay_s=0.0, open_source=script, **opts
+    )
 
 
 def test_restarted_clock_is_shifted_and_indices_continue() -> None:
@@ -117,8 +123,9 @@ def test_errors_before_a_reconnect_are_logged_the_last_one_is_raised() -> None:
             got.append(f.index)
     assert got == [0, 1, 2]
     assert "broke: corrupt packet" in src.reconnect_log[0]
-    with _open(Script(Connection(pts=[0.0], error="x")), reconnects=1,
-               raise_on_error=False) as quiet:  # fmt: skip
+    with _open(
+        Script(Connection(pts=[0.0], error="x")), reconnects=1, raise_on_error=False
+    ) as quiet:
         assert len(list(quiet)) == 1 and isinstance(quiet.error, MediaDecodeError)
 
 

@@ -280,9 +280,16 @@ def test_negatives_are_redrawn_from_all_items_when_the_batch_has_no_shuffle() ->
     with pytest.raises(ValueError, match="cannot draw negatives"):
         sample_negatives(batch, table, torch.Generator().manual_seed(0))
     for s in range(20):
-        neg = sample_negatives_or_redraw(batch, table, torch.Generator().manual_seed(s), len(classes))
+        neg = sample_negatives_or_redraw(
+            batch, table, torch.Generator().manual_seed(s), len(classes)
+        )
         assert (classes[neg] != classes[batch]).all()
-        assert torch.equal(neg, sample_negatives_or_redraw(batch, table, torch.Generator().manual_seed(s), len(classes)))
+        assert torch.equal(
+            neg,
+            sample_negatives_or_redraw(
+                batch, table, torch.Generator().manual_seed(s), len(classes)
+            ),
+        )
     # A batch that has a valid shuffle keeps the paper's rule (a permutation of the batch).
     ok = torch.tensor([0, 6, 8, 16])
     neg = sample_negatives_or_redraw(ok, table, torch.Generator().manual_seed(1), len(classes))

@@ -28,7 +28,9 @@ def model() -> MocaModel:
     return MocaModel.from_config(MOCA_PRESETS["moca_test"])
 
 
-def _frames(n: int, sizes: Sequence[tuple[int, int]] | None = None, seed: int = 0) -> list[np.ndarray]:
+def _frames(
+    n: int, sizes: Sequence[tuple[int, int]] | None = None, seed: int = 0
+) -> list[np.ndarray]:
     return mf.block_frames(list(sizes or [(48, 64)] * n), seed)
 
 
@@ -183,7 +185,9 @@ def test_nonfinite_audio_is_rejected(model: MocaModel) -> None:
 def test_bad_frames_are_rejected(model: MocaModel) -> None:
     pipe = MocaPipeline(model)
     frames = _frames(2)
-    with pytest.raises(ValueError, match=r"frame 1: expected a uint8 \[H, W, 3\] RGB array, got float32"):
+    with pytest.raises(
+        ValueError, match=r"frame 1: expected a uint8 \[H, W, 3\] RGB array, got float32"
+    ):
         pipe.segment_batch([frames[0], frames[1].astype(np.float32)], _audio(2))
     with pytest.raises(ValueError, match=r"frame 0: expected a uint8.*got uint8 \(48, 64\)"):
         pipe.segment_batch([frames[0][..., 0]], _audio(1))
@@ -200,9 +204,7 @@ def test_bad_config_values_are_rejected() -> None:
 
 def test_stream_yields_every_record_in_order(model: MocaModel) -> None:
     frames, audio = _frames(5, seed=7), _audio(5, seed=8)
-    records = [
-        MediaFrame(index=i, pts=i / 25, image=frames[i], audio=audio[i]) for i in range(5)
-    ]
+    records = [MediaFrame(index=i, pts=i / 25, image=frames[i], audio=audio[i]) for i in range(5)]
     records.insert(2, MediaFrame(index=99, pts=0.07, image=None, audio=None, dropped=True))
     pipe = MocaPipeline(model, config=PipelineConfig(tau=-1.0))
     with pytest.raises(ValueError, match="batch_size"):
@@ -232,7 +234,9 @@ def test_cuda_runs_the_same_decisions() -> None:
     frames, audio = _frames(3, seed=11), _audio(3, seed=12)
     audio[2] = 0.0
     gpu = MocaPipeline(gpu_model, config=cfg, device="cuda").segment_batch(frames, audio)
-    cpu = MocaPipeline(MocaModel.from_config(MOCA_PRESETS["moca_test"]), config=cfg).segment_batch(frames, audio)
+    cpu = MocaPipeline(MocaModel.from_config(MOCA_PRESETS["moca_test"]), config=cfg).segment_batch(
+        frames, audio
+    )
     for a, b in zip(cpu, gpu, strict=True):
         assert a.silent == b.silent and a.mask.shape == b.mask.shape
         assert b.mask.dtype == np.bool_

@@ -51,7 +51,7 @@ def vision_ref() -> dict[str, torch.Tensor]:
 
 
 def mel_banks_numpy(rate: int = 16000, n_mels: int = 128, n_fft: int = 512) -> np.ndarray:
-    """HTK-mel triangles in float64, written from the description (20 Hz..Nyquist, zero last bin)."""
+    """HTK-mel triangles in float64, from the description (20 Hz..Nyquist, zero last bin)."""
 
     def mel(f: np.ndarray | float) -> np.ndarray:
         return 1127.0 * np.log(1.0 + np.asarray(f) / 700.0)

@@ -365,9 +365,25 @@ def test_cli_bad_arguments_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[
 def test_cli_runs_and_writes_a_manifest(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "cli"
     argv = [
-        "--preset", PRESET, "--data", "synth:8", "--iters", "1", "--batch", "4", "--warmup", "0",
-        "--image-size", "28", "--synth-image-size", "64", "--eval-items", "2", "--out", str(out),
-    ]  # fmt: skip
+        "--preset",
+        PRESET,
+        "--data",
+        "synth:8",
+        "--iters",
+        "1",
+        "--batch",
+        "4",
+        "--warmup",
+        "0",
+        "--image-size",
+        "28",
+        "--synth-image-size",
+        "64",
+        "--eval-items",
+        "2",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     assert "done: step 1" in capsys.readouterr().out
     meta = json.loads((out / "imagebind_step000001.json").read_text())

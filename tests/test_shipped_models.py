@@ -54,9 +54,13 @@ def test_shipped_models_segment_unseen_scenes() -> None:
     torch.manual_seed(0)
     weights = shipped_weights()
     model = MocaModel.from_config(
-        MOCA_PRESETS["moca_synth"], imagebind_weights=weights.imagebind, adapter_weights=weights.adapter
+        MOCA_PRESETS["moca_synth"],
+        imagebind_weights=weights.imagebind,
+        adapter_weights=weights.adapter,
     )
-    sam = SamProposals(load_sam(weights.sam, SAM_PRESETS["sam_synth"]), ProposalConfig(**weights.proposals))
+    sam = SamProposals(
+        load_sam(weights.sam, SAM_PRESETS["sam_synth"]), ProposalConfig(**weights.proposals)
+    )
     pipe = MocaPipeline(model, sam, PipelineConfig(**weights.pipeline))
     data = render_eval_set("s4", 16, FLOOR_SEED, "test", 224)
     scores = avsbench_scores(pipeline_masks(pipe, data, batch=8), data.masks)
@@ -71,14 +75,22 @@ def test_reproduce_command_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
     assert main(["--out", str(tmp_path), "--quick"]) == 0
     out = capsys.readouterr().out
-    for stage in ("[imagebind] step", "[sam] step", "[adaav] step", "[calibrate]", "[synth_models] done"):
+    for stage in (
+        "[imagebind] step",
+        "[sam] step",
+        "[adaav] step",
+        "[calibrate]",
+        "[synth_models] done",
+    ):
         assert stage in out
     folder = shipped_weights(tmp_path / "weights")
     manifest = folder.manifest
     assert manifest["command"] == f"python -m moca_rt.train.synth_models --out {tmp_path} --quick"
     assert set(manifest["stages"]) == {"imagebind", "sam", "adaav"}
     for stage in ("imagebind", "sam", "adaav"):
-        assert (tmp_path / stage / "log.jsonl").is_file() and (tmp_path / stage / "done.json").is_file()
+        assert (tmp_path / stage / "log.jsonl").is_file() and (
+            tmp_path / stage / "done.json"
+        ).is_file()
     assert main(["--out", str(tmp_path), "--quick"]) == 0
     rerun = capsys.readouterr().out
     assert "done already" in rerun and "[imagebind] step" not in rerun

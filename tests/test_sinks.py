@@ -41,8 +41,15 @@ def test_png_and_jsonl_rle_agree(tmp_path: Path) -> None:
     with MaskPngWriter(tmp_path / "png") as pw, JsonlWriter(tmp_path / "out.jsonl") as jw:
         for i, m in enumerate(masks):
             pw.write(i * 5, m)
-            jw.write_frame(i * 5, i * 0.2, m, scores=np.array([0.25, -0.5]), chosen=[1],
-                           timings={"kmeans": 1.5}, audio_missing=False)
+            jw.write_frame(
+                i * 5,
+                i * 0.2,
+                m,
+                scores=np.array([0.25, -0.5]),
+                chosen=[1],
+                timings={"kmeans": 1.5},
+                audio_missing=False,
+            )
         jw.write_frame(99, 9.9, None, dropped=True)
     names = sorted(p.name for p in (tmp_path / "png").iterdir())
     assert names == [f"{i * 5:06d}.png" for i in range(5)]
@@ -107,15 +114,24 @@ def _decode_all(path: Path) -> tuple[list[float], list[np.ndarray], np.ndarray, 
 
 
 def test_overlay_video_keeps_timestamps_and_original_audio(tmp_path: Path) -> None:
-    src_path = mf.write_video(tmp_path / "in.mp4", num_frames=20, height=48, width=64,
-                              audio_rate=44100, audio_channels=2, freq=660.0,
-                              audio_duration=1.5)
+    src_path = mf.write_video(
+        tmp_path / "in.mp4",
+        num_frames=20,
+        height=48,
+        width=64,
+        audio_rate=44100,
+        audio_channels=2,
+        freq=660.0,
+        audio_duration=1.5,
+    )
     out = tmp_path / "overlay.mp4"
     mask = np.zeros((48, 64), bool)
     mask[24:, 32:] = True
     pts_in = []
-    with open_source(src_path, keep_raw_audio=True) as src, \
-            OverlayVideoWriter.for_source(out, src, color=(255, 0, 0), alpha=0.6) as writer:
+    with (
+        open_source(src_path, keep_raw_audio=True) as src,
+        OverlayVideoWriter.for_source(out, src, color=(255, 0, 0), alpha=0.6) as writer,
+    ):
         for frame in src:
             pts_in.append(frame.pts)
             assert writer.write_frame(frame, mask)

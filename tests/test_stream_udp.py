@@ -28,9 +28,18 @@ def _free_udp_port() -> int:
 def test_udp_mpegts_live_stream() -> None:
     port = _free_udp_port()
     sender = subprocess.Popen(
-        [sys.executable, str(Path(mf.__file__)), f"udp://127.0.0.1:{port}?pkt_size=1316",
-         "--seconds", str(SECONDS), "--start-delay", "1.5"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            str(Path(mf.__file__)),
+            f"udp://127.0.0.1:{port}?pkt_size=1316",
+            "--seconds",
+            str(SECONDS),
+            "--start-delay",
+            "1.5",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         t0 = time.monotonic()
@@ -49,8 +58,10 @@ def test_udp_mpegts_live_stream() -> None:
     assert sender.returncode == 0, err[-2000:]
     sent = int(out.split()[1])
     received = [f for f in frames if not f.dropped]
-    print(f"udp: {len(received)} of {sent} frames received ({len(frames) - len(received)} "
-          f"dropped records) in {elapsed:.1f} s")
+    print(
+        f"udp: {len(received)} of {sent} frames received ({len(frames) - len(received)} "
+        f"dropped records) in {elapsed:.1f} s"
+    )
     assert src.error is None and src.ended_by_timeout  # end of a live stream, not a crash
     assert len(received) >= 0.8 * sent
     indices = [f.index for f in frames]
@@ -73,10 +84,19 @@ def test_udp_mpegts_live_stream() -> None:
 
 def _sender(port: int, seconds: float, start_delay: float) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, str(Path(mf.__file__)), f"udp://127.0.0.1:{port}?pkt_size=1316",
-         "--seconds", str(seconds), "--start-delay", str(start_delay)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(Path(mf.__file__)),
+            f"udp://127.0.0.1:{port}?pkt_size=1316",
+            "--seconds",
+            str(seconds),
+            "--start-delay",
+            str(start_delay),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_udp_stream_reconnects_after_the_sender_restarts() -> None:
@@ -90,8 +110,9 @@ def test_udp_stream_reconnects_after_the_sender_restarts() -> None:
     try:
         t0 = time.monotonic()
         frames = []
-        with open_source(f"udp://127.0.0.1:{port}", timeout=1.0, open_timeout=4.0, reconnect=1,
-                         retry_delay_s=0.1) as src:  # fmt: skip
+        with open_source(
+            f"udp://127.0.0.1:{port}", timeout=1.0, open_timeout=4.0, reconnect=1, retry_delay_s=0.1
+        ) as src:
             for f in src:
                 frames.append(f)
                 assert time.monotonic() - t0 < 40, "receiver did not end"
@@ -105,8 +126,10 @@ def test_udp_stream_reconnects_after_the_sender_restarts() -> None:
         assert s.returncode == 0, err[-2000:]
     sent = [int(out.split()[1]) for out, _ in results]
     received = [f for f in frames if not f.dropped and f.image is not None]
-    print(f"reconnect: {len(received)} of {sum(sent)} frames in {src.segments} connections; "
-          f"log {src.reconnect_log}")
+    print(
+        f"reconnect: {len(received)} of {sum(sent)} frames in {src.segments} connections; "
+        f"log {src.reconnect_log}"
+    )
     assert src.segments == 2 and src.error is None and src.ended_by_timeout
     assert "gave up after 1 failed" in src.reconnect_log[-1]
     indices = [f.index for f in frames]

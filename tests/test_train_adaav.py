@@ -347,11 +347,33 @@ def test_torchrun_with_two_cpu_processes_averages_the_gradients(tmp_path: Path) 
     ranks' gradients, each rank on its own slice of the global batch."""
     out = tmp_path / "ddp"
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-        "-m", "moca_rt.train.adaav", "--preset", "moca_test", "--data", "synth:16",
-        "--synth-image-size", "64", "--image-size", "56", "--pairing", "class", "--iters", "1",
-        "--batch", "2", "--alpha", "2.0", "--out", str(out),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "moca_rt.train.adaav",
+        "--preset",
+        "moca_test",
+        "--data",
+        "synth:16",
+        "--synth-image-size",
+        "64",
+        "--image-size",
+        "56",
+        "--pairing",
+        "class",
+        "--iters",
+        "1",
+        "--batch",
+        "2",
+        "--alpha",
+        "2.0",
+        "--out",
+        str(out),
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]

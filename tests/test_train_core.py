@@ -57,7 +57,15 @@ class _Quadratic:
 
 
 def _settings(out: Path, **kw: Any) -> LoopSettings:
-    return LoopSettings(out=out, iters=kw.pop("iters", 12), log_every=kw.pop("log_every", 4), save_every=kw.pop("save_every", 4), eval_every=kw.pop("eval_every", 4), threads=0, **kw)
+    return LoopSettings(
+        out=out,
+        iters=kw.pop("iters", 12),
+        log_every=kw.pop("log_every", 4),
+        save_every=kw.pop("save_every", 4),
+        eval_every=kw.pop("eval_every", 4),
+        threads=0,
+        **kw,
+    )
 
 
 def test_seeded_batch_is_a_pure_permutation_per_epoch() -> None:
@@ -97,7 +105,10 @@ def test_best_on_val_selection_and_logs(tmp_path: Path) -> None:
     best = max(evals, key=lambda e: e["neg_error"])
     assert res.selected_step == best["step"]
     assert res.weights == tmp_path / "best"
-    assert torch.equal(torch.load(tmp_path / "best" / "w.pt"), stage.saved[[e["step"] for e in evals].index(best["step"])])
+    assert torch.equal(
+        torch.load(tmp_path / "best" / "w.pt"),
+        stage.saved[[e["step"] for e in evals].index(best["step"])],
+    )
     lines = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines if r["kind"] == "train"] == [4, 8, 12]
     assert [r["step"] for r in lines if r["kind"] == "eval"] == [0, 4, 8, 12]
@@ -107,7 +118,9 @@ def test_best_on_val_selection_and_logs(tmp_path: Path) -> None:
 
 
 def test_without_selection_the_last_step_ships(tmp_path: Path) -> None:
-    res = run_stage(_Quadratic(selection=None), _settings(tmp_path, eval_every=0), stream=io.StringIO())
+    res = run_stage(
+        _Quadratic(selection=None), _settings(tmp_path, eval_every=0), stream=io.StringIO()
+    )
     assert res.selected_step == 12 and res.weights == tmp_path / "final"
     assert [e["step"] for e in res.evaluations] == [12]
 

@@ -123,7 +123,9 @@ def test_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     result = run_stage(resumed, LoopSettings(tmp_path / "cut", iters=4, log_every=1, save_every=2))
     assert result.steps == 4
     assert losses(tmp_path / "cut") == losses(tmp_path / "whole")
-    for (k, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
+    for (k, a), b in zip(
+        whole.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
+    ):
         assert torch.equal(a, b), k
 
 
@@ -131,7 +133,9 @@ def test_saved_weights_load_strictly_with_load_sam(stage: SamStage, tmp_path: Pa
     files = stage.save_weights(tmp_path)
     assert files == [tmp_path / WEIGHTS_FILE]
     loaded = load_sam(files[0], SAM_PRESETS["sam_synth"])
-    for (k, a), b in zip(stage.model.state_dict().items(), loaded.state_dict().values(), strict=True):
+    for (k, a), b in zip(
+        stage.model.state_dict().items(), loaded.state_dict().values(), strict=True
+    ):
         assert torch.equal(a, b), k
     image = stage.val_data.images[0]
     ours, theirs = SamPredictor(stage.model.eval()), SamPredictor(loaded)
@@ -170,9 +174,26 @@ def test_evaluate_returns_the_metrics_and_agrees_with_grid_proposals(stage: SamS
 def test_cli_trains_and_writes_loadable_weights(tmp_path: Path) -> None:
     out = tmp_path / "run"
     argv = [
-        "--out", str(out), "--iters", "2", "--batch", "2", "--prompts", "2",
-        "--train-scenes", "1", "--val-scenes", "1", "--image-size", "64",
-        "--points-per-side", "2", "--eval-every", "0", "--log-every", "1",
+        "--out",
+        str(out),
+        "--iters",
+        "2",
+        "--batch",
+        "2",
+        "--prompts",
+        "2",
+        "--train-scenes",
+        "1",
+        "--val-scenes",
+        "1",
+        "--image-size",
+        "64",
+        "--points-per-side",
+        "2",
+        "--eval-every",
+        "0",
+        "--log-every",
+        "1",
     ]
     assert main(argv) == 0
     done = json.loads((out / "done.json").read_text())

@@ -153,8 +153,14 @@ def external_copy(exported: dict, tmp_path: Path) -> Path:
     """The encoder with its weights in an external file whose name is not ``<onnx>.data``."""
     model = onnx.load(str(exported["sam_encoder"][1]))
     path = tmp_path / "enc.onnx"
-    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-              location="sam_weights.bin", size_threshold=0)  # fmt: skip
+    onnx.save(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="sam_weights.bin",
+        size_threshold=0,
+    )
     return path
 
 
@@ -168,9 +174,12 @@ def test_external_data_files_come_from_the_graph(external_copy: Path) -> None:
 def test_cache_key_changes_with_each_component(external_copy: Path, tmp_path: Path) -> None:
     profile = optimization_profile("sam_encoder", external_copy)
     base = dict(
-        profile=profile, precision="fp16", device_name="NVIDIA H100 80GB HBM3",
-        compute_capability=(9, 0), trt_version="10.13.0.35",
-    )  # fmt: skip
+        profile=profile,
+        precision="fp16",
+        device_name="NVIDIA H100 80GB HBM3",
+        compute_capability=(9, 0),
+        trt_version="10.13.0.35",
+    )
     key = engine_cache_key(external_copy, **base)  # type: ignore[arg-type]
     assert len(key) == 64 and int(key, 16) >= 0
     assert engine_cache_key(external_copy, **base) == key  # type: ignore[arg-type]
@@ -283,8 +292,10 @@ def test_cli_exits_2_without_tensorrt(exported: dict, capsys: pytest.CaptureFixt
     # The module entry point itself, as a user runs it.
     proc = subprocess.run(
         [sys.executable, "-m", "moca_rt.export.build_trt", "--onnx", path, "--unit", "sam_encoder"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == [TENSORRT_MISSING]
 
@@ -449,10 +460,15 @@ class _FakeTrt:
 
         self.module = type(sys)("tensorrt")
         for name, value in {
-            "__version__": self.__version__, "Logger": Logger, "OnnxParser": OnnxParser,
-            "Builder": Builder, "Dims": list, "NetworkDefinitionCreationFlag": Enum,
-            "MemoryPoolType": Enum, "BuilderFlag": Enum,
-        }.items():  # fmt: skip
+            "__version__": self.__version__,
+            "Logger": Logger,
+            "OnnxParser": OnnxParser,
+            "Builder": Builder,
+            "Dims": list,
+            "NetworkDefinitionCreationFlag": Enum,
+            "MemoryPoolType": Enum,
+            "BuilderFlag": Enum,
+        }.items():
             setattr(self.module, name, value)
 
 

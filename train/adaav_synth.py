@@ -122,7 +122,10 @@ class AdaavStage:
         self.data = PairCache(train, config.image_size)
         with torch.no_grad():
             self.prefix = torch.cat(
-                [self.model.encode_vision_prefix(self.data.pixels[i : i + 64]) for i in range(0, len(self.data), 64)]
+                [
+                    self.model.encode_vision_prefix(self.data.pixels[i : i + 64])
+                    for i in range(0, len(self.data), 64)
+                ]
             )
             self.table = self._pairing(train)
         self.val = {
@@ -149,11 +152,16 @@ class AdaavStage:
                     scene = world.sample(part.split, i, "train")
                     ids = scene.sounding_class_ids
                     classes.append(min(ids) if ids else -1)
-            feats = F.one_hot(torch.tensor(classes) + 1).float() + 1e-3 * torch.randn(len(classes), max(classes) + 2)
+            feats = F.one_hot(torch.tensor(classes) + 1).float() + 1e-3 * torch.randn(
+                len(classes), max(classes) + 2
+            )
             return PairingTable.build(feats, cfg.k, "class", None)
         ib = self.model.imagebind
         feats = torch.cat(
-            [vision_outputs(ib, self.data.pixels[i : i + 64])[0] for i in range(0, len(self.data), 64)]
+            [
+                vision_outputs(ib, self.data.pixels[i : i + 64])[0]
+                for i in range(0, len(self.data), 64)
+            ]
         )
         return PairingTable.build(feats, cfg.k, "imagebind_synth:vision_cls", None)
 
@@ -169,7 +177,9 @@ class AdaavStage:
         """f^a [len(others), g, g, Dv] of the images ``others`` with the anchors' audio."""
         times = others.numel() // anchors.numel()
         audio = repeat_audio(self.model.encode_audio(self.data.fbank[anchors]), times)
-        return self.model.encode_vision_from_prefix(self.prefix[others], audio).patch_features.float()
+        return self.model.encode_vision_from_prefix(
+            self.prefix[others], audio
+        ).patch_features.float()
 
     def _costs(self, triplet: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         a, p, n = triplet
@@ -199,7 +209,9 @@ class AdaavStage:
         self.model.eval()
         try:
             c_pos, c_neg = self._costs(self.val_triplets)
-            metrics = evaluate_moca(self.model, self.val, self.val_inputs, self.config.eval_image_size)
+            metrics = evaluate_moca(
+                self.model, self.val, self.val_inputs, self.config.eval_image_size
+            )
             metrics["val_cost_gap"] = float((c_neg - c_pos).mean())
             return metrics
         finally:
@@ -247,7 +259,9 @@ def evaluate_moca(
     for split, data in val.items():
         preds: list[np.ndarray] = []
         for start in range(0, len(data), 16):
-            res = pipe.segment_batch(data.images[start : start + 16], data.windows[start : start + 16])
+            res = pipe.segment_batch(
+                data.images[start : start + 16], data.windows[start : start + 16]
+            )
             preds.extend(r.mask for r in res)
         s = avsbench_scores(preds, data.masks)
         metrics[f"val_{split}_miou"] = s.miou
@@ -267,7 +281,9 @@ def train_adaav(config: AdaavStageConfig, settings: LoopSettings) -> StageResult
     torch.set_num_threads(max(settings.threads, 1))
     stage = AdaavStage(config, settings.iters)
     settings.out.mkdir(parents=True, exist_ok=True)
-    (settings.out / "config.json").write_text(json.dumps(asdict(config), indent=2, sort_keys=True) + "\n")
+    (settings.out / "config.json").write_text(
+        json.dumps(asdict(config), indent=2, sort_keys=True) + "\n"
+    )
     return run_stage(stage, settings)
 
 
@@ -283,11 +299,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=d.batch, help="Anchors per step.")
     p.add_argument("--lr", type=float, default=d.lr, help="Adam's peak learning rate.")
     p.add_argument("--alpha", type=float, default=d.alpha, help="Triplet margin.")
-    p.add_argument("--pairing", choices=["imagebind_cls", "class"], default=d.pairing, help="Pairing source.")
-    p.add_argument("--max-disparity", type=int, default=None, help="PMA row disparity (0: no matching).")
-    p.add_argument("--image-size", type=int, default=d.image_size, help="Model input side in pixels.")
-    p.add_argument("--train-scenes", type=int, default=d.train_scenes, help="Scenes per training split.")
-    p.add_argument("--val-scenes", type=int, default=d.val_scenes, help="Validation scenes per split.")
+    p.add_argument(
+        "--pairing", choices=["imagebind_cls", "class"], default=d.pairing, help="Pairing source."
+    )
+    p.add_argument(
+        "--max-disparity", type=int, default=None, help="PMA row disparity (0: no matching)."
+    )
+    p.add_argument(
+        "--image-size", type=int, default=d.image_size, help="Model input side in pixels."
+    )
+    p.add_argument(
+        "--train-scenes", type=int, default=d.train_scenes, help="Scenes per training split."
+    )
+    p.add_argument(
+        "--val-scenes", type=int, default=d.val_scenes, help="Validation scenes per split."
+    )
     p.add_argument("--seed", type=int, default=d.seed, help="Seed of the adapters and batches.")
     p.add_argument("--eval-every", type=int, default=50, help="Steps between evaluations.")
     p.add_argument("--log-every", type=int, default=10, help="Steps per progress line.")
@@ -324,4 +350,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

@@ -270,7 +270,9 @@ def run_stage(
             on_evaluation(step, metrics)
         if stage.selection is not None:
             if stage.selection not in metrics:
-                raise KeyError(f"{stage.name}: evaluation lacks the selection metric {stage.selection!r}")
+                raise KeyError(
+                    f"{stage.name}: evaluation lacks the selection metric {stage.selection!r}"
+                )
             value = metrics[stage.selection]
             if value > best_value:
                 best_value, best_step = value, step
@@ -299,7 +301,11 @@ def run_stage(
                 raise FloatingPointError(f"{stage.name}: {bad} not finite at step {step}")
             progress.step(step, losses)
             done_steps = step + 1
-            if settings.eval_every and done_steps % settings.eval_every == 0 and done_steps < settings.iters:
+            if (
+                settings.eval_every
+                and done_steps % settings.eval_every == 0
+                and done_steps < settings.iters
+            ):
                 evaluate(done_steps)
             if settings.save_every and done_steps % settings.save_every == 0:
                 checkpoint(done_steps)

@@ -160,7 +160,9 @@ def cosine_factor(step: int, iters: int, warmup: int) -> float:
     """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``iters``."""
     if step < warmup:
         return (step + 1) / warmup
-    return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, iters - warmup) / max(iters - warmup, 1)))
+    return 0.5 * (
+        1.0 + math.cos(math.pi * min(step - warmup, iters - warmup) / max(iters - warmup, 1))
+    )
 
 
 class ImageBindStage:
@@ -216,14 +218,20 @@ class ImageBindStage:
         loss.backward()
         self.optimizer.step()
         self.scheduler.step()
-        return {"loss": float(loss.detach()), "cls": float(l_cls.detach()), "dense": float(l_dense.detach())}
+        return {
+            "loss": float(loss.detach()),
+            "cls": float(l_cls.detach()),
+            "dense": float(l_dense.detach()),
+        }
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         was_training = self.model.training
         self.model.eval()
         try:
-            return evaluate_frozen(self.model, self.val_s4, self.val_inputs, self.config.eval_image_size)
+            return evaluate_frozen(
+                self.model, self.val_s4, self.val_inputs, self.config.eval_image_size
+            )
         finally:
             self.model.train(was_training)
 
@@ -302,16 +310,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=int, default=400, help="Optimisation steps.")
     p.add_argument("--batch", type=int, default=d.batch, help="Pairs per step.")
     p.add_argument("--lr", type=float, default=d.lr, help="AdamW's peak learning rate.")
-    p.add_argument("--dense-weight", type=float, default=d.dense_weight, help="Weight of the dense term.")
-    p.add_argument("--train-scenes", type=int, default=d.train_scenes, help="Scenes per training split.")
-    p.add_argument("--image-size", type=int, default=d.image_size, help="Model input side in pixels.")
+    p.add_argument(
+        "--dense-weight", type=float, default=d.dense_weight, help="Weight of the dense term."
+    )
+    p.add_argument(
+        "--train-scenes", type=int, default=d.train_scenes, help="Scenes per training split."
+    )
+    p.add_argument(
+        "--image-size", type=int, default=d.image_size, help="Model input side in pixels."
+    )
     p.add_argument("--splits", default="s4,ms3", help="Training splits, comma-separated.")
     p.add_argument("--val-scenes", type=int, default=d.val_scenes, help="Validation scenes.")
     p.add_argument("--seed", type=int, default=d.seed, help="Seed of the weights and batches.")
-    p.add_argument("--world-seed", type=int, default=d.world_seed, help="Seed of the synthetic world.")
+    p.add_argument(
+        "--world-seed", type=int, default=d.world_seed, help="Seed of the synthetic world."
+    )
     p.add_argument("--eval-every", type=int, default=100, help="Steps between evaluations.")
     p.add_argument("--log-every", type=int, default=10, help="Steps per progress line.")
-    p.add_argument("--threads", type=int, default=1, help="Torch threads (1 is best on 2 busy cores).")
+    p.add_argument(
+        "--threads", type=int, default=1, help="Torch threads (1 is best on 2 busy cores)."
+    )
     return p
 
 
@@ -343,5 +361,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-

@@ -581,7 +581,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--image-size",
         type=int,
         default=224,
-        help="Resize the shorter side and centre-crop to this size; 0 keeps the images as they are.",
+        help="Resize the shorter side and centre-crop to this size; "
+        "0 keeps the images as they are.",
     )
     parser.add_argument("--batch-size", type=int, default=64, help="Images per DINO call.")
     parser.add_argument("--chunk", type=int, default=4096, help="Tile side of the top-K search.")
@@ -631,7 +632,9 @@ def sample_negatives_or_redraw(
     for a in batch_indices.tolist():
         forbidden = set(idx[a].tolist()) | {a}
         if len(forbidden) >= num_items:
-            raise ValueError(f"cannot draw a negative for anchor {a}: all {num_items} items are its neighbours")
+            raise ValueError(
+                f"cannot draw a negative for anchor {a}: all {num_items} items are its neighbours"
+            )
         while True:
             j = int(torch.randint(0, num_items, (1,), generator=generator))
             if j not in forbidden:

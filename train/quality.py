@@ -52,7 +52,11 @@ __all__ = [
 def _digest(*tensors: Tensor | np.ndarray) -> str:
     h = hashlib.sha1()
     for t in tensors:
-        arr = t.detach().cpu().contiguous().numpy() if isinstance(t, Tensor) else np.ascontiguousarray(t)
+        arr = (
+            t.detach().cpu().contiguous().numpy()
+            if isinstance(t, Tensor)
+            else np.ascontiguousarray(t)
+        )
         h.update(str(arr.shape).encode())
         h.update(arr.tobytes())
     return h.hexdigest()
@@ -92,7 +96,9 @@ class ReplayProposals:
         self.source = source
         self.cache: dict[str, Tensor] = {}
 
-    def __call__(self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray | None] | None) -> list[Tensor]:
+    def __call__(
+        self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray | None] | None
+    ) -> list[Tensor]:
         if boxes is not None:
             raise ValueError("ReplayProposals: expected grid proposals (boxes None)")
         keys = [_digest(im) for im in images]
@@ -108,7 +114,9 @@ def pipeline_masks(pipe: MocaPipeline, data: EvalSet, batch: int = 16) -> list[n
     """The pipeline's masks for every frame of ``data``."""
     out: list[np.ndarray] = []
     for start in range(0, len(data), batch):
-        res = pipe.segment_batch(data.images[start : start + batch], data.windows[start : start + batch])
+        res = pipe.segment_batch(
+            data.images[start : start + batch], data.windows[start : start + batch]
+        )
         out.extend(r.mask for r in res)
     return out
 
@@ -117,7 +125,10 @@ def _upsample(props: Tensor, size: tuple[int, int]) -> Tensor:
     """Low-res proposal logits [P, h, w] -> bool [P, H, W] (bilinear, like SAM's own upsampling)."""
     if props.shape[0] == 0:
         return torch.zeros(0, *size, dtype=torch.bool)
-    return F.interpolate(props[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0] > 0
+    return (
+        F.interpolate(props[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
+        > 0
+    )
 
 
 def oracle_masks(proposals: ReplayProposals, data: EvalSet) -> list[np.ndarray]:
@@ -142,7 +153,9 @@ def oracle_masks(proposals: ReplayProposals, data: EvalSet) -> list[np.ndarray]:
 
 
 @torch.no_grad()
-def owod_scores(model: MocaModel, proposals: ReplayProposals, data: EvalSet) -> list[tuple[Tensor, Tensor]]:
+def owod_scores(
+    model: MocaModel, proposals: ReplayProposals, data: EvalSet
+) -> list[tuple[Tensor, Tensor]]:
     """Per frame: proposal masks bool [P, H, W] and their cosine with the audio embedding [P].
 
     Each proposal's crop: the proposal's bounding box of the frame with the pixels outside the
@@ -171,7 +184,9 @@ def owod_scores(model: MocaModel, proposals: ReplayProposals, data: EvalSet) -> 
             masked = full * small
             y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
             crop = masked[:, y0:y1, x0:x1][None]
-            crops.append(F.interpolate(crop, size=(224, 224), mode="bilinear", align_corners=False)[0])
+            crops.append(
+                F.interpolate(crop, size=(224, 224), mode="bilinear", align_corners=False)[0]
+            )
         emb = ib.vision(torch.stack(crops))
         out.append((masks, emb @ audio))
     return out
@@ -187,7 +202,11 @@ def owod_bind_masks(
             out.append(np.zeros(masks.shape[1:] if masks.dim() == 3 else (1, 1), dtype=bool))
             continue
         keep = (scores >= threshold) & (scores >= scores.max() - delta)
-        out.append(masks[keep].any(0).numpy() if bool(keep.any()) else np.zeros(masks.shape[1:], dtype=bool))
+        out.append(
+            masks[keep].any(0).numpy()
+            if bool(keep.any())
+            else np.zeros(masks.shape[1:], dtype=bool)
+        )
     return out
 
 
@@ -245,7 +264,12 @@ def calibrate(
     clusters: Sequence[int] = (2, 3, 4, 5, 6),
     deltas: Sequence[float] = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3),
     mpm: Sequence[tuple[str, float]] = (
-        ("iou", 0.3), ("iou", 0.4), ("iou", 0.5), ("iou", 0.6), ("coverage", 0.5), ("coverage", 0.7)
+        ("iou", 0.3),
+        ("iou", 0.4),
+        ("iou", 0.5),
+        ("iou", 0.6),
+        ("coverage", 0.5),
+        ("coverage", 0.7),
     ),
     taus: Sequence[float] | None = None,
 ) -> Calibration:
@@ -276,9 +300,13 @@ def calibrate(
     )
     cfg = replace(cfg, mpm_metric=metric, mpm_threshold=thr)  # type: ignore[arg-type]
     # Second pass: delta and K again, now with the chosen MPM (the masks they lead to changed).
-    best_delta = max(deltas, key=lambda d: _quality(measure(replace(cfg, delta=d), f"pass 2: delta={d}")))
+    best_delta = max(
+        deltas, key=lambda d: _quality(measure(replace(cfg, delta=d), f"pass 2: delta={d}"))
+    )
     cfg = replace(cfg, delta=best_delta)
-    best = max(clusters, key=lambda k: _quality(measure(replace(cfg, num_clusters=k), f"pass 2: K={k}")))
+    best = max(
+        clusters, key=lambda k: _quality(measure(replace(cfg, num_clusters=k), f"pass 2: K={k}"))
+    )
     cfg = replace(cfg, num_clusters=best)
     tau_values = list(taus) if taus is not None else [round(-0.1 + 0.025 * i, 4) for i in range(29)]
     curve = []

@@ -191,7 +191,11 @@ class SamTrainConfig:
             raise ValueError(f"preset must be in {sorted(SAM_PRESETS)}, is {self.preset!r}")
         if not self.splits:
             raise ValueError("splits must name at least one split")
-        if self.batch < 1 or self.prompts_per_image < 1 or (self.iters is not None and self.iters < 1):
+        if (
+            self.batch < 1
+            or self.prompts_per_image < 1
+            or (self.iters is not None and self.iters < 1)
+        ):
             raise ValueError(
                 f"expected batch, prompts_per_image and iters >= 1, got {self.batch}, "
                 f"{self.prompts_per_image}, {self.iters}"
@@ -221,8 +225,9 @@ class SceneCache:
         obj_scene: int64 [M] scene of each object. obj_boxes: float32 [M, 4] XYXY in input
             pixels, exclusive right / bottom edges. obj_low: bool [M, S/4, S/4] the object's
             visible pixels in the decoder's low-res frame (resized to H' x W', zero-padded to
-            S x S, 4 x 4 average > 0.5); obj_frac: uint8 [M, S/4, S/4] that average x 255. obj_pixels: int32 flat indices (y * W + x) of every
-            object's visible pixels, object m at ``obj_offsets[m] : obj_offsets[m + 1]``.
+            S x S, 4 x 4 average > 0.5); obj_frac: uint8 [M, S/4, S/4] that average x 255.
+            obj_pixels: int32 flat indices (y * W + x) of every object's visible pixels,
+            object m at ``obj_offsets[m] : obj_offsets[m + 1]``.
         instances: per scene bool [n, H, W] (objects with >= ``min_pixels`` visible pixels).
     """
 
@@ -257,9 +262,11 @@ class SceneCache:
             raise ValueError(f"no scene of {list(splits)} has an object of >= {min_pixels} pixels")
         self.images = np.stack(images)
         self.instances = instances
-        self.model_images = torch.from_numpy(
-            np.stack([resize_longest_side_pil(im, model_size) for im in images])
-        ).permute(0, 3, 1, 2).contiguous()
+        self.model_images = (
+            torch.from_numpy(np.stack([resize_longest_side_pil(im, model_size) for im in images]))
+            .permute(0, 3, 1, 2)
+            .contiguous()
+        )
         counts = torch.tensor([m.shape[0] for m in instances], dtype=torch.int64)
         self.scene_count = counts
         self.scene_first = torch.cumsum(counts, 0) - counts
@@ -281,7 +288,9 @@ class SceneCache:
     def num_objects(self) -> int:
         return int(self.obj_scene.shape[0])
 
-    def model_input(self, indices: Sequence[int] | Tensor, pixel_mean: Any, pixel_std: Any) -> Tensor:
+    def model_input(
+        self, indices: Sequence[int] | Tensor, pixel_mean: Any, pixel_std: Any
+    ) -> Tensor:
         """float32 [B, 3, S, S]: the encoder input of scenes ``indices`` (normalised, padded)."""
         x = self.model_images[torch.as_tensor(indices, dtype=torch.int64)]
         return normalize_and_pad(x, self.model_size, tuple(pixel_mean), tuple(pixel_std))
@@ -545,7 +554,12 @@ def evaluate_proposals(
         lows, ious = [], []
         for start in range(0, coords.shape[0], chunk):
             low, iou = model.decode(
-                feats, coords[start : start + chunk], labels[start : start + chunk], None, None, True
+                feats,
+                coords[start : start + chunk],
+                labels[start : start + chunk],
+                None,
+                None,
+                True,
             )
             lows.append(low.flatten(0, 1).float())
             ious.append(iou.flatten(0, 1).float())
@@ -554,7 +568,12 @@ def evaluate_proposals(
         gt = torch.from_numpy(np.asarray(inst)).flatten(1).float()  # [n, H*W]
         for key, cfg in variants.items():
             props = filter_proposals(
-                low_all, iou_all, (h, w), replace(cfg, keep_low_res_logits=True), points, s,
+                low_all,
+                iou_all,
+                (h, w),
+                replace(cfg, keep_low_res_logits=True),
+                points,
+                s,
                 model.mask_threshold,
             )
             counts[key].append(len(props))
@@ -603,11 +622,21 @@ class SamStage:
         began = time.perf_counter()
         s = sam_config.image_size
         self.train_data = SceneCache(
-            config.world_seed, config.splits, config.train_scenes, "train", config.image_size, s,
+            config.world_seed,
+            config.splits,
+            config.train_scenes,
+            "train",
+            config.image_size,
+            s,
             config.min_train_pixels,
         )
         self.val_data = SceneCache(
-            config.world_seed, config.splits, config.val_scenes, "val", config.image_size, s,
+            config.world_seed,
+            config.splits,
+            config.val_scenes,
+            "val",
+            config.image_size,
+            s,
             config.min_object_pixels,
         )
         self.render_seconds = time.perf_counter() - began
@@ -743,11 +772,14 @@ def train_sam(config: SamTrainConfig, settings: LoopSettings) -> StageResult:
     """
     if config.iters is not None and settings.iters > config.iters:
         raise ValueError(
-            f"settings.iters ({settings.iters}) exceeds the schedule's config.iters ({config.iters})"
+            f"settings.iters ({settings.iters}) exceeds the schedule's "
+            f"config.iters ({config.iters})"
         )
     torch.set_num_threads(max(settings.threads, 1))
     settings.out.mkdir(parents=True, exist_ok=True)
-    (settings.out / "config.json").write_text(json.dumps(asdict(config), indent=2, sort_keys=True) + "\n")
+    (settings.out / "config.json").write_text(
+        json.dumps(asdict(config), indent=2, sort_keys=True) + "\n"
+    )
     stage = SamStage(config, settings.iters)
     print(
         f"[{stage.name}] rendered {len(stage.train_data)} training scenes "
@@ -772,19 +804,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=d.lr, help="AdamW's peak learning rate.")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay.")
     p.add_argument("--warmup", type=int, default=d.warmup, help="Linear warm-up steps.")
-    p.add_argument("--train-scenes", type=int, default=d.train_scenes, help="Scenes per training split.")
-    p.add_argument("--val-scenes", type=int, default=d.val_scenes, help="Validation scenes per split.")
-    p.add_argument("--image-size", type=int, default=d.image_size, help="Side of the rendered scenes.")
+    p.add_argument(
+        "--train-scenes", type=int, default=d.train_scenes, help="Scenes per training split."
+    )
+    p.add_argument(
+        "--val-scenes", type=int, default=d.val_scenes, help="Validation scenes per split."
+    )
+    p.add_argument(
+        "--image-size", type=int, default=d.image_size, help="Side of the rendered scenes."
+    )
     p.add_argument("--point-prob", type=float, default=d.point_prob, help="Share of point prompts.")
     p.add_argument(
         "--points-per-side", type=int, default=d.points_per_side, help="Validation point grid."
     )
-    p.add_argument("--seed", type=int, default=d.seed, help="Seed of the weights, batches and prompts.")
-    p.add_argument("--world-seed", type=int, default=d.world_seed, help="Seed of the synthetic world.")
+    p.add_argument(
+        "--seed", type=int, default=d.seed, help="Seed of the weights, batches and prompts."
+    )
+    p.add_argument(
+        "--world-seed", type=int, default=d.world_seed, help="Seed of the synthetic world."
+    )
     p.add_argument("--eval-every", type=int, default=500, help="Steps between evaluations.")
-    p.add_argument("--save-every", type=int, default=100, help="Steps between resumable checkpoints.")
+    p.add_argument(
+        "--save-every", type=int, default=100, help="Steps between resumable checkpoints."
+    )
     p.add_argument("--log-every", type=int, default=25, help="Steps per progress line.")
-    p.add_argument("--threads", type=int, default=1, help="Torch threads (1 is best on 2 busy cores).")
+    p.add_argument(
+        "--threads", type=int, default=1, help="Torch threads (1 is best on 2 busy cores)."
+    )
     return p
 
 

@@ -84,7 +84,9 @@ def avsbench_scores(
     from moca_rt.metrics import ObjectMetricMeter
 
     if len(preds) != len(targets) or not preds:
-        raise ValueError(f"expected as many predictions as targets (>= 1), got {len(preds)}, {len(targets)}")
+        raise ValueError(
+            f"expected as many predictions as targets (>= 1), got {len(preds)}, {len(targets)}"
+        )
     meter = ObjectMetricMeter()
     for start in range(0, len(preds), frames_per_batch):
         p = torch.from_numpy(np.stack(preds[start : start + frames_per_batch]))
@@ -108,7 +110,11 @@ def segment_set(
 def patch_targets(masks: Sequence[np.ndarray], grid: int) -> Tensor:
     """bool [N, grid, grid]: patches more than half covered by the ground-truth mask."""
     m = torch.from_numpy(np.stack(masks)).float()[:, None]
-    cover = F.adaptive_avg_pool2d(m, grid) if m.shape[-1] % grid else F.avg_pool2d(m, m.shape[-1] // grid)
+    cover = (
+        F.adaptive_avg_pool2d(m, grid)
+        if m.shape[-1] % grid
+        else F.avg_pool2d(m, m.shape[-1] // grid)
+    )
     return cover[:, 0] > 0.5
 
 

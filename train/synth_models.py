@@ -107,7 +107,11 @@ def _git_commit() -> str | None:
 def _versions() -> dict[str, str]:
     import numpy
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+    }
 
 
 def _stage_settings(
@@ -205,7 +209,9 @@ def run_calibration(
             return dict(saved)
     folder.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    model = MocaModel.from_config(MOCA_PRESETS["moca_synth"], imagebind_weights=imagebind, adapter_weights=adapter)
+    model = MocaModel.from_config(
+        MOCA_PRESETS["moca_synth"], imagebind_weights=imagebind, adapter_weights=adapter
+    )
     trunk = ReplayTrunk(model)
     sam_model = load_sam(sam, SAM_PRESETS["sam_synth"])
     source = ReplayProposals(SamProposals(sam_model, ProposalConfig(**proposals)))
@@ -236,7 +242,15 @@ def run_calibration(
     return out
 
 
-_PIPELINE_KEYS = ("num_clusters", "tau", "delta", "mpm_threshold", "mpm_metric", "silence_dbfs", "image_size")
+_PIPELINE_KEYS = (
+    "num_clusters",
+    "tau",
+    "delta",
+    "mpm_threshold",
+    "mpm_metric",
+    "silence_dbfs",
+    "image_size",
+)
 
 
 def package(
@@ -260,7 +274,9 @@ def package(
         "command": command,
         "seed": s.seed,
         "world_seed": s.world_seed,
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(s).items() if k != "out"},
+        "settings": {
+            k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(s).items() if k != "out"
+        },
         "git_commit": _git_commit(),
         "versions": _versions(),
         "presets": {"imagebind": "imagebind_synth", "moca": "moca_synth", "sam": "sam_synth"},
@@ -289,7 +305,9 @@ def package(
 STAGES = ("imagebind", "sam", "adaav", "calibrate", "package")
 
 
-def reproduce(s: ReproduceSettings, command: str = "", stages: Sequence[str] = STAGES) -> Path | None:
+def reproduce(
+    s: ReproduceSettings, command: str = "", stages: Sequence[str] = STAGES
+) -> Path | None:
     """Run the stages (each resuming, or skipped when its folder says it is done), calibrate,
     package; returns the weights folder (None when ``package`` is not among ``stages``).
 
@@ -312,13 +330,17 @@ def reproduce(s: ReproduceSettings, command: str = "", stages: Sequence[str] = S
     needs_ib = any(x in stages for x in ("imagebind", "adaav", "calibrate", "package"))
     if needs_ib:
         t = time.perf_counter()
-        results["imagebind"] = _require(s, "imagebind", "imagebind" in stages, lambda: run_imagebind(s))
+        results["imagebind"] = _require(
+            s, "imagebind", "imagebind" in stages, lambda: run_imagebind(s)
+        )
         timings["imagebind"] = time.perf_counter() - t
     if sam_proc is not None:
         t = time.perf_counter()
         sam_proc.join()
         if sam_proc.exitcode != 0:
-            raise RuntimeError(f"the SAM stage failed (exit code {sam_proc.exitcode}); see {s.out / 'sam'}")
+            raise RuntimeError(
+                f"the SAM stage failed (exit code {sam_proc.exitcode}); see {s.out / 'sam'}"
+            )
         timings["sam_after_imagebind"] = time.perf_counter() - t
     if any(x in stages for x in ("sam", "calibrate", "package")):
         t = time.perf_counter()
@@ -337,7 +359,9 @@ def reproduce(s: ReproduceSettings, command: str = "", stages: Sequence[str] = S
         "sam": results["sam"].weights / "sam_synth.safetensors",
     }
     t = time.perf_counter()
-    calibration = run_calibration(s, files["imagebind"], files["adapter"], files["sam"], _sam_proposals())
+    calibration = run_calibration(
+        s, files["imagebind"], files["adapter"], files["sam"], _sam_proposals()
+    )
     timings["calibrate"] = time.perf_counter() - t
     if "package" not in stages:
         return None
@@ -365,11 +389,13 @@ def _require(
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m moca_rt.train.synth_models",
-        description="Reproduce the shipped tiny models (ImageBind, SAM, AdaAV) and their calibration "
-        "from scratch on the synthetic world; every stage resumes where it stopped.",
+        description="Reproduce the shipped tiny models (ImageBind, SAM, AdaAV) and their "
+        "calibration from scratch on the synthetic world; every stage resumes where it stopped.",
     )
     d = ReproduceSettings(out=Path("."))
-    p.add_argument("--out", required=True, help="Run folder (one sub-folder per stage, weights/ at the end).")
+    p.add_argument(
+        "--out", required=True, help="Run folder (one sub-folder per stage, weights/ at the end)."
+    )
     p.add_argument("--threads", type=int, default=d.threads, help="Torch threads per process.")
     p.add_argument(
         "--no-parallel", action="store_true", help="Train SAM after ImageBind instead of beside it."
@@ -379,8 +405,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=",".join(STAGES),
         help="Comma-separated stages to run; 'imagebind' or 'sam' alone train just that stage.",
     )
-    p.add_argument("--quick", action="store_true", help="A handful of steps per stage (smoke test).")
-    p.add_argument("--imagebind-iters", type=int, default=d.imagebind_iters, help="ImageBind steps.")
+    p.add_argument(
+        "--quick", action="store_true", help="A handful of steps per stage (smoke test)."
+    )
+    p.add_argument(
+        "--imagebind-iters", type=int, default=d.imagebind_iters, help="ImageBind steps."
+    )
     p.add_argument("--sam-iters", type=int, default=d.sam_iters, help="SAM steps.")
     p.add_argument("--adaav-iters", type=int, default=d.adaav_iters, help="AdaAV steps.")
     p.add_argument("--log-every", type=int, default=d.log_every, help="Steps per progress line.")
@@ -402,7 +432,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             adaav_iters=args.adaav_iters,
             log_every=args.log_every,
         )
-    command = "python -m moca_rt.train.synth_models " + shlex.join(sys.argv[1:] if argv is None else list(argv))
+    command = "python -m moca_rt.train.synth_models " + shlex.join(
+        sys.argv[1:] if argv is None else list(argv)
+    )
     reproduce(replace(s), command, tuple(args.stages.split(",")))
     return 0
 

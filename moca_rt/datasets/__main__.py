@@ -134,13 +134,16 @@ def run_generate(
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m moca_rt.datasets",
-        description="Tools for the datasets of moca_rt. Use the 'generate' command to write the synthetic audio-visual world to disk.",
+        description="Tools for the datasets of moca_rt. Use the 'generate' command to write the "
+        "synthetic audio-visual world to disk.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser(
         "generate",
-        help="Write a split of the synthetic world in AVSBench format (or MP4 videos for the video split).",
-        description="Write scenes of the seeded synthetic world. The same seed, split, partition and index always give byte-identical files.",
+        help="Write a split of the synthetic world in AVSBench format (or MP4 videos for the video"
+        " split).",
+        description="Write scenes of the seeded synthetic world. The same seed, split, partition "
+        "and index always give byte-identical files.",
     )
     gen.add_argument(
         "--out",
@@ -152,14 +155,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--split",
         required=True,
         choices=SPLITS,
-        help="Which split to write: s4 (one sounding object), ms3 (one to three), avss (class labels), silent (nothing sounds) or video (25 fps clips with sounds switching on and off).",
+        help="Which split to write: s4 (one sounding object), ms3 (one to three), avss (class "
+        "labels), silent (nothing sounds) or video (25 fps clips with sounds switching on and"
+        " off).",
     )
     gen.add_argument("--num", required=True, type=int, help="How many clips to write.")
     gen.add_argument(
         "--seed",
         type=int,
         default=0,
-        help="The world seed; together with split, partition and index it fixes every byte. Default: 0.",
+        help="The world seed; together with split, partition and index it fixes every byte. "
+        "Default: 0.",
     )
     gen.add_argument(
         "--size",
@@ -171,13 +177,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--partition",
         choices=PARTITIONS,
         default="test",
-        help="The AVSBench split column (train, val or test); each partition is a different set of scenes. Default: test.",
+        help="The AVSBench split column (train, val or test); each partition is a different set of"
+        " scenes. Default: test.",
     )
     gen.add_argument(
         "--frames",
         type=int,
         default=5,
-        help="Frames per AVSBench-style clip, one per second of audio (AVSBench uses 5). Ignored by the video split. Default: 5.",
+        help="Frames per AVSBench-style clip, one per second of audio (AVSBench uses 5). Ignored "
+        "by the video split. Default: 5.",
     )
     gen.add_argument(
         "--num-classes",
@@ -195,13 +203,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--start-index",
         type=int,
         default=0,
-        help="Index of the first scene to write, so that large sets can be written in parallel chunks. Default: 0.",
+        help="Index of the first scene to write, so that large sets can be written in parallel "
+        "chunks. Default: 0.",
     )
     gen.add_argument(
         "--avss-frame-format",
         choices=["jpg", "png"],
         default="jpg",
-        help="File format of the avss split's frames: jpg as in the AVSBench-semantic release, or png to keep them lossless. Default: jpg.",
+        help="File format of the avss split's frames: jpg as in the AVSBench-semantic release, or "
+        "png to keep them lossless. Default: jpg.",
     )
     gen.add_argument("--no-progress", action="store_true", help="Do not show the progress bar.")
     return parser

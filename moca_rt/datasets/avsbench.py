@@ -244,7 +244,8 @@ class AvsbenchWriter:
             lab = np.asarray(labels)
             if lab.min(initial=0) < 0 or lab.max(initial=0) >= AVSS_NUM_CLASSES:
                 raise ValueError(
-                    f"expected labels in [0, {AVSS_NUM_CLASSES - 1}], got [{lab.min()}, {lab.max()}]"
+                    f"expected labels in [0, {AVSS_NUM_CLASSES - 1}], "
+                    f"got [{lab.min()}, {lab.max()}]"
                 )
             for f, path in enumerate(mask_paths):
                 write_png(path, palette[lab[f].astype(np.int64)])
@@ -383,8 +384,9 @@ class AvsbenchDataset(LazySequence[AvsClip]):
                 break
             limit *= 4
         if not frame_paths:
+            example = _paths(self.root, self.subset, row.video_id, row.split, row.category, 1)[0][0]
             raise FileNotFoundError(
-                f"no frames for video {row.video_id!r} under {self.root} (expected e.g. {_paths(self.root, self.subset, row.video_id, row.split, row.category, 1)[0][0]})"
+                f"no frames for video {row.video_id!r} under {self.root} (expected e.g. {example})"
             )
         frames = np.stack([read_rgb(p) for p in frame_paths])
         audio, rate = read_wav(audio_path)

@@ -669,7 +669,8 @@ class SynthWorld:
         lo, hi = self.config.radius_frac
         if not 0 < lo <= hi < 0.5:
             raise ValueError(
-                f"expected 0 < radius_frac[0] <= radius_frac[1] < 0.5, got {self.config.radius_frac}"
+                "expected 0 < radius_frac[0] <= radius_frac[1] < 0.5, "
+                f"got {self.config.radius_frac}"
             )
 
     @property

@@ -77,9 +77,10 @@ def write_mp4(
         # bytes run to run (PyAV 18.1: 3 of 3 encodes differed, decoded pixels up to 76 levels
         # apart; single-threaded all the same); without it, every encode was the same.
         vstream = container.add_stream(
-            "libx264", rate=rate,
+            "libx264",
+            rate=rate,
             options={"crf": str(crf), "threads": "1", "x264-params": "mbtree=0"},
-        )  # fmt: skip
+        )
         vstream.width = frames.shape[2]
         vstream.height = frames.shape[1]
         vstream.pix_fmt = "yuv420p"

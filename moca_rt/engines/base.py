@@ -35,8 +35,7 @@ def name_mismatch(what: str, expected: Sequence[str], got: Sequence[str]) -> str
     missing = [n for n in expected if n not in got]
     extra = [n for n in got if n not in expected]
     return (
-        f"expected {what} {list(expected)}, got {list(got)} "
-        f"(missing {missing}, unexpected {extra})"
+        f"expected {what} {list(expected)}, got {list(got)} (missing {missing}, unexpected {extra})"
     )
 
 

@@ -138,7 +138,9 @@ def find_onnx_units(onnx_dir: str | Path, precision: str | None = None) -> tuple
     if not folder.is_dir():
         raise ValueError(f"expected a folder of ONNX files, got {str(folder)!r} (not a folder)")
     if precision is not None and precision not in ONNX_PRECISIONS:
-        raise ValueError(f"expected an ONNX precision in {sorted(ONNX_PRECISIONS)}, got {precision!r}")
+        raise ValueError(
+            f"expected an ONNX precision in {sorted(ONNX_PRECISIONS)}, got {precision!r}"
+        )
     candidates = [precision] if precision is not None else list(ONNX_PRECISIONS)
     complete = []
     for p in candidates:
@@ -205,12 +207,18 @@ class EngineMocaModel:
         self, audio: Engine, vision: Engine, num_layers: int, device: str | torch.device = "cpu"
     ) -> None:
         if num_layers < 1:
-            raise ValueError(f"expected num_layers >= 1 (MoCA adapts at least one layer), got {num_layers}")
+            raise ValueError(
+                f"expected num_layers >= 1 (MoCA adapts at least one layer), got {num_layers}"
+            )
         checks = (
             ("audio engine inputs", names.input_names("audio", num_layers), audio.input_names),
             ("audio engine outputs", names.output_names("audio", num_layers), audio.output_names),
             ("vision engine inputs", names.input_names("vision", num_layers), vision.input_names),
-            ("vision engine outputs", names.output_names("vision", num_layers), vision.output_names),
+            (
+                "vision engine outputs",
+                names.output_names("vision", num_layers),
+                vision.output_names,
+            ),
         )
         for what, expected, got in checks:
             problem = name_mismatch(what, expected, got)
@@ -227,7 +235,9 @@ class EngineMocaModel:
         self.clips: int | None = None
         if fbank_shape is not None:
             if len(fbank_shape) != 5:
-                raise ValueError(f"expected the fbank input [B, S, 1, M, T], got {list(fbank_shape)}")
+                raise ValueError(
+                    f"expected the fbank input [B, S, 1, M, T], got {list(fbank_shape)}"
+                )
             self.clips = fbank_shape[1]
 
     # --- constructors
@@ -265,13 +275,24 @@ class EngineMocaModel:
         audio_path, vision_path, _ = find_onnx_units(onnx_dir, precision)
         with warnings.catch_warnings():
             # One fallback warning (from the first session) is enough; both share the providers.
-            vision = OrtEngine(vision_path, providers, None, names.output_names("vision"),
-                               strict_provider, intra_op_threads)  # fmt: skip
+            vision = OrtEngine(
+                vision_path,
+                providers,
+                None,
+                names.output_names("vision"),
+                strict_provider,
+                intra_op_threads,
+            )
             warnings.simplefilter("ignore", RuntimeWarning)
             layers = count_adapted_layers(vision.input_names) if num_layers is None else num_layers
-            audio = OrtEngine(audio_path, providers, names.input_names("audio"),
-                              names.output_names("audio", layers), strict_provider,
-                              intra_op_threads)  # fmt: skip
+            audio = OrtEngine(
+                audio_path,
+                providers,
+                names.input_names("audio"),
+                names.output_names("audio", layers),
+                strict_provider,
+                intra_op_threads,
+            )
         return cls(audio, vision, layers, device)
 
     @classmethod
@@ -318,8 +339,9 @@ class EngineMocaModel:
         dev = require_cuda(device)
         vision = TrtEngine(paths["vision"], None, names.output_names("vision"), dev)
         layers = count_adapted_layers(vision.input_names) if num_layers is None else num_layers
-        audio = TrtEngine(paths["audio"], names.input_names("audio"),
-                          names.output_names("audio", layers), dev)  # fmt: skip
+        audio = TrtEngine(
+            paths["audio"], names.input_names("audio"), names.output_names("audio", layers), dev
+        )
         return cls(audio, vision, layers, dev)
 
     # --- what the engines report

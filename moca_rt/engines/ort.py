@@ -81,9 +81,10 @@ class OrtEngine:
         self.requested_providers = tuple(providers)
         try:
             self.session = ort.InferenceSession(
-                str(path), sess_options=options, providers=[p for p in providers if p in available]
-                or ["CPUExecutionProvider"],
-            )  # fmt: skip
+                str(path),
+                sess_options=options,
+                providers=[p for p in providers if p in available] or ["CPUExecutionProvider"],
+            )
         except _onnxruntime_errors() as exc:
             raise InputError(f"onnxruntime cannot load {path}: {exc}") from exc
         self.providers: tuple[str, ...] = tuple(self.session.get_providers())
@@ -131,4 +132,6 @@ def _onnxruntime_errors() -> tuple[type[Exception], ...]:
     its native layer derives each from Exception alone, with no common base to catch."""
     from onnxruntime.capi import onnxruntime_pybind11_state as state
 
-    return tuple(v for v in vars(state).values() if isinstance(v, type) and issubclass(v, Exception))
+    return tuple(
+        v for v in vars(state).values() if isinstance(v, type) and issubclass(v, Exception)
+    )

@@ -141,7 +141,9 @@ class _IdentityStream:
         return np.zeros(0, np.float32)
 
 
-def _make_stream(orig: int, method: AudioResamplerName) -> _SincStream | _SwrStream | _IdentityStream:
+def _make_stream(
+    orig: int, method: AudioResamplerName
+) -> _SincStream | _SwrStream | _IdentityStream:
     if orig == SAMPLE_RATE:
         return _IdentityStream()
     return _SincStream(orig, SAMPLE_RATE) if method == "sinc" else _SwrStream(orig, SAMPLE_RATE)
@@ -215,8 +217,9 @@ class _AudioAssembler:
     GAP_TOLERANCE_S = 0.004  # Matroska stores milliseconds: pts jitter up to 0.5 ms per frame
     MAX_GAP_S = 1.0  # larger jumps (or any backwards jump beyond this) start a new segment
 
-    def __init__(self, method: AudioResamplerName, stats: SourceStats,
-                 mix: ChannelMix = "mean") -> None:
+    def __init__(
+        self, method: AudioResamplerName, stats: SourceStats, mix: ChannelMix = "mean"
+    ) -> None:
         if mix not in ("mean", "first"):
             raise ValueError(f"mix: expected 'mean' or 'first', got {mix!r}")
         self.mix = mix
@@ -254,8 +257,12 @@ class _AudioAssembler:
             samples = np.where(bad, np.float32(0.0), samples)
             if not self._warned_nonfinite:
                 self._warned_nonfinite = True
-                warnings.warn("decoded audio holds NaN/inf samples; they are replaced by 0 "
-                              "(see SourceStats.nonfinite_samples)", RuntimeWarning, stacklevel=2)
+                warnings.warn(
+                    "decoded audio holds NaN/inf samples; they are replaced by 0 "
+                    "(see SourceStats.nonfinite_samples)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
         if samples.shape[0] > 1 and self.mix == "mean":
             mono = samples.mean(axis=0, dtype=np.float32)
         else:

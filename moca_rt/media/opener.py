@@ -89,12 +89,14 @@ def open_source(spec: str | Path, **opts: Any) -> MediaSource:
         raise ValueError(f"reconnect: expected a network source (a URL), got {text}")
     path = Path(text)
     if kind == "folder":
-        _check_options(opts, open_avsbench, ImageSequenceSource.__init__,
-                       what=f"a frame folder ({text})")
+        _check_options(
+            opts, open_avsbench, ImageSequenceSource.__init__, what=f"a frame folder ({text})"
+        )
         return open_avsbench(path, **opts)
     if kind == "image":
-        _check_options(opts, open_image_audio, ImageSequenceSource.__init__,
-                       what=f"an image ({text})")
+        _check_options(
+            opts, open_image_audio, ImageSequenceSource.__init__, what=f"an image ({text})"
+        )
         audio = opts.pop("audio", None)
         return open_image_audio(path, audio, **opts)
     _check_options(opts, ContainerSource.__init__, what=f"a container file ({text})")
@@ -106,8 +108,12 @@ def _check_options(opts: dict[str, Any], *targets: Any, what: str) -> None:
     allowed: set[str] = set()
     for target in targets:
         params = inspect.signature(target).parameters
-        allowed |= {n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
-                    or (p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and n != "self")}
+        allowed |= {
+            n
+            for n, p in params.items()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY
+            or (p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and n != "self")
+        }
     allowed -= {"spec", "images", "times", "frames_dir", "image"}
     unknown = sorted(set(opts) - allowed)
     if unknown:

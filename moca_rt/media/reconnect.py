@@ -69,11 +69,22 @@ class ReconnectingSource(MediaSource):
         self._open = open_source or ContainerSource
         self._current: MediaSource = self._open(spec, **self._opts)
         super().__init__(
-            spec, fps=self._current.fps, window_s=self._current.window_s,
-            allow_silent=self._current.allow_silent, raise_on_error=raise_on_error,
-        )  # fmt: skip
-        for name in ("has_audio", "is_live", "width", "height", "frame_rate", "start_time",
-                     "audio_sample_rate", "audio_channels"):  # fmt: skip
+            spec,
+            fps=self._current.fps,
+            window_s=self._current.window_s,
+            allow_silent=self._current.allow_silent,
+            raise_on_error=raise_on_error,
+        )
+        for name in (
+            "has_audio",
+            "is_live",
+            "width",
+            "height",
+            "frame_rate",
+            "start_time",
+            "audio_sample_rate",
+            "audio_channels",
+        ):
             setattr(self, name, getattr(self._current, name))
         self.realtime = bool(getattr(self._current, "realtime", False))
         self.reconnects = reconnects
@@ -137,9 +148,13 @@ class ReconnectingSource(MediaSource):
             source.close()
             if self._stop.is_set():
                 return
-            why = (f"broke: {source.error}" if source.error is not None
-                   else "ended (no data within the timeout)" if source.ended_by_timeout
-                   else "ended")  # fmt: skip
+            why = (
+                f"broke: {source.error}"
+                if source.error is not None
+                else "ended (no data within the timeout)"
+                if source.ended_by_timeout
+                else "ended"
+            )
             self._log(f"connection {self.segments} {why} after {yielded} record(s)")
             failures = 0 if yielded else failures + 1
             source = self._reopen(failures)

@@ -118,8 +118,15 @@ class MediaSource:
     :meth:`tail_audio` holds the original audio decoded after the last record.
     """
 
-    def __init__(self, spec: str, *, fps: float | None, window_s: float, allow_silent: bool,
-                 raise_on_error: bool) -> None:
+    def __init__(
+        self,
+        spec: str,
+        *,
+        fps: float | None,
+        window_s: float,
+        allow_silent: bool,
+        raise_on_error: bool,
+    ) -> None:
         if fps is not None and not fps > 0:
             raise ValueError(f"fps: expected a positive number or None, got {fps}")
         if not window_s > 0:
@@ -246,8 +253,13 @@ class ContainerSource(MediaSource):
     ) -> None:
         import av
 
-        super().__init__(str(spec), fps=fps, window_s=window_s, allow_silent=allow_silent,
-                         raise_on_error=raise_on_error)
+        super().__init__(
+            str(spec),
+            fps=fps,
+            window_s=window_s,
+            allow_silent=allow_silent,
+            raise_on_error=raise_on_error,
+        )
         if resampler not in ("sinc", "swr"):
             raise ValueError(f"resampler: expected 'sinc' or 'swr', got {resampler!r}")
         if queue_size < 1:
@@ -272,8 +284,9 @@ class ContainerSource(MediaSource):
             if not path.exists():
                 raise MediaNotFoundError(errno.ENOENT, "media file not found", str(path))
             if path.is_file() and path.stat().st_size == 0:
-                raise MediaOpenError(f"cannot open {path}: expected a media file, got an "
-                                     "empty (0-byte) file")
+                raise MediaOpenError(
+                    f"cannot open {path}: expected a media file, got an empty (0-byte) file"
+                )
             if options:
                 open_kwargs = {"options": dict(options)}
         try:
@@ -287,8 +300,9 @@ class ContainerSource(MediaSource):
             raise
         self._stop = threading.Event()
         self._channel = _FrameChannel(queue_size, self.realtime, self.stats)
-        self._thread = threading.Thread(target=self._decode_loop, name="moca-media-decoder",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._decode_loop, name="moca-media-decoder", daemon=True
+        )
         self._thread.start()
 
     def _setup_streams(self) -> None:
@@ -305,8 +319,10 @@ class ContainerSource(MediaSource):
         self.start_time = (c.start_time or 0) / 1e6 if not self.is_live else 0.0
         self._audio = c.streams.audio[0] if c.streams.audio else None
         if self._audio is None and not self.allow_silent:
-            raise NoAudioStreamError(f"{self.spec}: no audio stream (streams found: {kinds}); "
-                                     "pass allow_silent=True to treat it as silence")
+            raise NoAudioStreamError(
+                f"{self.spec}: no audio stream (streams found: {kinds}); "
+                "pass allow_silent=True to treat it as silence"
+            )
         self.has_audio = self._audio is not None
         if self._audio is not None:
             self.audio_sample_rate = self._audio.codec_context.sample_rate or None
@@ -329,8 +345,9 @@ class ContainerSource(MediaSource):
             """Emit pending frames whose window is complete (all of them when ``force``)."""
             while pending:
                 index, t, vframe = pending[0]
-                ready = (self._audio is None or assembler.finished
-                         or assembler.covered_until >= t + half)
+                ready = (
+                    self._audio is None or assembler.finished or assembler.covered_until >= t + half
+                )
                 lagging = last_video_t - t > half + self.max_audio_lag_s
                 if not (ready or lagging or force):
                     return True
@@ -339,10 +356,14 @@ class ContainerSource(MediaSource):
                 if incomplete:
                     self.stats.frames_audio_incomplete += 1
                 image = vframe.to_ndarray(format="rgb24")
-                out = MediaFrame(index=index, pts=t, image=image,
-                                 audio=assembler.window(t, self.window_s),
-                                 audio_missing=self._audio is None,
-                                 audio_incomplete=incomplete)
+                out = MediaFrame(
+                    index=index,
+                    pts=t,
+                    image=image,
+                    audio=assembler.window(t, self.window_s),
+                    audio_missing=self._audio is None,
+                    audio_incomplete=incomplete,
+                )
                 if self.keep_raw_audio:
                     out.raw_audio = raw.copy()
                     raw.clear()
@@ -360,9 +381,13 @@ class ContainerSource(MediaSource):
                     samples = audio_frame_to_float(frame)
                     t_a = _frame_time(frame)
                     if self.keep_raw_audio:
-                        raw.append(AudioChunk(t_a if t_a is not None else
-                                              assembler.covered_until, frame.sample_rate,
-                                              samples.copy()))
+                        raw.append(
+                            AudioChunk(
+                                t_a if t_a is not None else assembler.covered_until,
+                                frame.sample_rate,
+                                samples.copy(),
+                            )
+                        )
                     assembler.push(samples, frame.sample_rate, t_a)
                     continue
                 t = _frame_time(frame)
@@ -394,8 +419,10 @@ class ContainerSource(MediaSource):
                 if not release(force=False):
                     return
         except (av.error.ExitError, OSError) as e:
-            live_end = self.is_live and (isinstance(e, av.error.ExitError)
-                                         or getattr(e, "errno", None) in (errno.EIO, errno.ETIMEDOUT))
+            live_end = self.is_live and (
+                isinstance(e, av.error.ExitError)
+                or getattr(e, "errno", None) in (errno.EIO, errno.ETIMEDOUT)
+            )
             if live_end:
                 self.ended_by_timeout = True
             else:
@@ -435,16 +462,20 @@ class ContainerSource(MediaSource):
             return [cut] if cut is not None else []
         declared = self._video.frames
         if declared and self.stats.frames_decoded < declared:
-            return [f"truncated: decoded {self.stats.frames_decoded} of {declared} video "
-                    "frames the container declares"]
+            return [
+                f"truncated: decoded {self.stats.frames_decoded} of {declared} video "
+                "frames the container declares"
+            ]
         duration = self._container.duration
         if duration and self._container.format.name in _HEADER_DURATION_FORMATS:
             step = 1.0 / (self.frame_rate or 25.0)
             media_end = max(last_video_t + step, assembler.covered_until) - self.start_time
             declared_s = duration / 1e6
             if media_end < declared_s - max(0.25, 3 * step):
-                return [f"truncated: media ends at {media_end:.2f} s but the container "
-                        f"declares {declared_s:.2f} s"]
+                return [
+                    f"truncated: media ends at {media_end:.2f} s but the container "
+                    f"declares {declared_s:.2f} s"
+                ]
         return []
 
     # ---- consumer side ----
@@ -456,7 +487,8 @@ class ContainerSource(MediaSource):
             if item is None:
                 if time.monotonic() - last > self.stall_timeout_s:
                     self.error = MediaDecodeError(
-                        f"{self.spec}: no frame for {self.stall_timeout_s:.0f} s; decoder stalled")
+                        f"{self.spec}: no frame for {self.stall_timeout_s:.0f} s; decoder stalled"
+                    )
                     self.close()
                     return
                 if not self._thread.is_alive() and not self._channel.items:
@@ -507,8 +539,10 @@ def mpegts_cut_packet(path: Path) -> str | None:
         extra = size % packet
         if extra == 0:
             return None
-        return (f"truncated: the file ends {extra} bytes into a {packet}-byte MPEG-TS packet "
-                f"({size // packet} whole packets)")
+        return (
+            f"truncated: the file ends {extra} bytes into a {packet}-byte MPEG-TS packet "
+            f"({size // packet} whole packets)"
+        )
     return None
 
 
@@ -545,15 +579,26 @@ class ImageSequenceSource(MediaSource):
         audio: audio file (wav/flac/mp3/...), or None with ``allow_silent=True``.
     """
 
-    def __init__(self, images: list[Path], times: list[float], audio: str | Path | None, *,
-                 spec: str, fps: float | None = None, window_s: float = WINDOW_SECONDS,
-                 allow_silent: bool = False, resampler: AudioResamplerName = "sinc",
-                 mix: ChannelMix = "mean") -> None:
-        super().__init__(spec, fps=fps, window_s=window_s, allow_silent=allow_silent,
-                         raise_on_error=True)
+    def __init__(
+        self,
+        images: list[Path],
+        times: list[float],
+        audio: str | Path | None,
+        *,
+        spec: str,
+        fps: float | None = None,
+        window_s: float = WINDOW_SECONDS,
+        allow_silent: bool = False,
+        resampler: AudioResamplerName = "sinc",
+        mix: ChannelMix = "mean",
+    ) -> None:
+        super().__init__(
+            spec, fps=fps, window_s=window_s, allow_silent=allow_silent, raise_on_error=True
+        )
         if len(images) != len(times):
-            raise ValueError(f"expected one time per image, got {len(images)} images and "
-                             f"{len(times)} times")
+            raise ValueError(
+                f"expected one time per image, got {len(images)} images and {len(times)} times"
+            )
         if not images:
             raise MediaOpenError(f"{spec}: expected at least one image, found none")
         self.images, self.times = images, times
@@ -562,8 +607,9 @@ class ImageSequenceSource(MediaSource):
             self.ring = load_audio_16k(audio, resampler, self.stats, mix)
             self.has_audio = True
         elif not allow_silent:
-            raise NoAudioStreamError(f"{spec}: no audio file; pass allow_silent=True to treat "
-                                     "it as silence")
+            raise NoAudioStreamError(
+                f"{spec}: no audio file; pass allow_silent=True to treat it as silence"
+            )
         first = _read_image(images[0])
         self.height, self.width = first.shape[:2]
         self._first = first
@@ -579,8 +625,9 @@ class ImageSequenceSource(MediaSource):
                 audio = _window(self.ring, t, self.window_s)
             else:
                 audio = np.zeros(n, np.float32)
-            yield MediaFrame(index=index, pts=t, image=image, audio=audio,
-                             audio_missing=self.ring is None)
+            yield MediaFrame(
+                index=index, pts=t, image=image, audio=audio, audio_missing=self.ring is None
+            )
 
 
 def find_avsbench_audio(frames_dir: Path) -> Path | None:
@@ -603,9 +650,14 @@ def find_avsbench_audio(frames_dir: Path) -> Path | None:
     return None
 
 
-def open_avsbench(frames_dir: str | Path, audio: str | Path | None = None, *,
-                  first_time: float = 0.5, interval: float = 1.0,
-                  **opts: Any) -> ImageSequenceSource:
+def open_avsbench(
+    frames_dir: str | Path,
+    audio: str | Path | None = None,
+    *,
+    first_time: float = 0.5,
+    interval: float = 1.0,
+    **opts: Any,
+) -> ImageSequenceSource:
     """AVSBench clip: frames ``<vid>_1.png ... <vid>_5.png`` over 5 s of audio.
 
     S4/MS3 sample one frame per second; frame k (0-based, natural filename order) is taken as
@@ -614,19 +666,23 @@ def open_avsbench(frames_dir: str | Path, audio: str | Path | None = None, *,
     frames_dir = Path(frames_dir)
     if not frames_dir.is_dir():
         raise MediaNotFoundError(errno.ENOENT, "frame folder not found", str(frames_dir))
-    images = sorted((p for p in frames_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES),
-                    key=lambda p: natural_key(p.stem))
+    images = sorted(
+        (p for p in frames_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES),
+        key=lambda p: natural_key(p.stem),
+    )
     if not images:
-        raise MediaOpenError(f"{frames_dir}: expected image files ({', '.join(IMAGE_SUFFIXES)}), "
-                             "found none")
+        raise MediaOpenError(
+            f"{frames_dir}: expected image files ({', '.join(IMAGE_SUFFIXES)}), found none"
+        )
     if audio is None:
         audio = find_avsbench_audio(frames_dir)
     times = [first_time + k * interval for k in range(len(images))]
     return ImageSequenceSource(images, times, audio, spec=str(frames_dir), **opts)
 
 
-def open_image_audio(image: str | Path, audio: str | Path | None, *,
-                     image_time: float | None = None, **opts: Any) -> ImageSequenceSource:
+def open_image_audio(
+    image: str | Path, audio: str | Path | None, *, image_time: float | None = None, **opts: Any
+) -> ImageSequenceSource:
     """One image with an audio file: a single frame at ``image_time`` (default: the middle of
     the audio, so a 2 s file fills the window exactly)."""
     image = Path(image)
@@ -635,6 +691,8 @@ def open_image_audio(image: str | Path, audio: str | Path | None, *,
     src = ImageSequenceSource([image], [0.0], audio, spec=str(image), **opts)
     if image_time is None:
         ring = src.ring
-        image_time = 0.0 if ring is None or ring.empty else (ring.start + ring.end) / 2 / SAMPLE_RATE
+        image_time = (
+            0.0 if ring is None or ring.empty else (ring.start + ring.end) / 2 / SAMPLE_RATE
+        )
     src.times = [image_time]
     return src

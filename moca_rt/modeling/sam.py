@@ -1,4 +1,4 @@
-"""Segment Anything (SAM) modules, checkpoint-compatible with the official ``sam_vit_{h,l,b}`` files.
+"""Segment Anything (SAM) modules, checkpoint-compatible with the official ``sam_vit_{h,l,b}``.
 
 Only ``nn.Module``s live here (STYLE point 1); the stateful predictor, the image transforms and
 the automatic mask proposals sit in :mod:`moca_rt.sam_transforms` and :mod:`moca_rt.proposals`.
@@ -49,7 +49,9 @@ class LayerNorm2d(nn.Module):
         self.num_channels = num_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.layer_norm(x.permute(0, 2, 3, 1), (self.num_channels,), self.weight, self.bias, self.eps)
+        y = F.layer_norm(
+            x.permute(0, 2, 3, 1), (self.num_channels,), self.weight, self.bias, self.eps
+        )
         return y.permute(0, 3, 1, 2)
 
 
@@ -306,7 +308,7 @@ class PromptEncoder(nn.Module):
     def embed_points(self, points: torch.Tensor, labels: torch.Tensor, pad: bool) -> torch.Tensor:
         """points (B, N, 2) XY in model-input pixels, labels (B, N) -> (B, N [+1], D).
 
-        With ``pad`` a point (0, 0) labelled -1 is appended (the official rule when no box is given).
+        With ``pad`` a point (0, 0) labelled -1 is appended (the official rule without a box).
         """
         points = points.float() + 0.5
         if pad:
@@ -556,7 +558,8 @@ class MaskDecoder(nn.Module):
         """Decode B prompt sets.
 
         Args:
-            image_embeddings: (1 or B, D, h, w) encoder output (one image shared, or one per prompt).
+            image_embeddings: (1 or B, D, h, w) encoder output (one image shared or one per
+                prompt).
             image_pe: (1, D, h, w) from ``PromptEncoder.get_dense_pe``.
             sparse_prompt_embeddings: (B, N, D); dense_prompt_embeddings: (B, D, h, w).
             multimask_output: True -> masks 1..M-1, False -> mask 0 only.
@@ -682,12 +685,13 @@ class Sam(nn.Module):
             raise ValueError(f"expected one batch size B for all prompts, got {batch}")
         if batch and image_embeddings.shape[0] not in (1, batch[0][1]):
             raise ValueError(
-                f"expected image_embeddings batch 1 or {batch[0][1]}, got {image_embeddings.shape[0]}"
+                f"expected image_embeddings batch 1 or {batch[0][1]}, "
+                f"got {image_embeddings.shape[0]}"
             )
 
 
 def build_sam(config: SamConfig, device: torch.device | str | None = None) -> Sam:
-    """Construct an (untrained) ``Sam`` for ``config`` on ``device`` (``"meta"`` allocates nothing)."""
+    """An untrained ``Sam`` for ``config`` on ``device`` (``"meta"`` allocates nothing)."""
     with torch.device(device if device is not None else "cpu"):
         return Sam(config)
 
