@@ -139,3 +139,26 @@ def test_settings_are_checked(tmp_path: Path) -> None:
         LoopSettings(out=tmp_path, iters=3, log_every=0)
     with pytest.raises(ValueError, match="iters"):
         LoopSettings(out=tmp_path, iters=-1)
+
+
+def test_stage_clis_share_the_loop_flags(tmp_path: Path) -> None:
+    """The ImageBind and AdaAV stage CLIs train, checkpoint at each evaluation by default and
+    write loadable weights (SAM's CLI has its own test in test_train_sam)."""
+    from moca_rt.train import adaav_synth, imagebind_synth
+
+    tiny = ["--iters", "2", "--train-scenes", "8", "--val-scenes", "4", "--batch", "4"]
+    tiny += ["--eval-every", "1", "--log-every", "1"]
+    assert imagebind_synth.main(["--out", str(tmp_path / "ib"), *tiny]) == 0
+    weights = tmp_path / "ib" / "final" / "imagebind_synth.safetensors"
+    assert weights.is_file()
+    assert (
+        adaav_synth.main(["--imagebind", str(weights), "--out", str(tmp_path / "ad"), *tiny]) == 0
+    )
+    for stage in ("ib", "ad"):
+        done = json.loads((tmp_path / stage / "done.json").read_text())
+        assert done["steps"] == 2
+        assert [e["step"] for e in done["evaluations"]] == [0, 1, 2]
+    settings = imagebind_synth.build_parser().parse_args(["--out", "x", "--eval-every", "7"])
+    from moca_rt.train.core import loop_settings_from_args
+
+    assert loop_settings_from_args(settings).save_every == 7

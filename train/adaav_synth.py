@@ -43,7 +43,15 @@ from moca_rt.kernels.pma import pma_cost
 from moca_rt.modeling.imagebind import load_imagebind
 from moca_rt.modeling.moca import MocaModel
 from moca_rt.train.adaav import repeat_audio
-from moca_rt.train.core import LoopSettings, StageResult, finished, run_stage, seeded_batch
+from moca_rt.train.core import (
+    LoopSettings,
+    StageResult,
+    add_loop_arguments,
+    finished,
+    loop_settings_from_args,
+    run_stage,
+    seeded_batch,
+)
 from moca_rt.train.imagebind_synth import PairCache, cosine_factor, vision_outputs
 from moca_rt.train.pairing import PairingTable, sample_negatives_or_redraw
 from moca_rt.train.synth_eval import (
@@ -294,8 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d = AdaavStageConfig(imagebind="")
     p.add_argument("--imagebind", required=True, help="Stage-1 tiny ImageBind weights.")
-    p.add_argument("--out", required=True, help="Stage folder.")
-    p.add_argument("--iters", type=int, default=300, help="Optimisation steps.")
+    add_loop_arguments(p, iters=300, eval_every=50, log_every=10)
     p.add_argument("--batch", type=int, default=d.batch, help="Anchors per step.")
     p.add_argument("--lr", type=float, default=d.lr, help="Adam's peak learning rate.")
     p.add_argument("--alpha", type=float, default=d.alpha, help="Triplet margin.")
@@ -315,9 +322,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--val-scenes", type=int, default=d.val_scenes, help="Validation scenes per split."
     )
     p.add_argument("--seed", type=int, default=d.seed, help="Seed of the adapters and batches.")
-    p.add_argument("--eval-every", type=int, default=50, help="Steps between evaluations.")
-    p.add_argument("--log-every", type=int, default=10, help="Steps per progress line.")
-    p.add_argument("--threads", type=int, default=1, help="Torch threads.")
     return p
 
 
@@ -335,14 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_disparity=args.max_disparity,
         image_size=args.image_size,
     )
-    settings = LoopSettings(
-        out=Path(args.out),
-        iters=args.iters,
-        log_every=args.log_every,
-        save_every=args.eval_every,
-        eval_every=args.eval_every,
-        threads=args.threads,
-    )
+    settings = loop_settings_from_args(args)
     result = train_adaav(config, settings)
     print(f"weights: {result.weights}  metrics: {result.metrics}")
     return 0

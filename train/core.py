@@ -20,6 +20,7 @@ one step, evaluate on its validation partition, save its weights and (de)seriali
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -36,8 +37,10 @@ __all__ = [
     "LoopSettings",
     "StageResult",
     "TrainingStage",
+    "add_loop_arguments",
     "atomic_save",
     "finished",
+    "loop_settings_from_args",
     "run_stage",
     "seeded_batch",
     "set_threads",
@@ -80,6 +83,45 @@ class LoopSettings:
                 f"save_every, eval_every and threads must be >= 0, are "
                 f"{self.save_every}, {self.eval_every}, {self.threads}"
             )
+
+
+def add_loop_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    iters: int,
+    eval_every: int,
+    log_every: int,
+    save_every: int | None = None,
+) -> None:
+    """The step-loop flags every stage CLI shares: ``--out --iters --eval-every --save-every
+    --log-every --threads`` (``save_every`` None: checkpoints at each evaluation)."""
+    parser.add_argument("--out", required=True, help="Stage folder (state, log, weights).")
+    parser.add_argument("--iters", type=int, default=iters, help="Optimisation steps.")
+    parser.add_argument(
+        "--eval-every", type=int, default=eval_every, help="Steps between evaluations."
+    )
+    parser.add_argument(
+        "--save-every",
+        type=int,
+        default=save_every,
+        help="Steps between resumable checkpoints (default: at each evaluation).",
+    )
+    parser.add_argument("--log-every", type=int, default=log_every, help="Steps per progress line.")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="Torch threads (1 is best on 2 busy cores)."
+    )
+
+
+def loop_settings_from_args(args: argparse.Namespace) -> LoopSettings:
+    """The :class:`LoopSettings` of flags added by :func:`add_loop_arguments`."""
+    return LoopSettings(
+        out=Path(args.out),
+        iters=args.iters,
+        log_every=args.log_every,
+        save_every=args.eval_every if args.save_every is None else args.save_every,
+        eval_every=args.eval_every,
+        threads=args.threads,
+    )
 
 
 class TrainingStage(Protocol):

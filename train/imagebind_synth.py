@@ -42,7 +42,15 @@ from torch import Tensor, nn
 
 from moca_rt.config import IMAGEBIND_PRESETS, MOCA_PRESETS
 from moca_rt.modeling.imagebind import ImageBindVisionAudio
-from moca_rt.train.core import LoopSettings, StageResult, finished, run_stage, seeded_batch
+from moca_rt.train.core import (
+    LoopSettings,
+    StageResult,
+    add_loop_arguments,
+    finished,
+    loop_settings_from_args,
+    run_stage,
+    seeded_batch,
+)
 from moca_rt.train.pretrain_imagebind import ContrastiveTemperature, official_state_dict
 from moca_rt.train.synth_eval import (
     EvalSet,
@@ -306,8 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Pretrain the tiny ImageBind on the synthetic world (InfoNCE + dense term).",
     )
     d = ImageBindStageConfig()
-    p.add_argument("--out", required=True, help="Stage folder (state, log, weights).")
-    p.add_argument("--iters", type=int, default=400, help="Optimisation steps.")
+    add_loop_arguments(p, iters=400, eval_every=100, log_every=10)
     p.add_argument("--batch", type=int, default=d.batch, help="Pairs per step.")
     p.add_argument("--lr", type=float, default=d.lr, help="AdamW's peak learning rate.")
     p.add_argument(
@@ -325,11 +332,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--world-seed", type=int, default=d.world_seed, help="Seed of the synthetic world."
     )
-    p.add_argument("--eval-every", type=int, default=100, help="Steps between evaluations.")
-    p.add_argument("--log-every", type=int, default=10, help="Steps per progress line.")
-    p.add_argument(
-        "--threads", type=int, default=1, help="Torch threads (1 is best on 2 busy cores)."
-    )
     return p
 
 
@@ -346,14 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         train_splits=tuple(args.splits.split(",")),
         image_size=args.image_size,
     )
-    settings = LoopSettings(
-        out=Path(args.out),
-        iters=args.iters,
-        log_every=args.log_every,
-        save_every=args.eval_every,
-        eval_every=args.eval_every,
-        threads=args.threads,
-    )
+    settings = loop_settings_from_args(args)
     result = train_imagebind(config, settings)
     print(f"weights: {result.weights}  metrics: {result.metrics}")
     return 0

@@ -74,7 +74,14 @@ from moca_rt.sam_transforms import (
     postprocess_masks,
     resize_longest_side_pil,
 )
-from moca_rt.train.core import LoopSettings, StageResult, run_stage, seeded_batch
+from moca_rt.train.core import (
+    LoopSettings,
+    StageResult,
+    add_loop_arguments,
+    loop_settings_from_args,
+    run_stage,
+    seeded_batch,
+)
 
 __all__ = [
     "RECOMMENDED_PROPOSALS",
@@ -797,8 +804,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the tiny SAM (sam_synth) for promptable segmentation on the synthetic "
         "world's instance masks; selects the step with the best validation proposal recall.",
     )
-    p.add_argument("--out", required=True, help="Stage folder (state, log, weights).")
-    p.add_argument("--iters", type=int, default=1500, help="Optimisation steps (schedule length).")
+    add_loop_arguments(p, iters=1500, eval_every=500, log_every=25, save_every=100)
     p.add_argument("--batch", type=int, default=d.batch, help="Images per step.")
     p.add_argument("--prompts", type=int, default=d.prompts_per_image, help="Prompts per image.")
     p.add_argument("--lr", type=float, default=d.lr, help="AdamW's peak learning rate.")
@@ -823,14 +829,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--world-seed", type=int, default=d.world_seed, help="Seed of the synthetic world."
     )
-    p.add_argument("--eval-every", type=int, default=500, help="Steps between evaluations.")
-    p.add_argument(
-        "--save-every", type=int, default=100, help="Steps between resumable checkpoints."
-    )
-    p.add_argument("--log-every", type=int, default=25, help="Steps per progress line.")
-    p.add_argument(
-        "--threads", type=int, default=1, help="Torch threads (1 is best on 2 busy cores)."
-    )
     return p
 
 
@@ -850,14 +848,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         point_prob=args.point_prob,
         points_per_side=args.points_per_side,
     )
-    settings = LoopSettings(
-        out=Path(args.out),
-        iters=args.iters,
-        log_every=args.log_every,
-        save_every=args.save_every,
-        eval_every=args.eval_every,
-        threads=args.threads,
-    )
+    settings = loop_settings_from_args(args)
     result = train_sam(config, settings)
     print(f"weights: {result.weights}  metrics: {result.metrics}")
     return 0
