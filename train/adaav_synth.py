@@ -50,6 +50,7 @@ from moca_rt.train.core import (
     finished,
     loop_settings_from_args,
     run_stage,
+    save_weights_atomic,
     seeded_batch,
 )
 from moca_rt.train.imagebind_synth import PairCache, cosine_factor, vision_outputs
@@ -226,15 +227,7 @@ class AdaavStage:
             self.model.train()
 
     def save_weights(self, folder: Path) -> list[Path]:
-        from safetensors.torch import save_file
-
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / WEIGHTS_FILE
-        tmp = path.with_name(path.name + ".tmp")
-        state = {k: v.detach().contiguous() for k, v in self.model.adapter_state_dict().items()}
-        save_file(state, str(tmp))
-        tmp.replace(path)
-        return [path]
+        return [save_weights_atomic(self.model.adapter_state_dict(), folder / WEIGHTS_FILE)]
 
     def state_dict(self) -> dict[str, Any]:
         return {

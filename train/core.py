@@ -42,6 +42,7 @@ __all__ = [
     "finished",
     "loop_settings_from_args",
     "run_stage",
+    "save_weights_atomic",
     "seeded_batch",
     "set_threads",
 ]
@@ -190,6 +191,20 @@ def atomic_save(obj: Any, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def save_weights_atomic(
+    state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
+) -> Path:
+    """Write ``state`` as safetensors through a temporary file renamed over ``path``."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+    return path
 
 
 def _write_json(path: Path, obj: Any) -> None:

@@ -49,6 +49,7 @@ from moca_rt.train.core import (
     finished,
     loop_settings_from_args,
     run_stage,
+    save_weights_atomic,
     seeded_batch,
 )
 from moca_rt.train.pretrain_imagebind import ContrastiveTemperature, official_state_dict
@@ -244,14 +245,7 @@ class ImageBindStage:
             self.model.train(was_training)
 
     def save_weights(self, folder: Path) -> list[Path]:
-        from safetensors.torch import save_file
-
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / WEIGHTS_FILE
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(official_state_dict(self.model), str(tmp))
-        tmp.replace(path)
-        return [path]
+        return [save_weights_atomic(official_state_dict(self.model), folder / WEIGHTS_FILE)]
 
     def state_dict(self) -> dict[str, Any]:
         return {

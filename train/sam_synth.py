@@ -80,6 +80,7 @@ from moca_rt.train.core import (
     add_loop_arguments,
     loop_settings_from_args,
     run_stage,
+    save_weights_atomic,
     seeded_batch,
 )
 
@@ -746,16 +747,8 @@ class SamStage:
             self.model.train(was_training)
 
     def save_weights(self, folder: Path) -> list[Path]:
-        """``sam_synth.safetensors``: the official key layout, loaded by ``load_sam`` strictly."""
-        from safetensors.torch import save_file
-
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / WEIGHTS_FILE
-        tmp = path.with_name(path.name + ".tmp")
-        state = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
-        save_file(state, str(tmp), metadata={"preset": self.config.preset})
-        tmp.replace(path)
-        return [path]
+        meta = {"preset": self.config.preset}
+        return [save_weights_atomic(self.model.state_dict(), folder / WEIGHTS_FILE, meta)]
 
     def state_dict(self) -> dict[str, Any]:
         return {
