@@ -78,6 +78,7 @@ from moca_rt.train.core import (
     LoopSettings,
     StageResult,
     add_loop_arguments,
+    finished,
     loop_settings_from_args,
     run_stage,
     save_weights_atomic,
@@ -775,6 +776,10 @@ def train_sam(config: SamTrainConfig, settings: LoopSettings) -> StageResult:
             f"settings.iters ({settings.iters}) exceeds the schedule's "
             f"config.iters ({config.iters})"
         )
+    recorded = finished(settings)
+    if recorded is not None:  # skip rendering 1000 scenes for a stage that would not train
+        print(f"[{settings.out.name}] done already ({settings.out}); skipped", flush=True)
+        return recorded
     torch.set_num_threads(max(settings.threads, 1))
     settings.out.mkdir(parents=True, exist_ok=True)
     (settings.out / "config.json").write_text(
