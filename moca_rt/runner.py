@@ -100,19 +100,23 @@ def segment_source(
         with source:
             frames = source if writer is None else writer.tap_audio(source)
             for frame, result in pipeline.stream(frames, batch, box_prompts):
-                summary.frames += 1
-                bar.update(1)
+                # Outputs first, counts right after (a Ctrl-C between the two is a few bytecodes
+                # wide, not a PNG encode wide): summary.frames matches the records written.
                 if result is None:
-                    summary.dropped += 1
                     records.write_result(frame, None)
+                    summary.frames += 1
+                    summary.dropped += 1
+                    bar.update(1)
                     continue
+                masks.write(frame.index, result.mask)  # before its record: a record has its PNG
+                records.write_result(frame, result)
+                summary.frames += 1
                 summary.processed += 1
                 summary.silent += int(result.silent)
                 summary.empty += int(not result.mask.any())
+                bar.update(1)
                 for name, ms in result.timings_ms.items():
                     stage_totals[name] = stage_totals.get(name, 0.0) + ms
-                masks.write(frame.index, result.mask)  # before its record: a record has its PNG
-                records.write_result(frame, result)
                 if writer is not None and frame.image is not None:
                     writer.write(frame.image, result.mask, frame.pts)
     except (DecodeError, MediaError) as e:  # also a later image of a folder that cannot be read
