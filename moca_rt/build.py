@@ -362,6 +362,7 @@ def _onnxruntime_trunk(settings: BuildSettings, weights: Weights, notes: list[st
             "(onnxruntime-gpu for the CUDA provider)"
         ) from e
     from moca_rt.engines.moca_units import EngineMocaModel, find_onnx_units
+    from moca_rt.threads import configured_threads
 
     device = torch.device(settings.device)
     if settings.engine_dir is not None:
@@ -389,7 +390,13 @@ def _onnxruntime_trunk(settings: BuildSettings, weights: Weights, notes: list[st
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always", RuntimeWarning)  # the fallback is reported as a note
         try:
-            model = EngineMocaModel.from_onnx(folder, providers, precision=found, device=device)
+            model = EngineMocaModel.from_onnx(
+                folder,
+                providers,
+                precision=found,
+                device=device,
+                intra_op_threads=configured_threads(),  # the process's policy (moca_rt.threads)
+            )
         except ValueError as e:  # InputError too: a file onnxruntime cannot load
             raise InputError(f"--engine-dir {folder}: {e}") from e
     engine = model.audio_engine

@@ -111,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=Path("moca_out"), help="The output folder (created if needed)."
     )
     p.add_argument(
+        "--index-split",
+        choices=("train", "val", "test"),
+        help="With an AVSBench index as SOURCE: only the videos of this split (default: all).",
+    )
+    p.add_argument(
         "--demo",
         action="store_true",
         help="Segment a generated synthetic-world clip with the shipped tiny models "
@@ -288,6 +293,7 @@ def options_from_args(args: argparse.Namespace) -> InferOptions:
         allow_silent=args.allow_silent,
         demo=args.demo,
         progress=not args.no_progress,
+        index_split=args.index_split,
     )
 
 

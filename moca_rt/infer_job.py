@@ -66,6 +66,7 @@ class InferOptions:
     allow_silent: bool = False
     demo: bool = False
     progress: bool = True
+    index_split: str | None = None
 
 
 def cli_message(error: BaseException | str) -> str:
@@ -214,11 +215,14 @@ def _open_split(
     from moca_rt.datasets.avsbench import split_videos
 
     try:
-        split = split_videos(spec)
+        split = split_videos(spec, opts.index_split)
     except (OSError, ValueError) as e:
         raise InputError(f"{spec}: {e}") from e
     if not split.videos:
-        raise InputError(f"{spec}: expected at least one video in the index, found none")
+        rows = f" of split {opts.index_split!r}" if opts.index_split else ""
+        raise InputError(f"{spec}: expected at least one video{rows} in the index, found none")
+    if opts.index_split is not None and split.subset == "tree":
+        notes.append("--index-split ignored: SOURCE is a folder tree, not an AVSBench index")
     for flag, given in (
         ("--audio", opts.audio is not None),
         ("--boxes", box_prompts is not None),
@@ -241,6 +245,8 @@ def source_options(spec: str, opts: InferOptions) -> tuple[dict[str, Any], list[
     kind = source_kind(spec)
     source_opts: dict[str, Any] = {"fps": opts.fps, "allow_silent": opts.allow_silent}
     notes: list[str] = []
+    if opts.index_split is not None:
+        notes.append(f"--index-split ignored: {spec} is not an AVSBench split")
     if kind in ("stream", "file"):
         if opts.audio is not None:
             raise InputError(

@@ -274,6 +274,15 @@ def test_split_index_csv_and_a_bad_video(
     assert len(written) == 2 and wavs[1].stem not in written
 
 
+def test_index_split_selects_rows(
+    s4_split: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    code, _, err = _run(capsys, s4_split, "--out", out, *TINY, "--index-split", "val")
+    assert code == 3 and "expected at least one video of split 'val'" in err
+    assert not out.exists()
+
+
 def test_split_as_a_folder_tree(s4_split: Path, tmp_path: Path) -> None:
     from moca_rt.datasets.avsbench import is_split_root, split_videos
 
@@ -405,7 +414,7 @@ def test_readme_test_command_matches_ci() -> None:
     ci = (REPO / ".ci" / "run").read_text()
     checks = ["ruff check .", "ruff format --check .", "mypy moca_rt kernels export train"]
     checks.append("python -m pytest -q")
-    section = readme[readme.index("Run the tests") :][:1500]
+    section = readme[readme.index("Run the checks and tests") :][:1500]
     for check in checks:
         assert check in ci, f".ci/run does not run {check!r}"
         assert check in section, f"the README's test command lacks {check!r}"
