@@ -47,10 +47,15 @@ silence, zero padding, clipped samples) go to stderr and ``summary.json``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
+
+# Before torch loads OpenMP: idle OpenMP workers sleep instead of spinning on a busy machine
+# (moca_rt.threads, benchmarks/threads.py); OMP_WAIT_POLICY=ACTIVE in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 
@@ -294,6 +299,7 @@ def options_from_args(args: argparse.Namespace) -> InferOptions:
         demo=args.demo,
         progress=not args.no_progress,
         index_split=args.index_split,
+        threads=args.threads,
     )
 
 
@@ -317,7 +323,7 @@ def _usage_problem(opts: InferOptions) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from moca_rt.threads import configure_threads
+    from moca_rt.threads import default_threads
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -330,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if usage is not None:
         parser.error(usage)
     try:
-        configure_threads(args.threads)
+        default_threads()
     except ValueError as e:  # a bad MOCA_THREADS
         parser.error(str(e))
     try:
@@ -373,7 +379,10 @@ def _report(summary: RunSummary | SplitSummary) -> int:
     if summary.error is None:
         return EXIT_OK
     if isinstance(summary, SplitSummary):
-        print(f"error: {summary.error} (see {summary.out}/summary.json)", file=sys.stderr)
+        print(
+            f"error: {cli_message(summary.error)} (see {summary.out}/summary.json)",
+            file=sys.stderr,
+        )
     else:
         print(
             f"error: the source broke after {summary.frames} frames: {summary.error}",

@@ -67,6 +67,7 @@ class InferOptions:
     demo: bool = False
     progress: bool = True
     index_split: str | None = None
+    threads: int | None = None
 
 
 def cli_message(error: BaseException | str) -> str:
@@ -108,7 +109,8 @@ def make_demo_clip(out_dir: Path, seed: int = 0) -> Path:
 
 
 def run_infer(opts: InferOptions) -> RunSummary | SplitSummary:
-    """Run the whole job; raises on unusable input or checkpoints, returns the summary.
+    """Run the whole job with ``opts.threads`` CPU threads (:mod:`moca_rt.threads`; torch's
+    count is restored afterwards); raises on unusable input or checkpoints, returns the summary.
 
     A decode error part-way is not raised: it is stored in ``summary.error`` after every
     decodable frame was written (a split: per video, the others still run). KeyboardInterrupt
@@ -117,7 +119,22 @@ def run_infer(opts: InferOptions) -> RunSummary | SplitSummary:
     Raises:
         InputError, CheckpointError, OutOfMemoryError (:mod:`moca_rt.errors`),
         FileNotFoundError: a checkpoint path that does not exist.
+        ValueError: ``threads`` below 1 (or a bad ``MOCA_THREADS``).
     """
+    import torch
+
+    from moca_rt.threads import configure_threads
+
+    previous = torch.get_num_threads()
+    threads = configure_threads(opts.threads)
+    how = "--threads" if opts.threads is not None else "the default: half the CPUs, at most 8"
+    try:
+        return _run(opts, [f"{threads} CPU thread(s) for the compute ({how})"])
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run(opts: InferOptions, notes: list[str]) -> RunSummary | SplitSummary:
     from moca_rt.build import build_pipeline
     from moca_rt.datasets.avsbench import is_split_root
     from moca_rt.media import open_source
@@ -134,7 +151,6 @@ def run_infer(opts: InferOptions) -> RunSummary | SplitSummary:
     created = not out.exists()
     source: Any = None
     try:
-        notes: list[str] = []
         source_spec = opts.source
         if opts.demo and source_spec is None:
             _make_out(out)
