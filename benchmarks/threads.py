@@ -9,8 +9,8 @@ process (the shipped tiny models on the generated 2 s, 50-frame clip); frames/s 
 ``processed / wall_s`` of its ``summary.json`` (model loading excluded), with the per-stage
 milliseconds. ``--load`` also starts a competitor for the run's duration: a separate process
 multiplying 256x256 matrices on 2 torch threads (what a training job or another service does to
-a shared machine). Rows are appended to ``results/threads_demo.csv`` with the machine's load
-average before the run.
+a shared machine; it runs with torch's defaults whatever ``--env`` gives the demo). Rows are
+appended to ``results/threads_demo.csv`` with the machine's load average before the run.
 """
 
 from __future__ import annotations
@@ -49,11 +49,11 @@ FIELDS = [
 
 def run_demo(code: Path, threads: str, load: bool, env_extra: dict[str, str]) -> dict[str, object]:
     """One demo run; returns its row (without the label)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    env.update(env_extra)
+    base = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    env = {**base, **env_extra}
     competitor = None
-    if load:
-        competitor = subprocess.Popen([sys.executable, "-c", COMPETITOR], env=env)
+    if load:  # the same competitor for every row: torch's defaults, not the row's extra env
+        competitor = subprocess.Popen([sys.executable, "-c", COMPETITOR], env=base)
         time.sleep(2.0)
     loadavg = os.getloadavg()[0]
     try:

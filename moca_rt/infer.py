@@ -21,8 +21,9 @@ to ``OUT/onnx``.
 
 This module parses the command line and maps errors to exit codes; the job itself (check the
 input, then load the models, then write) is :func:`moca_rt.infer_job.run_infer`. ``--threads``
-sets the CPU threads of the compute (:mod:`moca_rt.threads`: by default half the CPUs, 1 on a
-2-core machine).
+sets the CPU threads of the compute (:mod:`moca_rt.threads`); before torch loads, this module
+sets ``OMP_WAIT_POLICY=PASSIVE`` unless the environment sets it (spinning OpenMP workers made
+the demo 10x slower on a busy machine).
 
 Exit codes:
 
@@ -187,9 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--threads",
         type=int,
-        help="CPU threads of the compute (default: half the CPUs, at most 8, 1 on a 2-core "
-        "machine; MOCA_THREADS overrides the default). More threads than free cores make "
-        "every op wait for descheduled workers.",
+        help="CPU threads of the compute (default: every CPU, at most 8, with OpenMP's idle "
+        "workers sleeping as this command sets them; half the CPUs if OMP_WAIT_POLICY=ACTIVE; "
+        "MOCA_THREADS overrides the default).",
     )
     run.add_argument(
         "--timeout",

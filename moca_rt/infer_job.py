@@ -127,7 +127,7 @@ def run_infer(opts: InferOptions) -> RunSummary | SplitSummary:
 
     previous = torch.get_num_threads()
     threads = configure_threads(opts.threads)
-    how = "--threads" if opts.threads is not None else "the default: half the CPUs, at most 8"
+    how = "--threads" if opts.threads is not None else "the default of moca_rt.threads"
     try:
         return _run(opts, [f"{threads} CPU thread(s) for the compute ({how})"])
     finally:

@@ -376,7 +376,10 @@ def test_thread_policy(monkeypatch: pytest.MonkeyPatch) -> None:
     try:
         monkeypatch.setattr(threads, "available_cpus", lambda: 2)
         monkeypatch.delenv(threads.THREADS_ENV, raising=False)
-        assert threads.default_threads() == 1  # a 2-core machine: leave a core to the decoder
+        monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+        assert threads.default_threads() == 1  # spinning workers: leave a core free
+        monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
+        assert threads.default_threads() == 2  # sleeping workers: every core
         monkeypatch.setattr(threads, "available_cpus", lambda: 64)
         assert threads.default_threads() == 8
         monkeypatch.setenv(threads.THREADS_ENV, "3")
