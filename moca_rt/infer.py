@@ -301,6 +301,7 @@ def options_from_args(args: argparse.Namespace) -> InferOptions:
         progress=not args.no_progress,
         index_split=args.index_split,
         threads=args.threads,
+        demo_seconds=DEMO_SECONDS,  # read at call time: tests shorten the demo here
     )
 
 

@@ -68,6 +68,7 @@ class InferOptions:
     progress: bool = True
     index_split: str | None = None
     threads: int | None = None
+    demo_seconds: float = DEMO_SECONDS
 
 
 def cli_message(error: BaseException | str) -> str:
@@ -92,12 +93,12 @@ def build_settings(opts: InferOptions) -> BuildSettings:
     )
 
 
-def make_demo_clip(out_dir: Path, seed: int = 0) -> Path:
+def make_demo_clip(out_dir: Path, seed: int = 0, seconds: float = DEMO_SECONDS) -> Path:
     """A synthetic-world video (moving objects, sounds switching on and off) as H.264 + AAC mp4."""
     from moca_rt.datasets.synth import SynthWorld
     from moca_rt.datasets.video import write_mp4
 
-    world = SynthWorld(seed, image_size=224, video_seconds=DEMO_SECONDS)
+    world = SynthWorld(seed, image_size=224, video_seconds=seconds)
     scene = world.sample("video", 0)
     return write_mp4(
         out_dir / "demo_input.mp4",
@@ -154,7 +155,7 @@ def _run(opts: InferOptions, notes: list[str]) -> RunSummary | SplitSummary:
         source_spec = opts.source
         if opts.demo and source_spec is None:
             _make_out(out)
-            source_spec = str(make_demo_clip(out, settings.seed))
+            source_spec = str(make_demo_clip(out, settings.seed, opts.demo_seconds))
             notes.append(
                 f"demo: generated {source_spec} from the synthetic world (seed {settings.seed})"
             )

@@ -129,7 +129,7 @@ def test_end_to_end_synthetic_video(
 def test_demo_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(infer_job, "DEMO_SECONDS", 0.2)  # 5 frames; the real demo is 2 s
+    monkeypatch.setattr(infer, "DEMO_SECONDS", 0.2)  # 5 frames; the real demo is 2 s
     out = tmp_path / "demo"
     code, stdout, err = _run(capsys, "--demo", "--out", out, "--no-progress", "--device", "cpu")
     assert code == 0, err
