@@ -250,6 +250,11 @@ def _open_split(
         if given:
             notes.append(f"{flag} ignored: SOURCE is a split of {len(split.videos)} videos")
     where = f"; evaluate with --gt {split.gt_root}" if split.gt_root is not None else ""
+    if split.subset == "avss":
+        where = (
+            "; its ground truth is class labels, the masks are class-agnostic (0/255), so "
+            "evaluate --split avss does not score them"
+        )
     notes.append(f"{split.subset} split at {split.root}: {len(split.videos)} videos{where}")
     return split, {"fps": opts.fps, "allow_silent": opts.allow_silent}
 
