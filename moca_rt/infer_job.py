@@ -147,8 +147,7 @@ def _run(opts: InferOptions, notes: list[str]) -> RunSummary | SplitSummary:
     if opts.reconnect < 0:
         raise ValueError(f"--reconnect must be >= 0, is {opts.reconnect}")
     out = Path(opts.out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out}: expected a folder that can be created, got a file")
+    _check_out(out)
     created = not out.exists()
     source: Any = None
     try:
@@ -216,6 +215,22 @@ def _run(opts: InferOptions, notes: list[str]) -> RunSummary | SplitSummary:
         progress=opts.progress,
         summary=RunSummary(out=str(out), notes=notes, warnings=opened),
     )
+
+
+def _check_out(out: Path) -> None:
+    """InputError unless ``out`` is a folder or can be created (before any model loads)."""
+    import os
+
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: expected a folder that can be created, got a file")
+    base = out
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir() or not os.access(base, os.W_OK | os.X_OK):
+        what = "a file" if base.exists() and not base.is_dir() else "not writable"
+        raise InputError(
+            f"--out {out}: expected a folder that can be created, but {base} is {what}"
+        )
 
 
 def _make_out(out: Path) -> None:

@@ -161,6 +161,17 @@ def test_bad_input_is_reported_before_models_load_and_leaves_nothing(
     assert no_model_load == []  # reported before any model was built
 
 
+def test_out_inside_a_file_is_reported_before_models_load(
+    tmp_path: Path, no_model_load: list[object], capsys: pytest.CaptureFixture[str]
+) -> None:
+    clip = mf.write_video(tmp_path / "c.mp4", num_frames=2, height=32, width=32)
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where a folder should be")
+    code, _, err = _run(capsys, clip, "--out", blocker / "out", *TINY)
+    assert code == 3 and f"but {blocker} is a file" in err
+    assert no_model_load == []
+
+
 def test_truncated_mp4_with_its_index_at_the_end(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
