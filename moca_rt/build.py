@@ -61,8 +61,9 @@ class BuildSettings:
     """What :func:`build_pipeline` builds: resolved settings, from a command line, a file or code.
 
     Attributes:
-        preset: the MoCA size (``MOCA_PRESETS``); None: ``moca_huge`` with ImageBind weights,
-            else ``moca_synth`` (:data:`DEFAULT_PRESET`).
+        preset: the MoCA size (``MOCA_PRESETS``); None: the preset whose ImageBind the
+            ``imagebind`` checkpoint fits (from its keys and shapes; noted), else
+            ``moca_synth`` (:data:`DEFAULT_PRESET`).
         imagebind, adapter, sam: checkpoint files; None with the tiny presets takes the shipped
             trained weights (``moca_rt.shipped``), otherwise seeded random weights (an
             untrained, zero-initialised adapter).
@@ -276,14 +277,18 @@ def _torch_trunk(
     """The torch MocaModel, built from ``settings.seed`` (random parts) and the weights."""
     from moca_rt.modeling.moca import MocaModel
 
-    preset = settings.preset or ("moca_huge" if settings.imagebind else DEFAULT_PRESET)
+    preset = settings.preset or DEFAULT_PRESET
     if settings.preset is None and settings.imagebind is not None:
         fits = imagebind_preset_for(settings.imagebind)
-        if fits is not None and fits != preset:
+        if fits is None:
             raise CheckpointError(
-                f"--imagebind {settings.imagebind}: the checkpoint is the {fits} ImageBind, not "
-                f"{preset}'s (the default with --imagebind); pass --preset {fits}"
+                f"--imagebind {settings.imagebind}: its keys and shapes fit no MoCA preset's "
+                f"ImageBind ({', '.join(sorted(MOCA_PRESETS))}); is it an ImageBind checkpoint?"
             )
+        preset = fits
+        notes.append(
+            f"--preset {fits}: the --imagebind checkpoint's shapes fit this preset's ImageBind"
+        )
     torch.manual_seed(settings.seed)
     if weights.imagebind is None:
         why = (
@@ -357,6 +362,7 @@ def _onnxruntime_trunk(settings: BuildSettings, weights: Weights, notes: list[st
             "(onnxruntime-gpu for the CUDA provider)"
         ) from e
     from moca_rt.engines.moca_units import EngineMocaModel, find_onnx_units
+    from moca_rt.threads import configured_threads
 
     device = torch.device(settings.device)
     if settings.engine_dir is not None:
@@ -384,7 +390,13 @@ def _onnxruntime_trunk(settings: BuildSettings, weights: Weights, notes: list[st
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always", RuntimeWarning)  # the fallback is reported as a note
         try:
-            model = EngineMocaModel.from_onnx(folder, providers, precision=found, device=device)
+            model = EngineMocaModel.from_onnx(
+                folder,
+                providers,
+                precision=found,
+                device=device,
+                intra_op_threads=configured_threads(),  # the process's policy (moca_rt.threads)
+            )
         except ValueError as e:  # InputError too: a file onnxruntime cannot load
             raise InputError(f"--engine-dir {folder}: {e}") from e
     engine = model.audio_engine
@@ -477,7 +489,10 @@ def _sam_model(settings: BuildSettings, weights: Weights, notes: list[str]) -> A
     from moca_rt.modeling.sam import build_sam, load_sam
 
     device = torch.device(settings.device)
+    ignored = f"--sam-preset {settings.sam_preset} ignored"
     if settings.proposals == "none":
+        if settings.sam_preset is not None:
+            notes.append(f"{ignored}: --proposals none runs no SAM")
         return None
     if weights.sam is not None:
         state = read_state_dict(weights.sam)
@@ -487,6 +502,11 @@ def _sam_model(settings: BuildSettings, weights: Weights, notes: list[str]) -> A
         name = settings.sam_preset or RANDOM_SAM_PRESET
         notes.append(f"no --sam checkpoint: SAM ({name}) has seeded random weights")
         return build_sam(SAM_PRESETS[name], device=device).eval()
+    if settings.sam_preset is not None:
+        notes.append(
+            f"{ignored}: no SAM runs without --sam weights (add --proposals grid for a "
+            "seeded random SAM of that size)"
+        )
     return None
 
 

@@ -9,9 +9,12 @@ the file at the same relative path under ``--pred``. AVSBench keeps
 ``gt_masks/test/<category>/<video_id>/<video_id>_<k>.png`` (S4),
 ``gt_masks/test/<video_id>/<video_id>_<k>.png`` (MS3) and ``<uid>/labels_rgb/<k>.png`` (AVSS):
 pass the folder above the videos as ``--gt`` and mirror it under ``--pred`` with the same file
-names (note that AVSBench's own ``save_mask`` numbers frames from 0 while S4/MS3 ground truth
-starts at 1: rename to the ground truth's names). The frames of one folder form one video, in
-natural order of their names (``_2`` before ``_10``). Prediction PNGs that have no ground truth
+names. ``python -m moca_rt.infer`` writes exactly that: masks of a frame folder carry the ground
+truth's names, and a whole split as SOURCE gives ``OUT/masks`` mirroring ``gt_masks``, so
+``--pred OUT/masks --gt <root>/s4_data/gt_masks`` needs no renaming (AVSBench's own
+``save_mask`` numbers frames from 0 while S4/MS3 ground truth starts at 1: rename those).
+The frames of one folder form one video, in natural order of their names (``_2`` before
+``_10``). Prediction PNGs that have no ground truth
 are ignored and counted in ``extra_predictions``.
 
 Masks (S4 / MS3). Ground truth and ``--pred-format binary`` predictions must be binary: pixel
@@ -33,8 +36,12 @@ number of such pixels is reported); a predicted colour outside the palette is an
 Single-channel PNGs (``L``, ``I``, ``I;16``) hold class indices directly.
 
 Aggregation follows AVSBench's test scripts: frames are scored in batches of ``--batch-videos``
-videos (S4/MS3 default 1 = AVSBench's ``test_batch_size``; AVSS default 4), batch mIoU and
-F-score are averaged over batches; AVSS sums per-class statistics over all frames. AVSBench's
+videos, batch mIoU and F-score are averaged over batches; AVSS sums per-class statistics over
+all frames. The default is 4 for every split: the published numbers come from
+``avs_scripts/{avs_s4,avs_ms3,avss}/test.sh``, which all pass ``--test_batch_size 4`` (the
+``test.py`` argument default of 1 is not what they ran). The F-score depends on it: a batch's
+F is computed over the batch's frames pooled, so a fully silent video scores differently alone
+than inside a batch of 4 (0.554 vs 0.628 on one case). AVSBench's
 AVSS loader pads 5-frame videos to 10 frames with all-background ground truth and scores the
 model on black images there; we score only the frames that exist. ``--size WxH`` resizes ground
 truth and predictions with nearest-neighbour first (AVSBench's AVSS test resizes to 224x224).
@@ -72,7 +79,8 @@ PredFormat = Literal["binary", "prob"]
 
 SPLITS: tuple[str, ...] = ("s4", "ms3", "avss")
 PRED_FORMATS: tuple[str, ...] = ("binary", "prob")
-DEFAULT_BATCH_VIDEOS = {"s4": 1, "ms3": 1, "avss": 4}
+# AVSBench's avs_scripts/{avs_s4,avs_ms3,avss}/test.sh: --test_batch_size 4
+DEFAULT_BATCH_VIDEOS = {"s4": 4, "ms3": 4, "avss": 4}
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -177,7 +185,7 @@ def run_evaluate(
         split: ``"s4"`` / ``"ms3"`` (binary masks: mIoU and F-score of ``moca_rt.metrics``)
             or ``"avss"`` (semantic labels: per-class mIoU and F-score).
         pred_format: S4/MS3 only: ``"binary"`` masks or 8-bit ``"prob"`` maps.
-        batch_videos: videos per scoring batch (default 1 for S4/MS3, 4 for AVSS).
+        batch_videos: videos per scoring batch (default 4: AVSBench's test.sh).
         size: ``(W, H)`` to resize every mask to (nearest) before scoring; ``None`` requires
             prediction and ground truth to have the same size.
         num_classes: AVSS classes including background (71).
@@ -428,7 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-videos",
         type=int,
         default=None,
-        help="Videos per scoring batch, as AVSBench's test_batch_size (default 1; AVSS 4).",
+        help="Videos per scoring batch, as AVSBench's --test_batch_size (default 4, what its "
+        "test.sh scripts pass).",
     )
     ap.add_argument(
         "--size",

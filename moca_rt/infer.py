@@ -1,9 +1,17 @@
 """``python -m moca_rt.infer SOURCE``: segment the sounding objects of a video, stream or folder.
 
-Outputs under ``--out``: ``masks/NNNNNN.png`` (one per processed frame, 0/255),
-``records.jsonl`` (one record per input frame: index, pts, dropped, scores, chosen clusters,
-COCO RLE mask, per-stage timings; flushed per record), optionally ``overlay.mp4`` (mask tinted
-over the frames, original audio) and ``summary.json``.
+Outputs under ``--out``: ``masks/*.png`` (one per processed frame, 0/255; ``NNNNNN.png`` by
+frame index, or the ground truth's names for an AVSBench frame folder), ``records.jsonl`` (one
+record per input frame: index, pts, dropped, scores, chosen clusters, COCO RLE mask, its PNG,
+per-stage timings; flushed per record), optionally ``overlay.mp4`` (mask tinted over the frames,
+the original audio; an image or frame folder's wav at 16 kHz) and ``summary.json`` (counts,
+timings, notes, warnings and the error, if any).
+
+SOURCE may also be a whole AVSBench split (S4/MS3/AVSS: its index CSV, the folder holding it,
+or a folder tree of frame folders): every video with one model load, masks at
+``masks/<the ground truth's relative path>``, so ``python -m moca_rt.evaluate --pred OUT/masks
+--gt <the split's gt_masks>`` pairs them unchanged; ``videos/<path>/records.jsonl`` per video;
+a video that fails is recorded in ``summary.json`` and skipped.
 
 ``--engine`` picks what runs the MoCA trunk (ImageBind audio + adapted vision): ``torch`` (the
 default), ``onnxruntime`` or ``tensorrt`` on the exported ``audio`` and ``vision`` units in
@@ -11,40 +19,71 @@ default), ``onnxruntime`` or ``tensorrt`` on the exported ``audio`` and ``vision
 and mask matching stay on torch. ``--demo --engine onnxruntime`` first exports the demo trunk
 to ``OUT/onnx``.
 
-This module parses the command line, runs the source through the pipeline and writes the
-outputs; the pipeline itself is built by :func:`moca_rt.build.build_pipeline` from the
-:class:`~moca_rt.build.BuildSettings` the flags give, and the errors of :mod:`moca_rt.errors`
-become the exit codes below.
+This module parses the command line and maps errors to exit codes; the job itself (check the
+input, then load the models, then write) is :func:`moca_rt.infer_job.run_infer`. ``--threads``
+sets the CPU threads of the compute (:mod:`moca_rt.threads`); before torch loads, this module
+sets ``OMP_WAIT_POLICY=PASSIVE`` unless the environment sets it (spinning OpenMP workers made
+the demo 10x slower on a busy machine).
 
 Exit codes:
 
 * 0  every input frame was processed;
 * 1  the source broke part-way (corrupt or truncated): every decodable frame was processed and
-     written, then the decode error was reported;
+     written, then the decode error was reported (``summary.json``'s ``error``); a split: some
+     videos failed and were skipped, the others are written;
 * 2  bad command line (argparse);
 * 3  the input cannot be used: missing, empty, not a video, no audio stream (see
-     ``--allow-silent``), bad box-prompt file;
+     ``--allow-silent``), bad box-prompt file; reported before the models load, and nothing is
+     left in ``--out``;
 * 4  a checkpoint does not fit the model it was given for (the message names the keys);
 * 5  out of GPU memory (the message suggests a smaller ``--batch``);
+* 6  an unexpected error (a bug: please report it); once outputs exist, ``summary.json``
+     records it;
 * 130 interrupted (Ctrl-C): outputs written so far are flushed and closed.
+
+Notes (what was chosen or ignored) and warnings (what the input lacked and was substituted:
+silence, zero padding, clipped samples) go to stderr and ``summary.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import fields
 from pathlib import Path
-from typing import Any
+
+# Before torch loads OpenMP: idle OpenMP workers sleep instead of spinning on a busy machine
+# (moca_rt.threads, benchmarks/threads.py); OMP_WAIT_POLICY=ACTIVE in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 
 from moca_rt.build import ENGINES, BuildSettings
 from moca_rt.config import MOCA_PRESETS, SAM_PRESETS
 from moca_rt.errors import CheckpointError, InputError, OutOfMemoryError
+from moca_rt.infer_job import (
+    DEMO_SECONDS,
+    InferOptions,
+    InferSummary,
+    build_settings,
+    cli_message,
+    make_demo_clip,
+    run_infer,
+)
 from moca_rt.precision import PRECISIONS
-from moca_rt.runner import RunSummary, segment_source
+from moca_rt.runner import RunSummary, SplitSummary
+
+__all__ = [
+    "DEMO_SECONDS",
+    "InferOptions",
+    "InferSummary",
+    "build_parser",
+    "main",
+    "make_demo_clip",
+    "run_infer",
+]
 
 EXIT_OK = 0
 EXIT_DECODE_ERROR = 1
@@ -52,158 +91,8 @@ EXIT_USAGE = 2
 EXIT_BAD_INPUT = 3
 EXIT_BAD_CHECKPOINT = 4
 EXIT_OUT_OF_MEMORY = 5
+EXIT_INTERNAL = 6
 EXIT_INTERRUPTED = 130
-
-DEMO_SECONDS = 2.0
-
-
-@dataclass
-class InferOptions:
-    """Everything ``run_infer`` needs: the input, how to read it, the outputs, and the settings
-    of the pipeline to build. The CLI flags map one to one onto these fields and the settings'."""
-
-    source: str | None
-    out: Path
-    settings: BuildSettings = field(default_factory=BuildSettings)
-    audio: Path | None = None
-    boxes: Path | None = None
-    fps: float | None = None
-    realtime: bool = False
-    reconnect: int = 0
-    overlay: bool = False
-    allow_silent: bool = False
-    demo: bool = False
-    progress: bool = True
-
-
-InferSummary = RunSummary  # the summary of one infer run (the name of earlier releases)
-
-
-def build_settings(opts: InferOptions) -> BuildSettings:
-    """The settings to build for ``opts``: with ``--demo``, the embedded demo models (a seeded
-    random SAM even for ``--proposals auto``, so every stage runs) and, for ``--engine
-    onnxruntime`` without ``--engine-dir``, the demo trunk exported to ``OUT/onnx``."""
-    settings = opts.settings
-    if not opts.demo:
-        return settings
-    return replace(
-        settings,
-        proposals="grid" if settings.proposals == "auto" else settings.proposals,
-        export_dir=settings.export_dir or Path(opts.out) / "onnx",
-    )
-
-
-def make_demo_clip(out_dir: Path, seed: int = 0) -> Path:
-    """A synthetic-world video (moving objects, sounds switching on and off) as H.264 + AAC mp4."""
-    from moca_rt.datasets.synth import SynthWorld
-    from moca_rt.datasets.video import write_mp4
-
-    world = SynthWorld(seed, image_size=224, video_seconds=DEMO_SECONDS)
-    scene = world.sample("video", 0)
-    return write_mp4(
-        out_dir / "demo_input.mp4",
-        scene.frames,
-        scene.audio,
-        fps=25.0,
-        sample_rate=scene.sample_rate,
-    )
-
-
-def run_infer(opts: InferOptions) -> InferSummary:
-    """Run the whole job; raises on unusable input or checkpoints, returns the summary.
-
-    A decode error part-way is not raised: it is stored in ``summary.error`` after every
-    decodable frame was written. KeyboardInterrupt closes the outputs and sets
-    ``summary.interrupted``.
-
-    Raises:
-        InputError, CheckpointError, OutOfMemoryError (:mod:`moca_rt.errors`),
-        FileNotFoundError: a checkpoint path that does not exist.
-    """
-    from moca_rt.build import build_pipeline
-    from moca_rt.media import NoAudioStreamError, open_source
-    from moca_rt.proposals import load_box_prompts
-
-    settings = build_settings(opts)
-    if settings.batch < 1:
-        raise ValueError(f"--batch must be >= 1, is {settings.batch}")
-    if opts.reconnect < 0:
-        raise ValueError(f"--reconnect must be >= 0, is {opts.reconnect}")
-    out = Path(opts.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise InputError(f"--out {out}: expected a folder that can be created, got {e}") from e
-    summary = InferSummary(out=str(out))
-    notes = summary.notes
-    source_spec = opts.source
-    if opts.demo and source_spec is None:
-        source_spec = str(make_demo_clip(out, settings.seed))
-        notes.append(
-            f"demo: generated {source_spec} from the synthetic world (seed {settings.seed})"
-        )
-    if source_spec is None:
-        raise InputError("no SOURCE given (or use --demo)")
-    box_prompts = None
-    if opts.boxes is not None:
-        try:
-            box_prompts = load_box_prompts(opts.boxes)
-        except (OSError, ValueError) as e:
-            raise InputError(f"--boxes {opts.boxes}: {e}") from e
-    if settings.proposals == "boxes" and box_prompts is None:
-        raise InputError("--proposals boxes needs --boxes FILE.json")
-    built = build_pipeline(settings)
-    notes.extend(built.notes)
-
-    source_opts, source_notes = _source_options(source_spec, opts)
-    notes.extend(source_notes)
-    try:
-        source = open_source(source_spec, **source_opts)
-    except NoAudioStreamError as e:
-        raise InputError(f"{e} (on the command line: --allow-silent)") from e
-
-    return segment_source(
-        built.pipeline,
-        source,
-        out,
-        batch=settings.batch,
-        box_prompts=box_prompts,
-        overlay=opts.overlay,
-        progress=opts.progress,
-        summary=summary,
-    )
-
-
-def _source_options(spec: str, opts: InferOptions) -> tuple[dict[str, Any], list[str]]:
-    """The ``open_source`` options for this kind of source, and notes on the flags that do not
-    apply to it and are ignored (``--audio`` with a video or stream is an input error)."""
-    from moca_rt.media import source_kind
-
-    kind = source_kind(spec)
-    source_opts: dict[str, Any] = {"fps": opts.fps, "allow_silent": opts.allow_silent}
-    notes: list[str] = []
-    if kind in ("stream", "file"):
-        if opts.audio is not None:
-            raise InputError(
-                f"--audio {opts.audio}: expected an image or a frame folder as "
-                f"SOURCE, got a video or stream ({spec}) that carries its own audio"
-            )
-        if opts.realtime:
-            source_opts["realtime"] = True
-        if opts.overlay:
-            source_opts["keep_raw_audio"] = True
-        if opts.reconnect and kind == "stream":
-            source_opts["reconnect"] = opts.reconnect
-        elif opts.reconnect:
-            notes.append(f"--reconnect ignored: {spec} is a file, not a live stream")
-    else:
-        if opts.reconnect:
-            notes.append("--reconnect ignored: an image or frame folder is not a live source")
-        if opts.audio is not None:
-            source_opts["audio"] = str(opts.audio)
-        if opts.realtime:
-            notes.append("--realtime ignored: an image or frame folder is not a live source")
-    return source_opts, notes
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -211,17 +100,26 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m moca_rt.infer",
         description="Segment the objects that make the sound in a video file, a live stream "
         "(http, rtsp, udp MPEG-TS), an AVSBench frame folder, or an image with a wav file.",
-        epilog="Exit codes: 0 ok; 1 the source broke part-way (outputs kept); 2 bad arguments; "
-        "3 unusable input; 4 checkpoint does not fit; 5 out of GPU memory; 130 interrupted.",
+        epilog="Exit codes: 0 ok; 1 the source broke part-way (outputs kept) or videos of a "
+        "split failed; 2 bad arguments; 3 unusable input; 4 checkpoint does not fit; 5 out of "
+        "GPU memory; 6 unexpected error (a bug); 130 interrupted.",
     )
     p.add_argument(
-        "source", nargs="?", help="The input: a file path, URL, AVSBench frame folder or image."
+        "source",
+        nargs="?",
+        help="The input: a file path, URL, AVSBench frame folder, image, or a whole AVSBench "
+        "split (its index CSV or folder tree).",
     )
     p.add_argument(
         "--audio", type=Path, help="The wav file that goes with an image or frame folder."
     )
     p.add_argument(
         "--out", type=Path, default=Path("moca_out"), help="The output folder (created if needed)."
+    )
+    p.add_argument(
+        "--index-split",
+        choices=("train", "val", "test"),
+        help="With an AVSBench index as SOURCE: only the videos of this split (default: all).",
     )
     p.add_argument(
         "--demo",
@@ -233,14 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument(
         "--preset",
         choices=sorted(MOCA_PRESETS),
-        help="The MoCA model size; defaults to moca_huge with --imagebind, "
-        "else the tiny moca_synth.",
+        help="The MoCA model size; defaults to the one the --imagebind checkpoint fits "
+        "(read from its shapes), else the tiny moca_synth.",
     )
     models.add_argument(
         "--imagebind",
         type=Path,
-        help="The official imagebind_huge.pth checkpoint "
-        "(a tiny imagebind_synth file needs --preset moca_synth).",
+        help="An ImageBind checkpoint (the official imagebind_huge.pth, or a tiny one).",
     )
     models.add_argument("--adapter", type=Path, help="Trained AdaAV weights (.safetensors or .pt).")
     models.add_argument(
@@ -289,6 +186,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--batch", type=int, default=1, help="The number of frames per model call.")
     run.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads of the compute (default: every CPU, at most 8, with OpenMP's idle "
+        "workers sleeping as this command sets them; half the CPUs if OMP_WAIT_POLICY=ACTIVE; "
+        "MOCA_THREADS overrides the default).",
+    )
+    run.add_argument(
+        "--timeout",
+        type=float,
+        help="Network sources: seconds to wait for the connection and for data before the "
+        "stream counts as unreachable or ended (default 15 s to connect, 5 s between packets).",
+    )
+    run.add_argument(
         "--fps",
         type=float,
         help="Process this many frames per second of video (others are skipped).",
@@ -309,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--overlay",
         action="store_true",
-        help="Also write overlay.mp4 with the masks and the original audio.",
+        help="Also write overlay.mp4 with the masks and the original audio (an image or "
+        "frame folder's wav, at 16 kHz).",
     )
     run.add_argument(
         "--allow-silent",
@@ -383,10 +294,14 @@ def options_from_args(args: argparse.Namespace) -> InferOptions:
         fps=args.fps,
         realtime=args.realtime,
         reconnect=args.reconnect,
+        timeout=args.timeout,
         overlay=args.overlay,
         allow_silent=args.allow_silent,
         demo=args.demo,
         progress=not args.no_progress,
+        index_split=args.index_split,
+        threads=args.threads,
+        demo_seconds=DEMO_SECONDS,  # read at call time: tests shorten the demo here
     )
 
 
@@ -397,6 +312,8 @@ def _usage_problem(opts: InferOptions) -> str | None:
         return f"--reconnect: expected >= 0, got {opts.reconnect}"
     if opts.fps is not None and not opts.fps > 0:
         return f"--fps: expected > 0, got {opts.fps}"
+    if opts.timeout is not None and not opts.timeout > 0:
+        return f"--timeout: expected > 0 seconds, got {opts.timeout}"
     problem = settings.usage_problem()
     if problem is not None:
         return problem
@@ -408,22 +325,28 @@ def _usage_problem(opts: InferOptions) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from moca_rt.threads import default_threads
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.source is None and not args.demo:
         parser.error("SOURCE is required unless --demo is given")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads: expected >= 1, got {args.threads}")
     opts = options_from_args(args)
     usage = _usage_problem(opts)
     if usage is not None:
         parser.error(usage)
     try:
+        default_threads()
+    except ValueError as e:  # a bad MOCA_THREADS
+        parser.error(str(e))
+    try:
         summary = run_infer(opts)
     except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_CHECKPOINT
+        return _fail(e, EXIT_BAD_CHECKPOINT)
     except (InputError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return _fail(e, EXIT_BAD_INPUT)
     except OutOfMemoryError as e:
         print(
             f"error: out of GPU memory with --batch {opts.settings.batch} ({e}); try a smaller "
@@ -434,20 +357,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as e:  # a bug: one line, not a traceback (summary.json records it)
+        return _fail(f"unexpected {type(e).__name__}: {e} (please report this)", EXIT_INTERNAL)
+    return _report(summary)
+
+
+def _fail(error: BaseException | str, code: int) -> int:
+    print(f"error: {cli_message(error)}", file=sys.stderr)
+    return code
+
+
+def _report(summary: RunSummary | SplitSummary) -> int:
+    """Print the notes, warnings and timings of a finished run; return its exit code."""
     for note in summary.notes:
         print(f"note: {note}", file=sys.stderr)
+    for warning in summary.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     print(summary.timing_table())
     print(f"outputs in {summary.out}")
     if summary.interrupted:
         print("interrupted: outputs so far are written", file=sys.stderr)
         return EXIT_INTERRUPTED
-    if summary.error is not None:
+    if summary.error is None:
+        return EXIT_OK
+    if isinstance(summary, SplitSummary):
+        print(
+            f"error: {cli_message(summary.error)} (see {summary.out}/summary.json)",
+            file=sys.stderr,
+        )
+    else:
         print(
             f"error: the source broke after {summary.frames} frames: {summary.error}",
             file=sys.stderr,
         )
-        return EXIT_DECODE_ERROR
-    return EXIT_OK
+    return EXIT_DECODE_ERROR
 
 
 if __name__ == "__main__":

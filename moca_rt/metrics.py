@@ -50,10 +50,11 @@ the mask itself. The batch F-score is the larger of the two frame-averaged value
 all-background prediction scores ``mean(1.3 g / (0.3 g + 1))`` with g = |G| / HW.
 
 Aggregation (``test.py`` + ``AverageMeter``): the test loader yields ``test_batch_size`` videos
-(default 1) of 5 frames; the batch is flattened to ``N = videos * 5`` frames. The batch mIoU
-(a float32 tensor) and the batch F-score (a Python float) are each added to an AverageMeter;
-the reported numbers are sum / number of batches: the mIoU sum is accumulated as a float32
-tensor, the F sum as a Python float (float64). ``ObjectMetricMeter`` does the same.
+of 5 frames (4 in AVSBench's ``test.sh`` scripts, which produced the published numbers; 1 is
+only ``test.py``'s argument default); the batch is flattened to ``N = videos * 5`` frames.
+The batch mIoU (a float32 tensor) and the batch F-score (a Python float) are each added to an
+AverageMeter; the reported numbers are sum / number of batches: the mIoU sum is accumulated as a
+float32 tensor, the F sum as a Python float (float64). ``ObjectMetricMeter`` does the same.
 
 Semantic (AVSS) metrics
 -----------------------
@@ -397,8 +398,8 @@ class ObjectScores:
 class ObjectMetricMeter:
     """Accumulates batch mIoU and F-score like AVSBench ``test.py`` with its AverageMeter.
 
-    Call ``add_batch`` once per loader batch (AVSBench: one video of 5 frames with the default
-    ``test_batch_size=1``). mIoU batch values are summed as a float32 tensor, F-scores as Python
+    Call ``add_batch`` once per loader batch (AVSBench's ``test.sh``: ``--test_batch_size 4``,
+    i.e. 4 videos of 5 frames). mIoU batch values are summed as a float32 tensor, F-scores as Python
     floats; ``result`` divides both by the number of batches.
     """
 

@@ -82,15 +82,26 @@ class MaskPngWriter:
     Args:
         out_dir: folder to create/fill.
         name_format: file name pattern, formatted with ``index`` (default ``{index:06d}.png``).
+        names: the file name of each frame index (e.g. the AVSBench ground-truth names of a
+            frame folder, so ``moca_rt.evaluate`` pairs them as they are); indices past its
+            end use ``name_format``.
     """
 
-    def __init__(self, out_dir: str | Path, name_format: str = "{index:06d}.png") -> None:
+    def __init__(
+        self,
+        out_dir: str | Path,
+        name_format: str = "{index:06d}.png",
+        names: Sequence[str] | None = None,
+    ) -> None:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.name_format = name_format
+        self.names = list(names) if names is not None else []
         self.written = 0
 
     def path_for(self, index: int) -> Path:
+        if 0 <= index < len(self.names):
+            return self.out_dir / self.names[index]
         return self.out_dir / self.name_format.format(index=index)
 
     def write(self, index: int, mask: np.ndarray) -> Path:
@@ -191,17 +202,22 @@ class JsonlWriter:
         self.write(record)
         return record
 
-    def write_result(self, frame: MediaFrame, result: FrameResult | None) -> dict[str, Any]:
+    def write_result(
+        self, frame: MediaFrame, result: FrameResult | None, mask_file: str | None = None
+    ) -> dict[str, Any]:
         """Write the record of a source record and the pipeline's result for it; return it.
 
         A dropped record (``result`` None) has ``dropped: true`` and null scores, clusters, mask
         and timings. A processed one has those of :meth:`write_frame`, then the result's
-        :data:`RESULT_FIELDS`, ``fallback`` (no proposal matched: the coarse cluster mask) and
-        ``audio_missing``.
+        :data:`RESULT_FIELDS`, ``fallback`` (no proposal matched: the coarse cluster mask),
+        ``audio_missing`` and, when given, ``mask_file`` (the mask PNG, relative to the
+        record file's folder).
         """
         if result is None:
             return self.write_frame(frame.index, frame.pts, None, dropped=True)
-        extra = {name: getattr(result, name) for name in RESULT_FIELDS}
+        extra: dict[str, Any] = {name: getattr(result, name) for name in RESULT_FIELDS}
+        if mask_file is not None:
+            extra["mask_file"] = mask_file
         return self.write_frame(
             frame.index,
             frame.pts,

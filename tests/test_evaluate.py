@@ -88,7 +88,8 @@ def test_collect_pairs_groups_videos_in_natural_order(tmp_path: Path) -> None:
 
 def test_oracle_predictor(s4_gt: Path, tmp_path: Path) -> None:
     pred = write_preds(tmp_path / "pred", lambda rel, a: a)
-    res = run_evaluate(pred, s4_gt, "s4", json_out=tmp_path / "out" / "r.json")
+    # one video per batch, so the arithmetic below is per video (the default batches 4)
+    res = run_evaluate(pred, s4_gt, "s4", batch_videos=1, json_out=tmp_path / "out" / "r.json")
     # every frame has union >= 2 or empty GT of 16 px, so every IoU is exactly 1
     assert res["miou"] == 1.0
     # per-video F: vidA 1, vidB 1 (the empty frame is skipped), vidC has no non-empty
@@ -104,7 +105,7 @@ def test_oracle_predictor(s4_gt: Path, tmp_path: Path) -> None:
 
 def test_trivial_background_predictor(s4_gt: Path, tmp_path: Path) -> None:
     pred = write_preds(tmp_path / "pred", lambda rel, a: np.zeros_like(a))
-    res = run_evaluate(pred, s4_gt, "s4")
+    res = run_evaluate(pred, s4_gt, "s4", batch_videos=1)
     # IoU: vidA 0, 0 -> 0; vidB 0 and 1 (empty GT, empty pred) -> 1/2; vidC 1, 1 -> 1
     assert res["miou"] == pytest.approx((0 + 0.5 + 1) / 3, abs=1e-7)
     # F: only threshold 0 scores (all 16 px predicted): g = 4/16 in every non-empty frame

@@ -25,7 +25,7 @@ import torch
 from conftest import requires_cuda
 from PIL import Image
 
-from moca_rt import infer
+from moca_rt import infer, infer_job
 from moca_rt.sinks import decode_rle, read_jsonl
 
 TINY = ["--preset", "moca_test", "--proposals", "none", "--no-progress", "--device", "cpu"]
@@ -48,7 +48,8 @@ def _check_records_match_pngs(out: Path) -> list[dict]:
         if rec["dropped"]:
             assert rec["mask"] is None
             continue
-        png = np.asarray(Image.open(out / "masks" / f"{rec['index']:06d}.png"))
+        assert rec["mask_file"] == f"masks/{rec['index']:06d}.png"
+        png = np.asarray(Image.open(out / rec["mask_file"]))
         assert np.array_equal(decode_rle(rec) * 255, png), f"frame {rec['index']}"
     return records
 
@@ -254,10 +255,15 @@ def test_video_without_audio(
     mute = mf.write_video(media / "mute.mp4", num_frames=5, height=48, width=64, audio_rate=None)
     code, _, err = _run(capsys, mute, "--out", tmp_path / "a", *TINY)
     assert code == 3
-    assert "no audio stream" in err and "--allow-silent" in err
+    assert "no audio stream" in err and "pass --allow-silent" in err
+    assert "allow_silent=True" not in err and not (tmp_path / "a").exists()
     out = tmp_path / "b"
     code, _, err = _run(capsys, mute, "--out", out, *TINY, "--allow-silent")
     assert code == 0, err
+    # the substitution is said (issue 10, item 2), on stderr and in the summary
+    assert f"warning: {mute} has no audio stream: every frame is scored against silence" in err
+    warned = json.loads((out / "summary.json").read_text())["warnings"]
+    assert any("no audio stream" in w for w in warned)
     records = _check_records_match_pngs(out)
     assert len(records) == 5
     for rec in records:
@@ -319,9 +325,11 @@ def test_nonfinite_audio_samples(tmp_path: Path, capsys: pytest.CaptureFixture[s
     image = tmp_path / "frame.png"
     Image.fromarray(mf.make_frame(0, 40, 56)).save(image)
     out = tmp_path / "out"
-    with pytest.warns(RuntimeWarning, match="NaN/inf"):
-        code, _, err = _run(capsys, image, "--audio", wav, "--out", out, *TINY)
+    code, _, err = _run(capsys, image, "--audio", wav, "--out", out, *TINY)
     assert code == 0, err
+    # one line, no source line of the library (issue 10, item 3), and recorded in the summary
+    assert "warning: decoded audio holds NaN/inf samples" in err and "audio.py" not in err
+    assert any("NaN/inf" in w for w in json.loads((out / "summary.json").read_text())["warnings"])
     (rec,) = _check_records_match_pngs(out)
     assert rec["mask"]["size"] == [40, 56] and not rec["silent"]
     assert np.isfinite(rec["level_dbfs"]) and all(np.isfinite(rec["scores"]))
@@ -399,8 +407,9 @@ def test_tiny_imagebind_without_preset_names_the_preset(
         "--imagebind",
         tiny,
     )
-    assert code == infer.EXIT_BAD_CHECKPOINT, err
-    assert "pass --preset moca_synth" in err and "missing keys" not in err
+    # the preset is read from the checkpoint's shapes and said (issue 10, item 7)
+    assert code == 0, err
+    assert "note: --preset moca_synth: the --imagebind checkpoint's shapes fit" in err
     code, _, err = _run(
         capsys,
         clip,
@@ -503,11 +512,11 @@ def test_bad_command_line(
 
 def test_reconnect_is_for_live_streams(clip: Path, tmp_path: Path) -> None:
     opts = infer.InferOptions(source=str(clip), out=tmp_path, reconnect=2)
-    source_opts, notes = infer._source_options(str(clip), opts)
+    source_opts, notes = infer_job.source_options(str(clip), opts)
     assert "reconnect" not in source_opts
     assert notes == [f"--reconnect ignored: {clip} is a file, not a live stream"]
     live = infer.InferOptions(source="udp://127.0.0.1:5000", out=tmp_path, reconnect=2)
-    source_opts, notes = infer._source_options("udp://127.0.0.1:5000", live)
+    source_opts, notes = infer_job.source_options("udp://127.0.0.1:5000", live)
     assert source_opts["reconnect"] == 2 and notes == []
 
 

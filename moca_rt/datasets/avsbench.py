@@ -455,3 +455,142 @@ def add_scene(writer: AvsbenchWriter, scene: object, video_id: str) -> list[Path
         labels=scene.labels,
         category=category,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# a whole split as inference input: its videos, and where their ground truth lies
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AvsVideo:
+    """One video of a split to segment: its frame folder and wav, and where its masks go.
+
+    ``mask_dir`` is the video's ground-truth folder relative to the split's ground-truth root
+    (``AvsSplit.gt_root``), POSIX style; ``mask_names`` the ground-truth file name of each
+    frame (AVSBench names: S4 ``<vid>_<k>.png``, MS3 ``<vid>_<k>.png``, AVSS ``<i>.png``), so
+    masks written at ``OUT/masks/<mask_dir>/<name>`` mirror the ground truth file for file.
+    """
+
+    video_id: str
+    frames_dir: Path
+    audio: Path | None
+    mask_dir: str
+    frames: tuple[Path, ...]
+    mask_names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class AvsSplit:
+    """The videos of an AVSBench split root (the CSV index) or of a folder tree of videos.
+
+    ``subset``: ``"s4"``, ``"ms3"``, ``"avss"`` or ``"tree"`` (folders of frames without an
+    index: every folder holding images is a video, its masks mirror the tree under the root);
+    ``gt_root``: the folder that ``moca_rt.evaluate --gt`` takes (None for a tree).
+    """
+
+    root: Path
+    subset: str
+    gt_root: Path | None
+    videos: tuple[AvsVideo, ...]
+
+
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+def _frame_files(folder: Path) -> list[Path]:
+    from moca_rt.frame_files import natural_key
+
+    if not folder.is_dir():
+        return []
+    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES]
+    return sorted(files, key=lambda p: natural_key(p.stem))
+
+
+def _gt_name(frame: Path) -> str:
+    return frame.stem.replace(".mp4_", "_") + ".png"
+
+
+def is_split_root(path: str | Path) -> bool:
+    """Whether ``path`` is a split to segment video by video: an index CSV of S4/MS3/AVSS, a
+    folder holding one, or a folder without images of its own whose sub-folders hold them."""
+    path = Path(path)
+    if path.is_file():
+        return path.name in _CSV_NAME.values()
+    if not path.is_dir():
+        return False
+    if any((path / name).is_file() for name in _CSV_NAME.values()):
+        return True
+    if _frame_files(path):
+        return False
+    return any(_frame_files(d) for d in path.rglob("*") if d.is_dir())
+
+
+def split_videos(path: str | Path, split: str | None = None) -> AvsSplit:
+    """The videos of the split at ``path`` (see :func:`is_split_root`), in index order.
+
+    With an index, ``split`` keeps the rows of one split (``train``/``val``/``test``). A video
+    whose frame folder is missing or empty is still listed (with no frames): segmenting it
+    fails, and the caller records that and goes on.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist. ValueError: it is not a split root.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    root = path.parent if path.is_file() else path
+    subset = next((s for s in SUBSETS if (root / _CSV_NAME[s]).is_file()), None)
+    if path.is_file():
+        subset = next((s for s in SUBSETS if _CSV_NAME[s] == path.name), None)
+    if subset is None:
+        return _tree_split(path)
+    dataset = AvsbenchDataset(root, subset, split)
+    videos = []
+    for row in dataset.rows:
+        frame_paths, audio, _ = _paths(root, subset, row.video_id, row.split, row.category, 1)
+        frames_dir = frame_paths[0].parent
+        if subset == "s4":
+            mask_dir = f"{row.split}/{row.category}/{row.video_id}"
+        elif subset == "ms3":
+            mask_dir = f"{row.split}/{row.video_id}"
+        else:
+            mask_dir = f"{row.category}/{row.video_id}/labels_rgb"
+        frames = _frame_files(frames_dir)
+        videos.append(
+            AvsVideo(
+                video_id=row.video_id,
+                frames_dir=frames_dir,
+                audio=audio if audio.is_file() else None,
+                mask_dir=mask_dir,
+                frames=tuple(frames),
+                mask_names=tuple(_gt_name(p) for p in frames),
+            )
+        )
+    gt_root = root if subset == "avss" else root / f"{subset}_data" / "gt_masks"
+    return AvsSplit(root, subset, gt_root, tuple(videos))
+
+
+def _tree_split(root: Path) -> AvsSplit:
+    from moca_rt.frame_files import natural_key
+
+    folders = sorted(
+        (d for d in root.rglob("*") if d.is_dir() and _frame_files(d)),
+        key=lambda d: natural_key(d.relative_to(root).as_posix()),
+    )
+    if not folders:
+        raise ValueError(f"{root}: expected an AVSBench index CSV or folders of frames, got none")
+    videos = []
+    for folder in folders:
+        frames = _frame_files(folder)
+        videos.append(
+            AvsVideo(
+                video_id=folder.name,
+                frames_dir=folder,
+                audio=None,
+                mask_dir=folder.relative_to(root).as_posix(),
+                frames=tuple(frames),
+                mask_names=tuple(_gt_name(p) for p in frames),
+            )
+        )
+    return AvsSplit(root, "tree", None, tuple(videos))

@@ -18,6 +18,11 @@ from moca_rt.config import SAMPLE_RATE
 from moca_rt.errors import MediaNotFoundError, MediaOpenError, NoAudioStreamError
 from moca_rt.media.types import AudioResamplerName, ChannelMix, SourceStats
 
+# Decoded samples are in [-1, 1] (full scale); codecs overshoot a little (AAC: rarely past 2).
+# Beyond this bound a float file holds garbage (up to 3.4e38), which would overflow the float32
+# sums of the audio preprocessing to inf: such samples are clipped to it, with a warning.
+SAMPLE_LIMIT = 8.0
+
 # --------------------------------------------------------------------------------------------
 # audio: decoded frames -> mono mix, 16 kHz, presentation-time ring buffer
 # --------------------------------------------------------------------------------------------
@@ -232,6 +237,7 @@ class _AudioAssembler:
         self.seg_in = 0
         self.finished = False
         self._warned_nonfinite = False
+        self._warned_clipped = False
 
     @property
     def covered_until(self) -> float:
@@ -263,6 +269,7 @@ class _AudioAssembler:
                     RuntimeWarning,
                     stacklevel=2,
                 )
+        samples = self._clip_garbage(samples)
         if samples.shape[0] > 1 and self.mix == "mean":
             mono = samples.mean(axis=0, dtype=np.float32)
         else:
@@ -284,6 +291,24 @@ class _AudioAssembler:
         assert self.stream is not None
         self.seg_in += len(mono)
         self._emit(self._push_stream(mono))
+
+    def _clip_garbage(self, samples: np.ndarray) -> np.ndarray:
+        """Clip finite samples beyond :data:`SAMPLE_LIMIT` (float garbage) and count them."""
+        over = np.abs(samples) > SAMPLE_LIMIT
+        if not over.any():
+            return samples
+        self.stats.clipped_samples += int(over.sum())
+        peak = float(np.abs(samples).max())
+        if not self._warned_clipped:
+            self._warned_clipped = True
+            warnings.warn(
+                f"decoded audio holds samples up to {peak:.3g} times full scale (not audio: "
+                f"a broken float file?); they are clipped to +-{SAMPLE_LIMIT:g} "
+                "(see SourceStats.clipped_samples)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return np.clip(samples, -SAMPLE_LIMIT, SAMPLE_LIMIT)
 
     def _push_stream(self, x: np.ndarray) -> np.ndarray:
         assert self.stream is not None

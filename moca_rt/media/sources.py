@@ -115,7 +115,10 @@ class MediaSource:
     iteration unless ``raise_on_error=False``); ``stats`` holds counters; ``ended_by_timeout``
     says a live stream ended because no data arrived within its timeout; ``reconnect_log`` says
     when and why connections ended and were reopened (empty unless the source reconnects);
-    :meth:`tail_audio` holds the original audio decoded after the last record.
+    :meth:`tail_audio` holds the original audio decoded after the last record. ``notes`` says
+    what the source substituted without failing (silence for a missing audio stream);
+    ``mask_names`` (frame folders) gives, per frame index, the file name of the frame's
+    ground-truth mask in the AVSBench layout (None: masks are named by index).
     """
 
     def __init__(
@@ -148,6 +151,8 @@ class MediaSource:
         self.audio_sample_rate: int | None = None
         self.audio_channels = 0
         self.reconnect_log: list[str] = []
+        self.notes: list[str] = []
+        self.mask_names: list[str] | None = None
         self._iterated = False
         self._slot = -1
         self._t_first: float | None = None
@@ -292,7 +297,8 @@ class ContainerSource(MediaSource):
         try:
             self._container = av.open(self.spec, **open_kwargs)
         except av.error.FFmpegError as e:
-            raise MediaOpenError(f"cannot open {self.spec}: {e}") from e
+            hint = open_failure_hint(self.spec, timeout)
+            raise MediaOpenError(f"cannot open {self.spec}: {hint}{e}") from e
         try:
             self._setup_streams()
         except BaseException:
@@ -300,10 +306,11 @@ class ContainerSource(MediaSource):
             raise
         self._stop = threading.Event()
         self._channel = _FrameChannel(queue_size, self.realtime, self.stats)
+        # Decoding starts with the iteration, so a source can be opened (and checked) before
+        # slow work such as loading models without its frames piling up meanwhile.
         self._thread = threading.Thread(
             target=self._decode_loop, name="moca-media-decoder", daemon=True
         )
-        self._thread.start()
 
     def _setup_streams(self) -> None:
         c = self._container
@@ -324,6 +331,11 @@ class ContainerSource(MediaSource):
                 "pass allow_silent=True to treat it as silence"
             )
         self.has_audio = self._audio is not None
+        if self._audio is None:
+            self.notes.append(
+                f"{self.spec} has no audio stream: every frame is scored against silence, "
+                "so every mask is empty"
+            )
         if self._audio is not None:
             self.audio_sample_rate = self._audio.codec_context.sample_rate or None
             self.audio_channels = self._audio.codec_context.channels
@@ -481,6 +493,8 @@ class ContainerSource(MediaSource):
     # ---- consumer side ----
 
     def _frames(self) -> Iterator[MediaFrame]:
+        if not self._thread.is_alive() and self._thread.ident is None and not self._stop.is_set():
+            self._thread.start()
         last = time.monotonic()
         while True:
             item = self._channel.get(timeout=0.1)
@@ -546,6 +560,81 @@ def mpegts_cut_packet(path: Path) -> str | None:
     return None
 
 
+def mp4_problem(path: Path) -> str | None:
+    """Why the ISO-BMFF (mp4/mov) file at ``path`` cannot be read, from its top-level boxes, or
+    None (not an mp4, or nothing wrong with its boxes).
+
+    An mp4 is a sequence of boxes (4-byte big-endian size, 4-byte type); its index (``moov``)
+    is often written last, so a download or recording cut short has none.
+    """
+    size = path.stat().st_size
+    boxes: list[str] = []
+    with path.open("rb") as fh:
+        pos = 0
+        while pos + 8 <= size:
+            fh.seek(pos)
+            head = fh.read(16)
+            length, kind = int.from_bytes(head[:4], "big"), head[4:8]
+            if not kind.isascii() or not kind.decode("ascii").isprintable():
+                break
+            if length == 1 and len(head) >= 16:
+                length = int.from_bytes(head[8:16], "big")
+            elif length == 0:
+                length = size - pos
+            if length < 8:
+                break
+            name = kind.decode("ascii")
+            boxes.append(name)
+            if pos + length > size:
+                if not boxes or boxes[0] != "ftyp":
+                    return None
+                return (
+                    f"truncated: the file ends {size - pos} bytes into its {length}-byte "
+                    f"'{name}' box" + ("" if "moov" in boxes else " and has no 'moov' index box")
+                )
+            pos += length
+    if not boxes or boxes[0] != "ftyp":
+        return None
+    if "moov" not in boxes:
+        return (
+            "no 'moov' index box: likely truncated (an mp4 written with its index at the end "
+            "and cut before it) or not a complete mp4"
+        )
+    return None
+
+
+def open_failure_hint(spec: str, timeout: float) -> str:
+    """What an FFmpeg open failure of ``spec`` likely means, as ``"reason; "`` or ""."""
+    import socket
+    from urllib.parse import urlsplit
+
+    scheme = url_scheme(spec)
+    if scheme in NETWORK_SCHEMES:
+        if scheme in ("udp", "rtp"):
+            return f"no stream data arrived within {timeout:g} s (nothing sends to it?); "
+        parts = urlsplit(spec)
+        default_port = {"rtsp": 554, "rtsps": 322, "rtmp": 1935, "rtmps": 443, "http": 80}
+        port = parts.port or default_port.get(scheme, 443)
+        host = parts.hostname or ""
+        try:
+            with socket.create_connection((host, port), timeout=min(timeout, 5.0)):
+                return ""
+        except socket.gaierror:
+            return f"unknown host {host!r}; "
+        except ConnectionRefusedError:
+            return f"nothing listens on {host}:{port} (connection refused); "
+        except TimeoutError:
+            return f"{host}:{port} does not answer within {min(timeout, 5.0):g} s; "
+        except OSError as e:
+            return f"{host}:{port} cannot be reached ({e.strerror or e}); "
+    path = Path(spec)
+    if path.is_file():
+        problem = mp4_problem(path)
+        if problem is not None:
+            return f"{problem}; "
+    return ""
+
+
 def url_scheme(spec: str) -> str:
     """The lower-case scheme of a URL (``"udp"`` for ``udp://...``); "" for a plain path."""
     m = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://", spec)
@@ -606,6 +695,7 @@ class ImageSequenceSource(MediaSource):
         if audio is not None:
             self.ring = load_audio_16k(audio, resampler, self.stats, mix)
             self.has_audio = True
+            self.audio_sample_rate, self.audio_channels = SAMPLE_RATE, 1
         elif not allow_silent:
             raise NoAudioStreamError(
                 f"{spec}: no audio file; pass allow_silent=True to treat it as silence"
@@ -628,6 +718,14 @@ class ImageSequenceSource(MediaSource):
             yield MediaFrame(
                 index=index, pts=t, image=image, audio=audio, audio_missing=self.ring is None
             )
+
+    def tail_audio(self) -> list[AudioChunk]:
+        """The whole audio file as one 16 kHz mono chunk (what an overlay video carries)."""
+        ring = self.ring
+        if ring is None or ring.empty:
+            return []
+        samples = ring.window(ring.start, ring.end - ring.start)
+        return [AudioChunk(ring.start / SAMPLE_RATE, SAMPLE_RATE, samples[None])]
 
 
 def find_avsbench_audio(frames_dir: Path) -> Path | None:
@@ -677,7 +775,16 @@ def open_avsbench(
     if audio is None:
         audio = find_avsbench_audio(frames_dir)
     times = [first_time + k * interval for k in range(len(images))]
-    return ImageSequenceSource(images, times, audio, spec=str(frames_dir), **opts)
+    source = ImageSequenceSource(images, times, audio, spec=str(frames_dir), **opts)
+    source.mask_names = [gt_mask_name(p) for p in images]
+    return source
+
+
+def gt_mask_name(frame: Path) -> str:
+    """The AVSBench ground-truth file name of a frame image: S4 ``<vid>_<k>.png`` for
+    ``<vid>_<k>.png``, MS3 ``<vid>_<k>.png`` for ``<vid>.mp4_<k>.png``, AVSS ``<i>.png`` for
+    ``<i>.jpg``."""
+    return frame.stem.replace(".mp4_", "_") + ".png"
 
 
 def open_image_audio(

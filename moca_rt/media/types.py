@@ -76,4 +76,5 @@ class SourceStats:
     audio_gaps: int = 0
     audio_overlaps: int = 0
     nonfinite_samples: int = 0
+    clipped_samples: int = 0
     corrupt_packets: int = 0
