@@ -45,6 +45,7 @@ from moca_rt.config import MOCA_PRESETS, SAM_PRESETS
 from moca_rt.errors import CheckpointError, InputError, OutOfMemoryError
 from moca_rt.precision import PRECISIONS
 from moca_rt.runner import RunSummary, segment_source
+from moca_rt.timeline import timeline_path
 
 EXIT_OK = 0
 EXIT_DECODE_ERROR = 1
@@ -74,6 +75,7 @@ class InferOptions:
     allow_silent: bool = False
     demo: bool = False
     progress: bool = True
+    timeline: Path | None = None
 
 
 InferSummary = RunSummary  # the summary of one infer run (the name of earlier releases)
@@ -162,7 +164,7 @@ def run_infer(opts: InferOptions) -> InferSummary:
     except NoAudioStreamError as e:
         raise InputError(f"{e} (on the command line: --allow-silent)") from e
 
-    return segment_source(
+    summary = segment_source(
         built.pipeline,
         source,
         out,
@@ -172,6 +174,13 @@ def run_infer(opts: InferOptions) -> InferSummary:
         progress=opts.progress,
         summary=summary,
     )
+    if opts.timeline is not None:  # also after a break: the timeline of what was written
+        from moca_rt.timeline import write_run_timeline
+
+        notes.append(
+            write_run_timeline(opts.timeline, source_spec, out, frame_rate=source.frame_rate)
+        )
+    return summary
 
 
 def _source_options(spec: str, opts: InferOptions) -> tuple[dict[str, Any], list[str]]:
@@ -320,6 +329,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=int, default=0, help="The seed of k-means++ and of random demo weights."
     )
     run.add_argument("--no-progress", action="store_true", help="Do not show a progress bar.")
+    run.add_argument(
+        "--timeline",
+        type=timeline_path,
+        help="Also write an editor timeline of the sounding intervals: OUT.otio "
+        "(OpenTimelineIO) or OUT.edl (CMX 3600); needs moca-rt[otio].",
+    )
     th = p.add_argument_group("thresholds")
     th.add_argument("--tau", type=float, help="The minimum cosine score of a sounding cluster.")
     th.add_argument(
@@ -387,6 +402,7 @@ def options_from_args(args: argparse.Namespace) -> InferOptions:
         allow_silent=args.allow_silent,
         demo=args.demo,
         progress=not args.no_progress,
+        timeline=args.timeline,
     )
 
 
