@@ -14,8 +14,8 @@ over the whole job (actor start-up and model loads included: what a user waits f
 the videos alone (sum of per-video segment times / actors).
 
 Rows go to ``OUT/ray_serve_cpu.csv`` and ``OUT/ray_batch_cpu.csv`` (appended), a table to
-``OUT/ray_scaling_cpu.md`` (rewritten). The machine may be shared: each row has the 1-minute
-load average when it started.
+``OUT/ray_scaling_cpu_proposals-<none|auto>.md`` (rewritten). The machine may be shared: each
+row has the 1-minute load average when it started.
 """
 
 from __future__ import annotations
@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
             ),
             "",
         ]
-    (args.out / "ray_scaling_cpu.md").write_text("\n".join(md))
+    (args.out / f"ray_scaling_cpu_proposals-{args.proposals}.md").write_text("\n".join(md))
     print("\n".join(md))
     return 0
 

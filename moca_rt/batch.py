@@ -46,6 +46,7 @@ import argparse
 import csv
 import glob
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -447,6 +448,28 @@ def _pending(
     return todo
 
 
+def _drop_torn_tail(path: Path) -> None:
+    """Cut a last line without its newline (a driver killed mid-write), so that the lines
+    appended next stay whole; that video is simply run again."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as fh:
+        data = fh.read()
+        if data.endswith(b"\n"):
+            return
+        fh.truncate(data.rfind(b"\n") + 1)
+
+
+def _missing_files(settings: BuildSettings) -> str | None:
+    """The first checkpoint or engine path of ``settings`` that does not exist, named by flag
+    (checked on the driver: a worker failing to build its pipeline is a costlier way to learn)."""
+    for name in ("imagebind", "adapter", "sam", "engine_dir"):
+        value = getattr(settings, name)
+        if value is not None and not Path(value).exists():
+            return f"--{name.replace('_', '-')} {value}: not found"
+    return None
+
+
 def _import_ray() -> Any:
     try:
         import ray
@@ -505,7 +528,7 @@ def run_batch(opts: BatchOptions) -> BatchReport:
 
     if opts.actors < 1:
         raise InputError(f"--actors: expected >= 1, got {opts.actors}")
-    problem = opts.settings.usage_problem()
+    problem = opts.settings.usage_problem() or _missing_files(opts.settings)
     if problem is not None:
         raise InputError(problem)
     started = time.perf_counter()
@@ -531,6 +554,7 @@ def run_batch(opts: BatchOptions) -> BatchReport:
     )
     try:
         if todo:
+            _drop_torn_tail(manifest_path)
             with open(manifest_path, "a", encoding="utf-8") as manifest:
                 for row in _rows(opts, todo, out):
                     manifest.write(json.dumps(row, separators=(",", ":")) + "\n")
@@ -673,6 +697,10 @@ def _usage_problem(opts: BatchOptions) -> str | None:
         return f"--fps: expected > 0, got {opts.fps}"
     if opts.timeline_min_gap < 0:
         return f"--timeline-min-gap: expected >= 0, got {opts.timeline_min_gap}"
+    if opts.timeline is not None and importlib.util.find_spec("opentimelineio") is None:
+        from moca_rt.timeline import OTIO_MISSING
+
+        return f"--timeline {opts.timeline}: {OTIO_MISSING}"
     if opts.settings.proposals == "boxes":
         return "--proposals boxes: box prompts are per video; use moca_rt.infer --boxes"
     problem = opts.settings.usage_problem()

@@ -45,7 +45,7 @@ from moca_rt.config import MOCA_PRESETS, SAM_PRESETS
 from moca_rt.errors import CheckpointError, InputError, OutOfMemoryError
 from moca_rt.precision import PRECISIONS
 from moca_rt.runner import RunSummary, segment_source
-from moca_rt.timeline import timeline_path
+from moca_rt.timeline import timeline_path, write_run_timeline
 
 EXIT_OK = 0
 EXIT_DECODE_ERROR = 1
@@ -175,8 +175,6 @@ def run_infer(opts: InferOptions) -> InferSummary:
         summary=summary,
     )
     if opts.timeline is not None:  # also after a break: the timeline of what was written
-        from moca_rt.timeline import write_run_timeline
-
         notes.append(
             write_run_timeline(opts.timeline, source_spec, out, frame_rate=source.frame_rate)
         )

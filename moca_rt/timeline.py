@@ -24,6 +24,7 @@ when a timeline is written or read.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -76,12 +77,15 @@ def import_otio() -> Any:
 
 
 def timeline_path(text: str) -> Path:
-    """argparse ``type`` of ``--timeline``: a path ending in ``.otio`` or ``.edl``."""
+    """argparse ``type`` of ``--timeline``: a path ending in ``.otio`` or ``.edl``, with
+    OpenTimelineIO installed."""
     path = Path(text)
     if path.suffix.lower() not in TIMELINE_SUFFIXES:
         raise argparse.ArgumentTypeError(
             f"expected a file ending in {' or '.join(TIMELINE_SUFFIXES)}, got {text!r}"
         )
+    if importlib.util.find_spec("opentimelineio") is None:  # say so before a long run
+        raise argparse.ArgumentTypeError(OTIO_MISSING)
     return path
 
 

@@ -192,3 +192,24 @@ def test_cli_exit_codes(ray_local: object, corpus: dict[str, Path], tmp_path: Pa
     code = batch.main([*videos, "--out", str(tmp_path / "cli"), *flags])
     assert code == batch.EXIT_SOME_FAILED
     assert (tmp_path / "cli" / "c1" / "timeline.otio").is_file()
+
+
+def test_a_torn_manifest_line_is_cut_before_appending(tmp_path: Path) -> None:
+    manifest = tmp_path / batch.MANIFEST_FILE
+    whole = json.dumps({"video": "a.mp4", "status": "ok"})
+    manifest.write_text(whole + "\n" + '{"video": "b.mp4", "sta')  # the driver died here
+    assert list(batch.read_manifest(manifest)) == ["a.mp4"]
+    batch._drop_torn_tail(manifest)
+    assert manifest.read_text() == whole + "\n"
+    batch._drop_torn_tail(manifest)  # a whole file stays as it is
+    assert manifest.read_text() == whole + "\n"
+
+
+def test_missing_checkpoint_is_an_input_error_before_ray_starts(
+    corpus: dict[str, Path], tmp_path: Path
+) -> None:
+    settings = BuildSettings(sam=tmp_path / "absent.pth")
+    opts = batch.BatchOptions(inputs=[str(corpus["clips"])], out=tmp_path / "o", settings=settings)
+    with pytest.raises(InputError, match=r"--sam .*absent\.pth: not found"):
+        batch.run_batch(opts)
+    assert not (tmp_path / "o").exists()

@@ -19,6 +19,7 @@ from pathlib import Path
 import media_factory as mf
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 pytest.importorskip("ray", reason="needs moca-rt[ray] (CI installs it)")
@@ -65,13 +66,18 @@ def expected(inputs: list[dict[str, bytes]], tmp_path_factory: pytest.TempPathFa
     pipeline = build_pipeline(BuildSettings(proposals="none")).pipeline
     folder = tmp_path_factory.mktemp("serve_ref")
     out = []
-    for i, pair in enumerate(inputs):
-        (folder / f"{i}.png").write_bytes(pair["image"])
-        (folder / f"{i}.wav").write_bytes(pair["audio"])
-        with open_source(folder / f"{i}.png", audio=str(folder / f"{i}.wav")) as source:
-            frame = next(iter(source))
-        result = pipeline.segment(frame.image, frame.audio)
-        out.append((mask_to_rle(result.mask), result.scores))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the replica (one CPU): the same float reductions
+    try:
+        for i, pair in enumerate(inputs):
+            (folder / f"{i}.png").write_bytes(pair["image"])
+            (folder / f"{i}.wav").write_bytes(pair["audio"])
+            with open_source(folder / f"{i}.png", audio=str(folder / f"{i}.wav")) as source:
+                frame = next(iter(source))
+            result = pipeline.segment(frame.image, frame.audio)
+            out.append((mask_to_rle(result.mask), result.scores))
+    finally:
+        torch.set_num_threads(threads)
     return out
 
 
