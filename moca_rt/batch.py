@@ -17,8 +17,9 @@ Outputs under ``--out``: per video ``NAME/`` with exactly what ``python -m moca_
 writes (``masks/``, ``records.jsonl``, ``summary.json``) and, with ``--timeline otio|edl``,
 ``NAME/timeline.otio``/``.edl``; and the job manifest ``manifest.jsonl``: one line per
 finished attempt (``video``, ``name``, ``status`` ok/error, ``frames``, ``processed``,
-``error``, ``timings``, ``worker``), appended and fsync'ed by the driver alone. ``NAME`` is the
-video's file stem (with a short hash of its path when two stems collide).
+``error``, ``timings``, ``worker``; ``timeline_error`` when only the timeline could not be
+written, e.g. an EDL at a rate SMPTE timecode lacks), appended and fsync'ed by the driver
+alone. ``NAME`` is the video's file stem (with a short hash of its path when two stems collide).
 
 Guarantees:
 
@@ -300,13 +301,16 @@ def segment_video(
         if timeline is not None:
             from moca_rt.timeline import write_run_timeline
 
-            write_run_timeline(
-                partial / f"timeline.{timeline}",
-                job.video,
-                partial,
-                frame_rate=source.frame_rate,
-                min_gap=timeline_min_gap,
-            )
+            try:
+                write_run_timeline(
+                    partial / f"timeline.{timeline}",
+                    job.video,
+                    partial,
+                    frame_rate=source.frame_rate,
+                    min_gap=timeline_min_gap,
+                )
+            except InputError as e:  # e.g. an EDL of a 1 fps frame folder: keep the masks
+                row["timeline_error"] = str(e).replace(str(partial), str(final))
         publish(partial, final)
     except Exception as e:  # a failure of this video only (the model, the disk): recorded
         shutil.rmtree(partial, ignore_errors=True)

@@ -394,10 +394,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-gpus-per-replica", type=float, default=0.0, help="GPUs per replica.")
     p.add_argument("--max-batch-size", type=int, default=8, help="Frames per model call.")
     p.add_argument(
-        "--batch-wait-timeout-s", type=float, default=0.01, help="How long a batch may wait."
+        "--batch-wait-timeout-s",
+        type=float,
+        default=0.01,
+        help="How long a batch waits for more frames, in seconds.",
     )
-    p.add_argument("--max-body-bytes", type=int, default=16 * 2**20, help="Larger bodies: 413.")
-    p.add_argument("--max-clip-frames", type=int, default=64, help="Longer clips: 413.")
+    p.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=16 * 2**20,
+        help="Request bodies larger than this are refused (413).",
+    )
+    p.add_argument(
+        "--max-clip-frames", type=int, default=64, help="Clips with more frames are refused (413)."
+    )
     p.add_argument(
         "--setting",
         action="append",

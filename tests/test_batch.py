@@ -213,3 +213,26 @@ def test_missing_checkpoint_is_an_input_error_before_ray_starts(
     with pytest.raises(InputError, match=r"--sam .*absent\.pth: not found"):
         batch.run_batch(opts)
     assert not (tmp_path / "o").exists()
+
+
+def test_a_frame_folder_from_a_list_and_an_edl_it_cannot_have(tmp_path: Path) -> None:
+    """An AVSBench frame folder named in a text list is segmented like a video (no Ray needed
+    for one video); its 1 fps has no SMPTE timecode, so the EDL is reported, the masks kept."""
+    from moca_rt.build import build_pipeline
+
+    frames_dir, _ = mf.write_avsbench_clip(tmp_path / "avs", "clipA")
+    listing = tmp_path / "list.txt"
+    listing.write_text("avs/visual_frames/clipA\n")
+    (job,) = batch.collect_videos([str(listing)])
+    assert job.name == "clipA" and Path(job.video) == frames_dir
+    pipeline = build_pipeline(SETTINGS).pipeline
+    row = batch.segment_video(pipeline, job, tmp_path / "out", timeline="edl")
+    assert row["status"] == "ok" and row["frames"] == 5
+    edl = tmp_path / "out" / "clipA" / "timeline.edl"
+    assert row["timeline_error"].startswith(f"{edl}: cannot write a CMX 3600 EDL at 1.0 fps")
+    assert len(list((tmp_path / "out" / "clipA" / "masks").iterdir())) == 5
+    assert not edl.exists()
+    row = batch.segment_video(pipeline, job, tmp_path / "out", timeline="otio")  # redo: replaced
+    assert row["status"] == "ok" and "timeline_error" not in row
+    assert (tmp_path / "out" / "clipA" / "timeline.otio").is_file()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [batch.PARTIAL_DIR, "clipA"]
