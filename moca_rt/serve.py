@@ -116,28 +116,29 @@ class ServeConfig:
 
 
 def _convert(key: str, value: Any, kind: Any) -> Any:
-    """``value`` (often text from a command line) as the field type named by ``kind``."""
+    """``value`` (often text from a command line) as the field type named by ``kind`` (the
+    annotation as text: ``"int"``, ``"float | None"``, ``"Path | None"``, ``"str"``, ...);
+    ``none`` gives None for optional fields."""
     if not isinstance(value, str):
         return value
     kind = str(kind)
+    if value.lower() == "none" and "None" in kind:
+        return None
+    base = kind.split("|")[0].strip()
     try:
-        if kind.startswith("int"):
+        if base == "int":
             return int(value)
-        if kind.startswith("float"):
+        if base == "float":
             return float(value)
-        if kind.startswith("bool"):
+        if base == "bool":
             if value.lower() not in ("true", "false", "1", "0"):
                 raise ValueError(value)
             return value.lower() in ("true", "1")
-        if kind.startswith("Path"):
-            return None if value.lower() == "none" else Path(value)
-        if "float" in kind:  # float | None
-            return None if value.lower() == "none" else float(value)
-        if "int" in kind:  # int | None
-            return None if value.lower() == "none" else int(value)
+        if base == "Path":
+            return Path(value)
     except ValueError as e:
-        raise InputError(f"{key}: expected a {kind}, got {value!r}") from e
-    return None if value.lower() == "none" and "None" in kind else value
+        raise InputError(f"{key}: expected {kind}, got {value!r}") from e
+    return value
 
 
 class _BadRequest(Exception):

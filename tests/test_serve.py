@@ -213,10 +213,23 @@ def test_config_from_key_value_args() -> None:
     from moca_rt.serve import ServeConfig
 
     config = ServeConfig.from_args(
-        {"max_batch_size": "1", "num_replicas": "2", "proposals": "none", "tau": "0.3"}
+        {
+            "max_batch_size": "1",
+            "num_replicas": "2",
+            "num_gpus_per_replica": "0.5",
+            "proposals": "none",
+            "tau": "0.3",
+            "delta": "none",
+            "sam": "/models/sam.pth",
+            "random_weights": "true",
+        }
     )
-    assert (config.max_batch_size, config.num_replicas) == (1, 2)
-    assert config.settings.proposals == "none" and config.settings.tau == 0.3
+    assert (config.max_batch_size, config.num_replicas, config.num_gpus_per_replica) == (1, 2, 0.5)
+    settings = config.settings
+    assert settings.proposals == "none" and settings.tau == 0.3 and settings.delta is None
+    assert settings.sam == Path("/models/sam.pth") and settings.random_weights is True
+    with pytest.raises(InputError, match="seed: expected int"):
+        ServeConfig.from_args({"seed": "x"})
     with pytest.raises(InputError, match="unknown key"):
         ServeConfig.from_args({"max_batch": "1"})
     with pytest.raises(InputError, match="expected >= 1"):
