@@ -50,6 +50,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import socket
 import sys
@@ -717,6 +718,16 @@ def _usage_problem(opts: BatchOptions) -> str | None:
     return None
 
 
+def _root_cause(text: str) -> str:
+    """The last ``SomeError: message`` line of a Ray error's text (the worker's own exception
+    under Ray's wrapping), else its first line."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if re.match(r"^[\w.]+(Error|Exception): ", line):
+            return line
+    return lines[0] if lines else "(no message)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     opts = options_from_args(parser.parse_args(argv))
@@ -737,8 +748,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         text = str(e)
         init_failed = "__init__" in text or "CheckpointError" in text
         print(
-            f"error: the Ray job failed ({type(e).__name__}): {text.splitlines()[0] if text else e}"
-            "; the manifest keeps the finished videos, rerun to resume",
+            f"error: the Ray job failed ({type(e).__name__}): {_root_cause(text)}; "
+            + (
+                "the workers could not build the pipeline"
+                if init_failed
+                else "the manifest keeps the finished videos, rerun to resume"
+            ),
             file=sys.stderr,
         )
         return EXIT_WORKERS if init_failed else EXIT_JOB_FAILED

@@ -236,3 +236,16 @@ def test_a_frame_folder_from_a_list_and_an_edl_it_cannot_have(tmp_path: Path) ->
     assert row["status"] == "ok" and "timeline_error" not in row
     assert (tmp_path / "out" / "clipA" / "timeline.otio").is_file()
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [batch.PARTIAL_DIR, "clipA"]
+
+
+def test_root_cause_of_a_wrapped_worker_error() -> None:
+    text = (
+        "The actor died because of an error raised in its creation task, "
+        "ray::MapWorker(MapBatches(SegmentWorker)).__init__() (pid=1)\n"
+        "Traceback (most recent call last):\n  File 'x.py', line 1\n"
+        "moca_rt.errors.CheckpointError: --sam: checkpoint does not fit SAM\n"
+    )
+    assert batch._root_cause(text) == (
+        "moca_rt.errors.CheckpointError: --sam: checkpoint does not fit SAM"
+    )
+    assert batch._root_cause("lost the cluster\nretrying") == "lost the cluster"
