@@ -13,9 +13,9 @@ throughput (requests/s), mean frames per model call. Batch: ``--videos`` generat
 over the whole job (actor start-up and model loads included: what a user waits for) and over
 the videos alone (sum of per-video segment times / actors).
 
-Rows go to ``OUT/ray_serve_cpu.csv`` and ``OUT/ray_batch_cpu.csv`` (appended), a table to
-``OUT/ray_scaling_cpu_proposals-<none|auto>.md`` (rewritten). The machine may be shared: each
-row has the 1-minute load average when it started.
+Rows go to ``OUT/ray_serve_cpu.csv`` and ``OUT/ray_batch_cpu.csv`` (appended), the tables of
+every run so far to ``OUT/ray_scaling_cpu_proposals-<none|auto>.md`` (rewritten). The machine
+may be shared: each row has the 1-minute load average when it started.
 """
 
 from __future__ import annotations
@@ -198,10 +198,73 @@ def _append(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
+def _read(path: Path, proposals: str) -> list[dict]:
+    """The rows of a results CSV measured with ``proposals``."""
+    if not path.exists():
+        return []
+    with open(path, newline="") as fh:
+        return [row for row in csv.DictReader(fh) if row["proposals"] == proposals]
+
+
 def _table(rows: list[dict], keys: list[str]) -> str:
     lines = ["| " + " | ".join(keys) + " |", "|" + " --- |" * len(keys)]
     lines += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]
     return "\n".join(lines)
+
+
+SERVE_COLUMNS = [
+    "timestamp_utc",
+    "commit",
+    "load_avg_1m",
+    "max_batch_size",
+    "ok",
+    "p50_ms",
+    "p99_ms",
+    "requests_per_s",
+    "mean_batch",
+]
+BATCH_COLUMNS = [
+    "timestamp_utc",
+    "commit",
+    "load_avg_1m",
+    "actors",
+    "ok",
+    "job_wall_s",
+    "videos_per_s_job",
+    "videos_per_s_segmenting",
+]
+
+
+def write_markdown(args: argparse.Namespace, rows: list[dict]) -> list[str]:
+    """Rewrite ``ray_scaling_cpu_proposals-<p>.md`` with every run of the CSVs; its lines."""
+    first = rows[0]
+    md = [
+        "# Ray Serve and Ray Data on this machine (CPU, shipped tiny models)",
+        "",
+        f"{first['machine']} ({first['cpu_count']} cores, shared with other work: the load "
+        f"column is the 1-minute load average when a row started), Ray {first['ray']} local "
+        f"with {args.cpus} CPUs, torch {first['torch']}, proposals {args.proposals}. Every run "
+        "so far (from the CSVs), oldest first.",
+        "",
+    ]
+    serve_all = _read(args.out / "ray_serve_cpu.csv", args.proposals)
+    if serve_all:
+        md += [
+            f"## Serve: {args.requests} requests, {args.concurrency} concurrent, one replica",
+            "",
+            _table(serve_all, SERVE_COLUMNS),
+            "",
+        ]
+    batch_all = _read(args.out / "ray_batch_cpu.csv", args.proposals)
+    if batch_all:
+        md += [
+            f"## Batch: {args.videos} clips of 25 frames (64 px)",
+            "",
+            _table(batch_all, BATCH_COLUMNS),
+            "",
+        ]
+    (args.out / f"ray_scaling_cpu_proposals-{args.proposals}.md").write_text("\n".join(md))
+    return md
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -229,37 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     ray.shutdown()
     _append(args.out / "ray_serve_cpu.csv", serve_rows)
     _append(args.out / "ray_batch_cpu.csv", batch_rows)
-    first = (serve_rows or batch_rows)[0]
-    md = [
-        "# Ray Serve and Ray Data on this machine (CPU, shipped tiny models)",
-        "",
-        f"{first['timestamp_utc']}, {first['machine']} ({first['cpu_count']} cores, shared; "
-        f"load {first['load_avg_1m']} at the start), Ray {first['ray']} local with "
-        f"{args.cpus} CPUs, torch {first['torch']}, commit {first['commit']}, "
-        f"proposals {args.proposals}.",
-        "",
-    ]
-    if serve_rows:
-        md += [
-            f"## Serve: {args.requests} requests, {args.concurrency} concurrent, one replica",
-            "",
-            _table(
-                serve_rows,
-                ["max_batch_size", "ok", "p50_ms", "p99_ms", "requests_per_s", "mean_batch"],
-            ),
-            "",
-        ]
-    if batch_rows:
-        md += [
-            f"## Batch: {args.videos} clips of 25 frames (64 px)",
-            "",
-            _table(
-                batch_rows,
-                ["actors", "ok", "job_wall_s", "videos_per_s_job", "videos_per_s_segmenting"],
-            ),
-            "",
-        ]
-    (args.out / f"ray_scaling_cpu_proposals-{args.proposals}.md").write_text("\n".join(md))
+    md = write_markdown(args, serve_rows or batch_rows)
     print("\n".join(md))
     return 0
 
