@@ -159,7 +159,9 @@ def _folder_videos(folder: Path) -> list[str]:
 
 
 def collect_videos(inputs: Sequence[str]) -> list[VideoJob]:
-    """The videos that ``inputs`` name, in order, each once, with unique output names.
+    """The videos that ``inputs`` name, in order, each once (local paths made absolute: the
+    manifest knows a video by it, whatever folder the job is started from), with unique output
+    names.
 
     A list entry that does not exist stays in (the job records it as an error); a top-level
     input that does not exist, a glob that matches nothing or no video at all is an
@@ -194,6 +196,8 @@ def collect_videos(inputs: Sequence[str]) -> list[VideoJob]:
     unique: list[str] = []
     seen: set[str] = set()
     for video in found:
+        if "://" not in video:
+            video = os.path.abspath(video)  # the manifest's key, the same from any folder
         key = video if "://" in video else str(Path(video).resolve())
         if key not in seen:
             seen.add(key)

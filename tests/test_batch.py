@@ -82,8 +82,13 @@ def _options(corpus: dict[str, Path], out: Path, **kw: object) -> batch.BatchOpt
     )
 
 
-def test_collect_videos_folders_globs_lists(corpus: dict[str, Path], tmp_path: Path) -> None:
+def test_collect_videos_folders_globs_lists(
+    corpus: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     clips = corpus["clips"]
+    monkeypatch.chdir(clips.parent)
+    (relative,) = batch.collect_videos(["clips/c1.mp4"])
+    assert relative.video == str(clips / "c1.mp4")  # absolute: the manifest's key
     from_folder = batch.collect_videos([str(clips)])
     assert [j.name for j in from_folder] == ["c0", "c1", "c2", "c3", "c4", "c5", "corrupt"]
     from_glob = batch.collect_videos([str(clips / "c[0-2].mp4")])
