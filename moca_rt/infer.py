@@ -74,6 +74,7 @@ from moca_rt.infer_job import (
 )
 from moca_rt.precision import PRECISIONS
 from moca_rt.runner import RunSummary, SplitSummary
+from moca_rt.timeline import timeline_path
 
 __all__ = [
     "DEMO_SECONDS",
@@ -231,6 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=int, default=0, help="The seed of k-means++ and of random demo weights."
     )
     run.add_argument("--no-progress", action="store_true", help="Do not show a progress bar.")
+    run.add_argument(
+        "--timeline",
+        type=timeline_path,
+        help="Also write an editor timeline of the sounding intervals: OUT.otio "
+        "(OpenTimelineIO) or OUT.edl (CMX 3600); needs moca-rt[otio].",
+    )
     th = p.add_argument_group("thresholds")
     th.add_argument("--tau", type=float, help="The minimum cosine score of a sounding cluster.")
     th.add_argument(
@@ -302,6 +309,7 @@ def options_from_args(args: argparse.Namespace) -> InferOptions:
         index_split=args.index_split,
         threads=args.threads,
         demo_seconds=DEMO_SECONDS,  # read at call time: tests shorten the demo here
+        timeline=args.timeline,
     )
 
 

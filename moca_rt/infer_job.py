@@ -69,6 +69,7 @@ class InferOptions:
     index_split: str | None = None
     threads: int | None = None
     demo_seconds: float = DEMO_SECONDS
+    timeline: Path | None = None
 
 
 def cli_message(error: BaseException | str) -> str:
@@ -175,6 +176,11 @@ def _run(opts: InferOptions, notes: list[str]) -> RunSummary | SplitSummary:
         split_opts: dict[str, Any] = {}
         opened: list[str] = []
         if is_split_root(source_spec):
+            if opts.timeline is not None:
+                raise InputError(
+                    f"--timeline {opts.timeline}: one timeline is one source; {source_spec} is "
+                    "a whole split (python -m moca_rt.batch --timeline writes one per video)"
+                )
             split, split_opts = _open_split(source_spec, opts, box_prompts, notes)
         else:
             source_opts, source_notes = source_options(source_spec, opts)
@@ -205,7 +211,7 @@ def _run(opts: InferOptions, notes: list[str]) -> RunSummary | SplitSummary:
             open_options=split_opts,
             summary=split_summary,
         )
-    return segment_source(
+    summary = segment_source(
         built.pipeline,
         source,
         out,
@@ -215,6 +221,14 @@ def _run(opts: InferOptions, notes: list[str]) -> RunSummary | SplitSummary:
         progress=opts.progress,
         summary=RunSummary(out=str(out), notes=notes, warnings=opened),
     )
+    if opts.timeline is not None:  # also after a break: the timeline of what was written
+        from moca_rt.timeline import write_run_timeline
+
+        notes.append(
+            write_run_timeline(opts.timeline, source_spec, out, frame_rate=source.frame_rate)
+        )
+        summary.write(out)  # summary.json names the timeline too
+    return summary
 
 
 def _check_out(out: Path) -> None:

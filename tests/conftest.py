@@ -7,7 +7,9 @@ import importlib.util
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -99,3 +101,16 @@ def run_in_interpreter_child(
     if all_passed:
         assert "skipped" not in summary and "failed" not in summary, tail
     return summary
+
+
+@pytest.fixture(scope="session")
+def ray_local() -> Iterator[Any]:
+    """One local Ray cluster with 2 CPUs for the batch and serving tests (started on first use,
+    shut down at the end of the session). Skips only where Ray is not installed (CI installs
+    moca-rt[ray], so there the tests run)."""
+    ray = pytest.importorskip("ray", reason="needs moca-rt[ray] (CI installs it)")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
