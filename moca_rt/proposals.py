@@ -30,6 +30,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from moca_rt.engines import names
+from moca_rt.engines.base import Engine
 from moca_rt.modeling.sam import Sam
 from moca_rt.sam_transforms import (
     apply_boxes,
@@ -653,8 +655,13 @@ def encode_frames(
     frames: Sequence[np.ndarray | torch.Tensor],
     batch_size: int = 4,
     resize: ResizeMethod = "pil",
+    encoder: Engine | None = None,
 ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
     """Encode (H, W, 3) uint8 RGB frames (sizes may differ) in batches.
+
+    ``encoder``: an engine of the ``sam_encoder`` unit (``sam_images`` -> ``image_embeddings``,
+    :mod:`moca_rt.engines.names`: compiled, onnxruntime, TensorRT) run instead of
+    ``model.image_encoder``; its output is moved to the model's device and dtype.
 
     ``resize="pil"`` is the exact official resize on the CPU; ``"torch"`` resizes on the model's
     device (frames may already be CUDA tensors), within one grey level of PIL (about 8-15% of
@@ -695,7 +702,12 @@ def encode_frames(
                 )
             )
             sizes.append((int(frame.shape[0]), int(frame.shape[1])))
-        out.append(model.image_encoder(torch.cat(batch).to(dtype)))
+        x = torch.cat(batch).to(dtype)
+        if encoder is None:
+            out.append(model.image_encoder(x))
+        else:
+            emb = encoder({names.SAM_IMAGES: x})[names.IMAGE_EMBEDDINGS]
+            out.append(emb.to(device, dtype))
     if not out:
         raise ValueError("expected at least one frame, got none")
     return torch.cat(out), sizes
@@ -835,9 +847,11 @@ def grid_proposals_batch(
     Args:
         embeddings: (F, 256, 64, 64) image embeddings.
         original_sizes: (H, W) per frame.
-        config: grid and filters; ``points_per_batch`` prompts per decoder call, shared by the
-            frames (measured on 2 cores: 64 prompts per call was as fast as 16-32 and faster
-            than 256-1024 for ``sam_synth``, whose tensors then leave the cache).
+        config: grid and filters; ``points_per_batch / 2`` prompts per decoder call, shared
+            by the frames: with SAM ViT-B's 16 x 16 grid the peak memory was then 1251 MiB
+            against 1850 MiB of the reference decoder at 64 prompts (1977 MiB at 64 here); on
+            2 cores 16-64 prompts per call were as fast as each other for ``sam_synth``, and
+            256-1024 slower (the tensors leave the cache).
         upscale_batch: prompts per output-upscaling call (bounds its memory: about 8 MB a prompt
             for the 1024 models).
     """
@@ -859,7 +873,7 @@ def grid_proposals_batch(
     points32 = torch.stack(points).to(device, torch.float32)
     input_sizes = [get_preprocess_shape(h, w, s) for h, w in original_sizes]
     frames = prepare_frames(model, embeddings)
-    per_call = max(1, cfg.points_per_batch // n_frames)  # points per frame and decoder call
+    per_call = max(1, cfg.points_per_batch // 2 // n_frames)  # points per frame and call
     kept: list[list[_Kept]] = [[] for _ in range(n_frames)]
     for start in range(0, coords.shape[1], per_call):
         sl = slice(start, start + per_call)
@@ -918,6 +932,8 @@ class SamProposals:
             call together; ``"reference"``: :meth:`Sam.decode` frame by frame
             (:func:`grid_proposals_from_embedding`), the official order of work (for checks and
             before/after measurements). Same proposals up to rounding.
+        encoder: an engine of the ``sam_encoder`` unit run instead of ``sam.image_encoder``
+            (``--engine torch-compile`` / ``onnxruntime``); None: the torch module.
     """
 
     def __init__(
@@ -926,6 +942,7 @@ class SamProposals:
         config: ProposalConfig | None = None,
         encoder_batch: int = 4,
         grid_decoder: GridDecoder = "factored",
+        encoder: Engine | None = None,
     ) -> None:
         if grid_decoder not in ("factored", "reference"):
             raise ValueError(
@@ -938,6 +955,7 @@ class SamProposals:
         )
         self.encoder_batch = encoder_batch
         self.grid_decoder = grid_decoder
+        self.encoder = encoder
 
     @torch.inference_mode()
     def __call__(
@@ -950,7 +968,9 @@ class SamProposals:
             boxes: None for grid proposals, else per frame a [K, 4] float32 XYXY tensor in
                 that frame's pixels, or None (no proposals for that frame).
         """
-        embeddings, sizes = encode_frames(self.sam, images, self.encoder_batch)
+        embeddings, sizes = encode_frames(
+            self.sam, images, self.encoder_batch, encoder=self.encoder
+        )
         return self.from_embeddings(embeddings, sizes, boxes)
 
     @torch.inference_mode()
