@@ -292,6 +292,8 @@ def build_pipeline(settings: BuildSettings) -> BuiltPipeline:
                 names.output_names("sam_encoder"),
                 settings.device,
             )
+        if proposals is not None and settings.engine == "onnxruntime":
+            proposals.encoder = _onnxruntime_sam_encoder(settings, sam, notes)
         pipeline = MocaPipeline(model, proposals, config, device=settings.device, dtype=dtype)
     return BuiltPipeline(pipeline, notes, points)
 
@@ -474,7 +476,7 @@ def _onnxruntime_trunk(settings: BuildSettings, weights: Weights, notes: list[st
     notes.append(
         f"--engine onnxruntime: the MoCA trunk ({folder}, {found}) "
         f"runs on {got[0] if got else '?'} "
-        f"(providers {got}); SAM proposals, k-means and mask matching stay on torch ({device})"
+        f"(providers {got}); SAM's decoder, k-means and mask matching stay on torch ({device})"
     )
     if getattr(engine, "fell_back", False):
         notes.append(
@@ -484,6 +486,53 @@ def _onnxruntime_trunk(settings: BuildSettings, weights: Weights, notes: list[st
             f"{device}"
         )
     return model
+
+
+def _onnxruntime_sam_encoder(settings: BuildSettings, sam: Any, notes: list[str]) -> Any:
+    """SAM's image encoder on onnxruntime: ``sam_encoder_<precision>.onnx`` from
+    ``engine_dir``, or exported from ``sam`` into ``export_dir`` (the demo); None (torch) when
+    ``engine_dir`` has no such file (noted)."""
+    from moca_rt.engines.ort import OrtEngine
+
+    precision = settings.precision
+    file = f"sam_encoder_{precision}.onnx"
+    if settings.engine_dir is not None:
+        path = Path(settings.engine_dir) / file
+        if not path.is_file():
+            notes.append(
+                f"--engine onnxruntime: no {file} in {settings.engine_dir}, so SAM's image "
+                "encoder runs on torch (python -m moca_rt.export.create_onnx --unit sam_encoder)"
+            )
+            return None
+    else:
+        from moca_rt.export.create_onnx import export_unit
+
+        if settings.export_dir is None or precision not in ONNX_PRECISIONS:
+            return None
+        path = Path(settings.export_dir) / file
+        started = time.perf_counter()
+        export_unit("sam_encoder", sam.to("cpu").eval(), path, precision)
+        sam.to(settings.device)
+        notes.append(
+            f"demo: exported SAM's image encoder ({precision}) to {path} in "
+            f"{time.perf_counter() - started:.1f} s"
+        )
+    providers = ["CPUExecutionProvider"]
+    if torch.device(settings.device).type == "cuda":
+        providers.insert(0, "CUDAExecutionProvider")
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always", RuntimeWarning)
+        try:
+            engine = OrtEngine(
+                path, providers, names.input_names("sam_encoder"), names.output_names("sam_encoder")
+            )
+        except ValueError as e:
+            raise InputError(f"--engine-dir: {path}: {e}") from e
+    notes.append(
+        f"--engine onnxruntime: SAM's image encoder ({path.name}) runs on {engine.provider}; "
+        "its grid decoder (factored), k-means and matching on torch"
+    )
+    return engine
 
 
 def _tensorrt_trunk(settings: BuildSettings, notes: list[str]) -> Any:
