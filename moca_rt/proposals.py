@@ -848,21 +848,46 @@ def grid_proposals_batch(
         embeddings: (F, 256, 64, 64) image embeddings.
         original_sizes: (H, W) per frame.
         config: grid and filters; ``points_per_batch / 2`` prompts per decoder call, shared
-            by the frames: with SAM ViT-B's 16 x 16 grid the peak memory was then 1251 MiB
-            against 1850 MiB of the reference decoder at 64 prompts (1977 MiB at 64 here); on
-            2 cores 16-64 prompts per call were as fast as each other for ``sam_synth``, and
-            256-1024 slower (the tensors leave the cache).
+            by as many frames as fit in one call (one frame for a 16 x 16 grid). With SAM
+            ViT-B's 16 x 16 grid the peak memory was then 1251 MiB against 1850 MiB of the
+            reference decoder at 64 prompts (1977 MiB at 64 here); on 2 cores 16-64 prompts
+            per call were as fast as each other for ``sam_synth``, and 256-1024 slower (the
+            tensors leave the cache).
         upscale_batch: prompts per output-upscaling call (bounds its memory: about 8 MB a prompt
             for the 1024 models).
     """
-    from moca_rt.grid_decoder import decode_grid_tokens, prepare_frames, upscale_masks
-
     cfg = config or ProposalConfig()
     n_frames = embeddings.shape[0]
     if len(original_sizes) != n_frames:
         raise ValueError(
             f"expected {n_frames} sizes (one per embedding), got {len(original_sizes)}"
         )
+    # Frames share a decoder call only while their grids fit in one (small grids); otherwise one
+    # frame at a time, so that the proposals kept before NMS are one frame's (peak memory).
+    group = max(1, cfg.points_per_batch // 2 // cfg.points_per_side**2)
+    found: list[MaskProposals] = []
+    for start in range(0, n_frames, group):
+        found += _grid_proposals_group(
+            model,
+            embeddings[start : start + group],
+            original_sizes[start : start + group],
+            cfg,
+            upscale_batch,
+        )
+    return found
+
+
+def _grid_proposals_group(
+    model: Sam,
+    embeddings: torch.Tensor,
+    original_sizes: Sequence[tuple[int, int]],
+    cfg: ProposalConfig,
+    upscale_batch: int,
+) -> list[MaskProposals]:
+    """:func:`grid_proposals_batch` for frames that share decoder calls."""
+    from moca_rt.grid_decoder import decode_grid_tokens, prepare_frames, upscale_masks
+
+    n_frames = embeddings.shape[0]
     s = model.image_size
     device = embeddings.device
     unit = build_point_grid(cfg.points_per_side)
