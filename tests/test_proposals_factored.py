@@ -19,6 +19,7 @@ from moca_rt.modeling.sam import Sam, build_sam, load_sam
 from moca_rt.proposals import (
     ProposalConfig,
     SamProposals,
+    build_point_grid,
     grid_proposals_batch,
     grid_proposals_from_embedding,
 )
@@ -131,3 +132,34 @@ def test_sam_proposals_decoders_agree(model: Sam, embedding: torch.Tensor) -> No
 def test_sam_proposals_rejects_unknown_decoder(model: Sam) -> None:
     with pytest.raises(ValueError, match="grid_decoder"):
         SamProposals(model, grid_decoder="fast")  # type: ignore[arg-type]
+
+
+def test_upscaling_runs_only_for_prompts_passing_the_iou_filter(
+    model: Sam, embedding: torch.Tensor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The output upscaling (half the decoder's work) sees only prompts with a mask above
+    pred_iou_thresh; with a threshold above every prediction it never runs."""
+    import moca_rt.grid_decoder as grid_decoder
+
+    upscaled: list[int] = []
+    real = grid_decoder.upscale_masks
+
+    def counting(sam: Sam, tokens: torch.Tensor, keys: torch.Tensor, grid: tuple[int, int]):
+        upscaled.append(int(tokens.shape[0]))
+        return real(sam, tokens, keys, grid)
+
+    monkeypatch.setattr(grid_decoder, "upscale_masks", counting)
+    coords = apply_coords(
+        (build_point_grid(4) * torch.tensor([SIZE[1], SIZE[0]])).float(), SIZE, 1024
+    )
+    iou = _decode(model, embedding, coords[None])[0][0]  # (16, 3)
+    thresh = float(iou.max(dim=1).values.median())
+    passing = int((iou > thresh).any(dim=1).sum())
+    assert 0 < passing < 16
+    cfg = ProposalConfig(points_per_side=4, pred_iou_thresh=thresh, stability_score_thresh=0.0)
+    grid_proposals_batch(model, embedding, [SIZE], cfg)
+    assert sum(upscaled) == passing
+    upscaled.clear()
+    cfg_none = ProposalConfig(points_per_side=4, pred_iou_thresh=float(iou.max()) + 1.0)
+    assert len(grid_proposals_batch(model, embedding, [SIZE], cfg_none)[0]) == 0
+    assert upscaled == []
