@@ -58,6 +58,28 @@ step kernels_bench python3 benchmarks/kernels.py --device cuda --dtypes float32,
 cat benchmarks/results/kernels_cuda_targets.txt 2>/dev/null
 step pipeline_bench python3 benchmarks/pipeline.py --device cuda --precision bf16 --batch 1,8,32 \
     --frames 64 --out benchmarks/results/pipeline_cuda.csv
+# Huge presets (random weights: ImageBind-H + AdaAV, SAM ViT-H, 16 x 16 grid) on every engine at
+# batch 1 and 8 (issue #11): eager fp32 and bf16, torch-compile bf16 (compile time in the
+# compile_s column, apart from the run), onnxruntime on units exported here (fp16, CUDA provider
+# if the image's onnxruntime has it: the build notes the provider really used). One CSV each.
+huge="--preset moca_huge --sam-preset sam_vit_h --points-per-side 16 --batch 1,8 --frames 16"
+step huge_torch_fp32 python3 benchmarks/pipeline.py --device cuda --precision fp32 $huge \
+    --engine torch --out benchmarks/results/pipeline_huge_cuda_torch_fp32.csv
+step huge_torch_bf16 python3 benchmarks/pipeline.py --device cuda --precision bf16 $huge \
+    --engine torch --out benchmarks/results/pipeline_huge_cuda_torch_bf16.csv
+step huge_compile_bf16 python3 benchmarks/pipeline.py --device cuda --precision bf16 $huge \
+    --engine torch-compile --out benchmarks/results/pipeline_huge_cuda_compile_bf16.csv
+# onnxruntime only with its CUDA provider: ImageBind-H in fp16 on the CPU provider would take the
+# session's remaining minutes.
+if python3 -c "import onnxruntime as o, sys; sys.exit('CUDAExecutionProvider' not in o.get_available_providers())"; then
+step huge_export_fp16 bash -c 'for u in audio vision; do python3 -m moca_rt.export.create_onnx \
+    --preset moca_huge --precision fp16 --unit $u --audio-clips 1 --out /tmp/huge_onnx || exit 1; done'
+step huge_ort_fp16 python3 benchmarks/pipeline.py --device cuda --precision fp16 $huge \
+    --engine onnxruntime --engine-dir /tmp/huge_onnx \
+    --out benchmarks/results/pipeline_huge_cuda_ort_fp16.csv
+else
+    echo "== huge_ort_fp16 skipped: this image's onnxruntime has no CUDAExecutionProvider"
+fi
 cp benchmarks/results/*cuda* "$OUT/results/" 2>/dev/null
 echo "== done (status $status); logs and CSVs in $OUT"
 exit $status

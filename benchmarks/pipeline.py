@@ -15,7 +15,9 @@ scene audio around ``frame_times[0]``, zero-padded at the ends).
 
 Per batch size B: the frames are cut into batches of B in order; the last batch is filled up by
 wrapping around to the first frames so every timed call holds B frames (the repeats are not
-scored). One first call (timed apart: ``first_call_ms``, lazy inits and caches), ``--warmup``
+scored). With ``--engine torch-compile`` the batch's buckets are compiled first
+(``compile_s``: ``moca_rt.engines.compiled.warmup_pipeline``, noise inputs), apart from the
+run. One first call (timed apart: ``first_call_ms``, lazy inits and caches), ``--warmup``
 untimed calls, then every batch once through ``MocaPipeline.segment_batch``, each call
 bracketed by a device sync. Per row:
 
@@ -24,6 +26,8 @@ bracketed by a device sync. Per row:
 * ``<stage>_ms_*``: the pipeline's own ``FrameResult.timings_ms`` (the stage's batch time / B;
   0 for a batch where the stage did not run, e.g. no cluster chosen -> no proposals).
 * p50 is the median, p99 the 99th percentile (linear interpolation) over the timed batches.
+* ``loadavg_1m``: the 1-minute load average after the timed calls (other processes share
+  the CPU cores: a load above the core count means contended figures).
 * ``peak_mem_mib``: ``torch.cuda.max_memory_allocated`` from the first call of this batch size
   on (``peak_mem_kind=cuda_max_allocated``); on CPU the process's peak resident set size from
   ``resource.getrusage`` (``cpu_process_maxrss``: a high-water mark of the whole process since
@@ -100,6 +104,8 @@ COLUMNS = [
     "seed",
     "weights",
     "status",
+    "compile_s",
+    "loadavg_1m",
     "first_call_ms",
     "batch_ms_p50",
     "batch_ms_p99",
@@ -177,10 +183,12 @@ class BenchOptions:
             raise ValueError(f"device: expected cpu or cuda[:N], got {self.device!r}")
         if self.engine not in ENGINES:
             raise ValueError(f"engine: expected one of {list(ENGINES)}, got {self.engine!r}")
-        if (self.engine == "torch") != (self.engine_dir is None):
+        needs_dir = self.engine in ("onnxruntime", "tensorrt")
+        if self.engine != "auto" and needs_dir == (self.engine_dir is None):
             raise ValueError(
                 f"engine_dir: expected a folder of exported units with engine onnxruntime or "
-                f"tensorrt and none with torch, got engine {self.engine!r} and {self.engine_dir}"
+                f"tensorrt and none with torch / torch-compile, got engine {self.engine!r} and "
+                f"{self.engine_dir}"
             )
 
 
@@ -345,6 +353,14 @@ def _bench_one(
     cuda = opts.device.startswith("cuda")
     if cuda:
         torch.cuda.reset_peak_memory_stats(torch.device(opts.device))
+    # Compiled engines compile this batch's buckets here, timed apart from the run.
+    from moca_rt.engines.compiled import compiled_engines, warmup_pipeline
+
+    compile_s = 0.0
+    if compiled_engines(pipeline):
+        t0 = time.perf_counter()
+        warmup_pipeline(pipeline, [batch], inputs.images[0].shape[:2])
+        compile_s = time.perf_counter() - t0
     _, first_ms = call(chunks[0])
     for _ in range(opts.warmup):
         call(chunks[0])
@@ -374,6 +390,8 @@ def _bench_one(
     e2e = [ms / batch for ms in batch_ms]
     row: dict[str, Any] = {
         "status": "ok",
+        "compile_s": compile_s,
+        "loadavg_1m": os.getloadavg()[0],
         "first_call_ms": first_ms,
         "timed_batches": len(chunks),
         "batch_ms_p50": _pct(batch_ms, 50),

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,6 +26,7 @@ import torch
 
 from moca_rt.clustering import MatchMetric
 from moca_rt.config import MOCA_PRESETS, SAM_PRESETS
+from moca_rt.engines import names
 from moca_rt.errors import CheckpointError, InputError, torch_out_of_memory
 from moca_rt.pipeline import MocaPipeline, PipelineConfig
 from moca_rt.precision import DTYPES, ONNX_PRECISIONS, Precision
@@ -42,12 +43,13 @@ __all__ = [
     "ProposalKind",
     "Weights",
     "build_pipeline",
+    "resolve_engine",
     "resolve_weights",
 ]
 
-EngineName = Literal["torch", "onnxruntime", "tensorrt"]
+EngineName = Literal["auto", "torch", "torch-compile", "onnxruntime", "tensorrt"]
 ProposalKind = Literal["auto", "grid", "boxes", "none"]
-ENGINES: tuple[EngineName, ...] = ("torch", "onnxruntime", "tensorrt")
+ENGINES: tuple[EngineName, ...] = ("auto", "torch", "torch-compile", "onnxruntime", "tensorrt")
 DEFAULT_PRESET = "moca_synth"  # the MoCA preset without ImageBind weights
 RANDOM_SAM_PRESET = "sam_synth"  # the SAM built with seeded random weights
 SHIPPED_SAM_PRESET = "sam_synth"  # the SAM size of the shipped tiny weights
@@ -76,8 +78,11 @@ class BuildSettings:
             ``"none"``: cluster masks only. Grid or boxes is decided per call by whether box
             prompts come with the frames.
         points_per_side: SAM's point grid; None: 16 with ``sam`` weights, 4 for a random SAM.
-        engine: what runs the MoCA trunk (ImageBind audio + adapted vision); SAM, k-means and
-            mask matching always run on torch.
+        engine: what runs the MoCA trunk (ImageBind audio + adapted vision) and, for
+            ``torch-compile``, the SAM image encoder: ``torch`` (eager), ``torch-compile``
+            (inductor, :mod:`moca_rt.engines.compiled`), ``onnxruntime`` / ``tensorrt`` (the
+            exported units), or ``auto`` (:func:`resolve_engine`). SAM's decoder, k-means and
+            mask matching run on torch.
         engine_dir: the exported units for ``onnxruntime`` / ``tensorrt`` (they hold the
             weights, so ``imagebind`` / ``adapter`` must be None).
         export_dir: ``onnxruntime`` without ``engine_dir``: export the trunk that the torch
@@ -137,9 +142,14 @@ class BuildSettings:
         """What is wrong with the combination of engine settings, or None."""
         if self.engine not in ENGINES:
             return f"--engine: expected one of {list(ENGINES)}, got {self.engine!r}"
-        if self.engine == "torch":
+        if self.engine == "auto":
+            return None
+        if self.engine in ("torch", "torch-compile"):
             if self.engine_dir is not None:
-                return "--engine-dir is for --engine onnxruntime or tensorrt, got --engine torch"
+                return (
+                    f"--engine-dir is for --engine onnxruntime or tensorrt, got --engine "
+                    f"{self.engine}"
+                )
             return None
         if self.engine_dir is None and not (
             self.export_dir is not None and self.engine == "onnxruntime"
@@ -244,9 +254,13 @@ def build_pipeline(settings: BuildSettings) -> BuiltPipeline:
     problem = settings.usage_problem()
     if problem is not None:
         raise InputError(problem)
+    notes: list[str] = []
+    if settings.engine == "auto":
+        engine, why = resolve_engine(settings)
+        notes.append(f"--engine auto: {engine} ({why})")
+        settings = replace(settings, engine=engine)
     weights = resolve_weights(settings)
     config = settings.pipeline_config(weights.shipped.pipeline if weights.shipped else None)
-    notes: list[str] = []
     if weights.shipped is not None:
         notes.append(
             f"shipped tiny models (moca_synth + sam_synth, trained on the synthetic world; "
@@ -256,10 +270,12 @@ def build_pipeline(settings: BuildSettings) -> BuiltPipeline:
         )
     dtype = DTYPES[settings.precision]
     with torch_out_of_memory():
-        if settings.engine == "torch":
+        if settings.engine in ("torch", "torch-compile"):
             model: Any = _torch_trunk(settings, weights, torch.device(settings.device), notes)
             if dtype != torch.float32:
                 model = model.to(dtype)
+            if settings.engine == "torch-compile":
+                model = _compiled_trunk(model, settings, notes)
         else:
             torch.manual_seed(settings.seed)  # a random SAM is seeded here as on the torch path
             model = _engine_trunk(settings, weights, notes)
@@ -267,6 +283,18 @@ def build_pipeline(settings: BuildSettings) -> BuiltPipeline:
         if sam is not None and dtype != torch.float32:
             sam = sam.to(dtype)
         proposals, points = _proposal_source(settings, weights, sam, notes)
+        if proposals is not None and settings.engine == "torch-compile":
+            from moca_rt.engines.compiled import CompiledEngine
+            from moca_rt.export.wrappers import SamEncoderUnit
+
+            proposals.encoder = CompiledEngine(
+                SamEncoderUnit(sam),
+                names.input_names("sam_encoder"),
+                names.output_names("sam_encoder"),
+                settings.device,
+            )
+        if proposals is not None and settings.engine == "onnxruntime":
+            proposals.encoder = _onnxruntime_sam_encoder(settings, sam, notes)
         pipeline = MocaPipeline(model, proposals, config, device=settings.device, dtype=dtype)
     return BuiltPipeline(pipeline, notes, points)
 
@@ -314,6 +342,62 @@ def _torch_trunk(
                 "ImageBind (no AdaAV step beat it on the synthetic world; docs/design.md)"
             )
     return model
+
+
+def resolve_engine(settings: BuildSettings) -> tuple[EngineName, str]:
+    """What ``--engine auto`` runs, and why (the rule of docs/design.md, "Engines").
+
+    1. ``--engine-dir`` given: the engine its files are for: ``tensorrt`` for ``*.engine``
+       files on a CUDA device, else ``onnxruntime`` (``*.onnx``).
+    2. A CUDA device: ``torch-compile`` (inductor with CUDA graphs: DESIGN section 7's fastest
+       path that can be verified on the lent GPUs).
+    3. The CPU: ``torch`` (eager). Measured on the shared 2-core CPU (docs/design.md): the
+       compiled tiny trunk was no faster than eager, and onnxruntime needs exported units
+       (``--engine-dir``, or the demo's export).
+    """
+    device = torch.device(settings.device)
+    if settings.engine_dir is not None:
+        folder = Path(settings.engine_dir)
+        if device.type == "cuda" and any(folder.glob("*.engine")):
+            return "tensorrt", f"TensorRT engines in {folder}"
+        return "onnxruntime", f"exported units in {folder}"
+    if device.type == "cuda":
+        return "torch-compile", "a CUDA device: inductor with CUDA graphs"
+    return "torch", "the CPU: eager torch (docs/design.md, Engines)"
+
+
+def _compiled_trunk(model: Any, settings: BuildSettings, notes: list[str]) -> Any:
+    """The torch trunk's audio and vision export units under ``torch.compile``."""
+    from moca_rt.engines.compiled import CompiledEngine, CompileOptions
+    from moca_rt.engines.moca_units import EngineMocaModel
+    from moca_rt.export.wrappers import AudioEncoderUnit, VisionUnit
+
+    layers = len(model.adapters)
+    options = CompileOptions()
+    device = torch.device(settings.device)
+    audio = CompiledEngine(
+        AudioEncoderUnit(model),
+        names.input_names("audio"),
+        names.output_names("audio", layers),
+        device,
+        options,
+    )
+    vision = CompiledEngine(
+        VisionUnit(model),
+        names.input_names("vision", layers),
+        names.output_names("vision", layers),
+        device,
+        options,
+    )
+    mode = options.resolved_mode(device) or "default"
+    notes.append(
+        f"--engine torch-compile: the MoCA trunk and SAM's image encoder compile with inductor "
+        f"(mode {mode}, batch buckets {list(options.batch_buckets)}) on first use of each "
+        "batch size; compile time is reported apart (warm up with "
+        "moca_rt.engines.compiled.warmup_pipeline); SAM's decoder, k-means and matching run "
+        "eagerly"
+    )
+    return EngineMocaModel(audio, vision, layers, device)
 
 
 def _engine_trunk(settings: BuildSettings, weights: Weights, notes: list[str]) -> Any:
@@ -404,7 +488,7 @@ def _onnxruntime_trunk(settings: BuildSettings, weights: Weights, notes: list[st
     notes.append(
         f"--engine onnxruntime: the MoCA trunk ({folder}, {found}) "
         f"runs on {got[0] if got else '?'} "
-        f"(providers {got}); SAM proposals, k-means and mask matching stay on torch ({device})"
+        f"(providers {got}); SAM's decoder, k-means and mask matching stay on torch ({device})"
     )
     if getattr(engine, "fell_back", False):
         notes.append(
@@ -414,6 +498,53 @@ def _onnxruntime_trunk(settings: BuildSettings, weights: Weights, notes: list[st
             f"{device}"
         )
     return model
+
+
+def _onnxruntime_sam_encoder(settings: BuildSettings, sam: Any, notes: list[str]) -> Any:
+    """SAM's image encoder on onnxruntime: ``sam_encoder_<precision>.onnx`` from
+    ``engine_dir``, or exported from ``sam`` into ``export_dir`` (the demo); None (torch) when
+    ``engine_dir`` has no such file (noted)."""
+    from moca_rt.engines.ort import OrtEngine
+
+    precision = settings.precision
+    file = f"sam_encoder_{precision}.onnx"
+    if settings.engine_dir is not None:
+        path = Path(settings.engine_dir) / file
+        if not path.is_file():
+            notes.append(
+                f"--engine onnxruntime: no {file} in {settings.engine_dir}, so SAM's image "
+                "encoder runs on torch (python -m moca_rt.export.create_onnx --unit sam_encoder)"
+            )
+            return None
+    else:
+        from moca_rt.export.create_onnx import export_unit
+
+        if settings.export_dir is None or precision not in ONNX_PRECISIONS:
+            return None
+        path = Path(settings.export_dir) / file
+        started = time.perf_counter()
+        export_unit("sam_encoder", sam.to("cpu").eval(), path, precision)
+        sam.to(settings.device)
+        notes.append(
+            f"demo: exported SAM's image encoder ({precision}) to {path} in "
+            f"{time.perf_counter() - started:.1f} s"
+        )
+    providers = ["CPUExecutionProvider"]
+    if torch.device(settings.device).type == "cuda":
+        providers.insert(0, "CUDAExecutionProvider")
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always", RuntimeWarning)
+        try:
+            engine = OrtEngine(
+                path, providers, names.input_names("sam_encoder"), names.output_names("sam_encoder")
+            )
+        except ValueError as e:
+            raise InputError(f"--engine-dir: {path}: {e}") from e
+    notes.append(
+        f"--engine onnxruntime: SAM's image encoder ({path.name}) runs on {engine.provider}; "
+        "its grid decoder (factored), k-means and matching on torch"
+    )
+    return engine
 
 
 def _tensorrt_trunk(settings: BuildSettings, notes: list[str]) -> Any:

@@ -110,7 +110,9 @@ def _check_float_audio(x: torch.Tensor, name: str, dims: tuple[int, ...] | None)
         raise ValueError(f"{name}: expected a floating-point tensor, got {x.dtype}")
     if x.shape[-1] == 0 or x.numel() == 0:
         raise ValueError(f"{name}: expected at least one sample, got shape {tuple(x.shape)}")
-    if not bool(torch.isfinite(x).all()):
+    # A finite sum means finite samples (NaN and inf propagate); the full check runs only when
+    # the sum is not finite (also when finite samples overflow it), 20x cheaper on a 2 s clip.
+    if not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name}: expected finite samples, got NaN or inf")
 
 
@@ -293,7 +295,10 @@ def fbank(
     frames = frames - frames.mean(dim=-1, keepdim=True)
     previous = torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)
     frames = (frames - PREEMPHASIS * previous) * window
-    power = torch.fft.rfft(frames, n=n_fft).abs().pow(2.0)
+    spectrum = torch.fft.rfft(frames, n=n_fft)
+    # |X|^2 as re^2 + im^2: kaldi's abs().pow(2) takes a square root to square it again (4x
+    # slower on the CPU); the two differ by rounding only.
+    power = spectrum.real.square() + spectrum.imag.square()
     mel = torch.matmul(power, banks_t)
     eps = torch.finfo(torch.float32).eps
     return mel.clamp(min=eps).log()

@@ -288,6 +288,9 @@ def test_cli_demo_onnxruntime_equals_torch_demo(
     code, stdout, err = _run(capsys, *common, "--engine", "onnxruntime", "--out", tmp_path / "ort")
     assert code == 0, err
     assert (tmp_path / "ort" / "onnx" / "audio_fp32.onnx").is_file()
+    # SAM's image encoder runs on onnxruntime too (exported beside the trunk).
+    assert (tmp_path / "ort" / "onnx" / "sam_encoder_fp32.onnx").is_file()
+    assert f"SAM's image encoder (sam_encoder_fp32.onnx) runs on {CPU}" in err
     assert f"runs on {CPU}" in err and "stay on torch" in err and "exported the MoCA trunk" in err
     records = read_jsonl(tmp_path / "ort" / "records.jsonl")
     clip_bytes = (tmp_path / "ort" / "demo_input.mp4").read_bytes()

@@ -1,0 +1,290 @@
+"""SAM's mask decoder for point grids, rearranged so that a prompt costs a fraction of a full pass.
+
+:meth:`moca_rt.modeling.sam.Sam.decode` runs the whole two-way transformer once per prompt on a
+private copy of the image tokens (4096 x 256 for the 1024 models): every projection of the image
+tokens is repeated per prompt, and its output upscaling runs even for prompts whose predicted
+IoU already rules all their masks out. Here the same function is computed in another order:
+
+* **shared projections**: before the first image->token attention the image tokens are the same
+  for every prompt of a frame, so layer 0's key/value/query projections of the image run once
+  per frame (not once per prompt);
+* **factored attention**: where one side of an attention is a prompt's handful of tokens (T = 7
+  for a point prompt: IoU token, 4 mask tokens, the point, the padding point), the projections
+  of the image side are moved onto the token side. ``q . (W_k x + b_k) = (W_k^T q) . x + q . b_k``
+  and ``sum_t a_t (W_v x_t + b_v) = W_v (sum_t a_t x_t) + b_v`` turn two (HW x D) x (D x I)
+  products per prompt into (heads * T) x D x HW ones; the image->token output ``out_proj(A V)``
+  becomes ``A (V W_o^T)`` per head. With heads * T = 56 < I = 128 this halves their cost;
+* **IoU first**: SAM's first quality filter is the predicted IoU, which needs only the
+  transformer. :func:`upscale_masks` (the output upscaling and hypernetwork, about half of what
+  is left) runs only for prompts with a mask above the threshold;
+* **channels last**: the two ConvTranspose2d (kernel 2, stride 2) of the upscaling are a matmul
+  each on channels-last features, with the LayerNorm2d over the last axis.
+
+The result is the official decoder's up to floating-point rounding (summation order differs;
+``tests/test_grid_decoder.py`` checks it against :meth:`Sam.decode`). Only single positive point
+prompts with multimask output are handled: what the automatic grid needs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from moca_rt.modeling.sam import DecoderAttention, LayerNorm2d, Sam, TwoWayAttentionBlock
+
+__all__ = ["GridFrames", "decode_grid_tokens", "prepare_frames", "upscale_masks"]
+
+
+@dataclass
+class GridFrames:
+    """Per-frame tensors every prompt of a frame shares (from :func:`prepare_frames`).
+
+    Attributes:
+        keys: (F, HW, D) image tokens (embedding + no-mask embedding), channels last.
+        key_pe: (1, HW, D) positional encoding of the embedding grid.
+        k0, v0: (F, heads, HW, hd) layer 0's token->image key / value projections.
+        q0: (F, HW, heads, hd) layer 0's image->token query projection.
+        grid: (h, w) of the image embedding.
+    """
+
+    keys: Tensor
+    key_pe: Tensor
+    k0: Tensor
+    v0: Tensor
+    q0: Tensor
+    grid: tuple[int, int]
+
+
+def _blocks(sam: Sam) -> list[TwoWayAttentionBlock]:
+    """The two-way blocks of SAM's decoder, typed."""
+    blocks = [b for b in sam.mask_decoder.transformer.layers if isinstance(b, TwoWayAttentionBlock)]
+    if not blocks or len(blocks) != len(sam.mask_decoder.transformer.layers):
+        raise ValueError("expected SAM's mask decoder to hold only two-way attention blocks")
+    return blocks
+
+
+def _heads(x: Tensor, num_heads: int) -> Tensor:
+    """(..., I) -> (..., heads, I / heads)."""
+    return x.unflatten(-1, (num_heads, x.shape[-1] // num_heads))
+
+
+@torch.no_grad()
+def prepare_frames(sam: Sam, embeddings: Tensor) -> GridFrames:
+    """The prompt-independent part of the decoder for F image embeddings (F, D, h, w)."""
+    pe = sam.prompt_encoder
+    dtype = pe.no_mask_embed.weight.dtype
+    h, w = embeddings.shape[-2:]
+    keys = embeddings.to(dtype).flatten(2).transpose(1, 2) + pe.no_mask_embed.weight[None]
+    key_pe = pe.get_dense_pe().flatten(2).transpose(1, 2)
+    first = _blocks(sam)[0]
+    t2i, i2t = first.cross_attn_token_to_image, first.cross_attn_image_to_token
+    kp = keys + key_pe
+    heads = t2i.num_heads
+    k0 = _heads(t2i.k_proj(kp), heads).transpose(1, 2)
+    v0 = _heads(t2i.v_proj(keys), heads).transpose(1, 2)
+    q0 = _heads(i2t.q_proj(kp), i2t.num_heads)
+    return GridFrames(keys.contiguous(), key_pe, k0, v0, q0, (h, w))
+
+
+def _token_proj_out(attn: DecoderAttention, values: Tensor) -> Tensor:
+    """Per head, token values (..., T, I) through out_proj: (..., heads * T, D) (no bias)."""
+    heads = attn.num_heads
+    v = _heads(values, heads)  # (..., T, heads, hd)
+    w_o = _heads(attn.out_proj.weight, heads)  # (D, heads, hd)
+    u = torch.einsum("...thc,dhc->...htd", v, w_o)
+    return u.flatten(-3, -2)
+
+
+def _image_to_tokens(
+    attn: DecoderAttention, scores: Tensor, values: Tensor, residual: Tensor
+) -> Tensor:
+    """Image queries attending to T tokens, plus the residual.
+
+    Args:
+        scores: (..., heads, T, HW) scaled scores (tokens on the second-last axis, so that the
+            softmax over T runs along contiguous rows of HW).
+        values: (..., T, I) projected token values.
+        residual: (..., HW, D) image tokens the attention output is added to (broadcast).
+
+    Returns ``residual + out_proj(attention)`` (..., HW, D), computed as
+    ``residual + A (V W_o^T) + b_o``.
+    """
+    a = scores.softmax(dim=-2).flatten(-3, -2)  # (..., heads * T, HW)
+    out = a.transpose(-1, -2) @ _token_proj_out(attn, values)  # (..., HW, D)
+    out += residual
+    out += attn.out_proj.bias
+    return out
+
+
+def _i2t_scores_factored(attn: DecoderAttention, image_q: Tensor, tokens_k: Tensor) -> Tensor:
+    """Scores of image queries (..., HW, D) (not yet projected) against token keys (..., T, D).
+
+    ``(W_q x + b_q) . k_h = x . (W_q,h^T k_h) + b_q,h . k_h``: the query projection moves onto the
+    T keys. Returns (..., heads, T, HW), scaled.
+    """
+    heads = attn.num_heads
+    k = _heads(attn.k_proj(tokens_k), heads)  # (..., T, heads, hd)
+    w_q = _heads(attn.q_proj.weight.T, heads)  # (D, heads, hd)
+    b_q = _heads(attn.q_proj.bias, heads)  # (heads, hd)
+    scale = 1.0 / math.sqrt(k.shape[-1])
+    k_img = torch.einsum("...thc,dhc->...htd", k * scale, w_q).flatten(-3, -2)  # (.., heads*T, D)
+    bias = torch.einsum("...thc,hc->...ht", k * scale, b_q).flatten(-2)  # (..., heads*T)
+    s = torch.baddbmm(
+        bias.reshape(-1, bias.shape[-1], 1),
+        k_img.reshape(-1, *k_img.shape[-2:]),
+        image_q.reshape(-1, *image_q.shape[-2:]).transpose(1, 2),
+    )
+    return s.reshape(*k.shape[:-3], heads, k.shape[-3], image_q.shape[-2])
+
+
+def _t2i_factored(
+    attn: DecoderAttention, tokens_q: Tensor, image_k: Tensor, image_v: Tensor
+) -> Tensor:
+    """Token queries (..., T, D) attending to image tokens that differ per prompt.
+
+    Args:
+        image_k: (..., HW, D) keys before projection (image + positional encoding).
+        image_v: (..., HW, D) values before projection.
+
+    Returns out_proj(attention) (..., T, D).
+    """
+    heads = attn.num_heads
+    q = _heads(attn.q_proj(tokens_q), heads)  # (..., T, heads, hd)
+    t = q.shape[-3]
+    q = q * (1.0 / math.sqrt(q.shape[-1]))
+    w_k = _heads(attn.k_proj.weight.T, heads)  # (D, heads, hd)
+    q_img = torch.einsum("...thc,dhc->...htd", q, w_k).flatten(-3, -2)  # (..., heads*T, D)
+    bias = torch.einsum("...thc,hc->...ht", q, _heads(attn.k_proj.bias, heads)).flatten(-2)
+    s = torch.baddbmm(
+        bias.reshape(-1, bias.shape[-1], 1),
+        q_img.reshape(-1, *q_img.shape[-2:]),
+        image_k.reshape(-1, *image_k.shape[-2:]).transpose(1, 2),
+    )  # (P, heads*T, HW)
+    pooled = s.softmax(dim=-1) @ image_v.reshape(-1, *image_v.shape[-2:])  # sum_t a_t x_t
+    pooled = pooled.reshape(*q_img.shape)  # (..., heads*T, D)
+    w_v = attn.v_proj.weight.unflatten(0, (heads, -1))  # (heads, hd, D)
+    out = torch.einsum("...htd,hcd->...thc", pooled.unflatten(-2, (heads, t)), w_v)
+    out = out + _heads(attn.v_proj.bias, heads)
+    return attn.out_proj(out.flatten(-2))
+
+
+def _self_attention(block: TwoWayAttentionBlock, queries: Tensor, query_pe: Tensor) -> Tensor:
+    """The tokens' self-attention of a two-way block on (F, n, T, D) tokens."""
+    shape = queries.shape
+    x, x_pe = queries.flatten(0, 1), query_pe.flatten(0, 1)
+    if block.skip_first_layer_pe:
+        return block.norm1(block.self_attn(x, x, x)).reshape(shape)
+    q = x + x_pe
+    return block.norm1(x + block.self_attn(q, q, x)).reshape(shape)
+
+
+@torch.no_grad()
+def decode_grid_tokens(
+    sam: Sam, frames: GridFrames, point_coords: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The two-way transformer and IoU head for n single-point prompts on each of F frames.
+
+    Args:
+        sam: the model (prompt encoder and mask decoder are used).
+        frames: :func:`prepare_frames` of the F embeddings.
+        point_coords: (F, n, 2) XY in the model frame (the 1024 input for the official models),
+            one positive point per prompt.
+
+    Returns:
+        iou_predictions (F, n, 3) of the multimask outputs, the mask tokens (F, n, 3, D) that
+        :func:`upscale_masks` needs, and the image tokens (F, n, HW, D) after the transformer.
+    """
+    f, n = point_coords.shape[:2]
+    if point_coords.shape != (f, n, 2) or f != frames.keys.shape[0]:
+        raise ValueError(
+            f"expected point_coords ({frames.keys.shape[0]}, n, 2), got {tuple(point_coords.shape)}"
+        )
+    pe, md = sam.prompt_encoder, sam.mask_decoder
+    tr = md.transformer
+    labels = torch.ones(f * n, 1, dtype=torch.int64, device=point_coords.device)
+    sparse = pe.embed_points(point_coords.reshape(f * n, 1, 2), labels, pad=True)
+    out_tokens = torch.cat([md.iou_token.weight, md.mask_tokens.weight], dim=0).to(sparse.dtype)
+    tokens = torch.cat([out_tokens[None].expand(f * n, -1, -1), sparse], dim=1)
+    tokens = tokens.reshape(f, n, -1, sparse.shape[-1])  # (F, n, T, D)
+    t = tokens.shape[2]
+    query_pe = tokens
+    key_pe = frames.key_pe[:, None]  # (1, 1, HW, D)
+
+    # Layer 0: the image tokens are the frame's own; its projections are shared (GridFrames).
+    blocks = _blocks(sam)
+    first = blocks[0]
+    queries = _self_attention(first, tokens, query_pe)
+    t2i = first.cross_attn_token_to_image
+    q = _heads(t2i.q_proj(queries + query_pe), t2i.num_heads)  # (F, n, T, heads, hd)
+    q = q.flatten(1, 2).transpose(1, 2)  # (F, heads, n*T, hd)
+    att = F.scaled_dot_product_attention(q, frames.k0, frames.v0)  # (F, heads, n*T, hd)
+    att = att.transpose(1, 2).reshape(f, n, t, -1)
+    queries = first.norm2(queries + t2i.out_proj(att))
+    queries = first.norm3(queries + first.mlp(queries))
+    i2t = first.cross_attn_image_to_token
+    k = _heads(i2t.k_proj(queries + query_pe), i2t.num_heads)  # (F, n, T, heads, hd)
+    scale = 1.0 / math.sqrt(k.shape[-1])
+    scores = torch.einsum("fnthc,fxhc->fnhtx", k * scale, frames.q0)  # (F, n, heads, T, HW)
+    keys = first.norm4(_image_to_tokens(i2t, scores, i2t.v_proj(queries), frames.keys[:, None]))
+
+    # Later layers: the image tokens are per prompt; attention is factored onto the tokens.
+    for layer in blocks[1:]:
+        queries = _self_attention(layer, queries, query_pe)
+        keys_pe = keys + key_pe
+        a = _t2i_factored(layer.cross_attn_token_to_image, queries + query_pe, keys_pe, keys)
+        queries = layer.norm2(queries + a)
+        queries = layer.norm3(queries + layer.mlp(queries))
+        i2t = layer.cross_attn_image_to_token
+        scores = _i2t_scores_factored(i2t, keys_pe, queries + query_pe)
+        keys = layer.norm4(_image_to_tokens(i2t, scores, i2t.v_proj(queries), keys))
+    a = _t2i_factored(tr.final_attn_token_to_image, queries + query_pe, keys + key_pe, keys)
+    queries = tr.norm_final_attn(queries + a)
+
+    iou = md.iou_prediction_head(queries[:, :, 0])[..., 1:]
+    mask_tokens = queries[:, :, 2 : 1 + md.num_mask_tokens]  # multimask: tokens 1..M-1
+    return iou.float(), mask_tokens, keys
+
+
+@torch.no_grad()
+def upscale_masks(sam: Sam, mask_tokens: Tensor, keys: Tensor, grid: tuple[int, int]) -> Tensor:
+    """Output upscaling + hypernetwork for P prompts: low-res logits (P, 3, 4h, 4w) float32.
+
+    Args:
+        mask_tokens: (P, 3, D) the multimask tokens from :func:`decode_grid_tokens`.
+        keys: (P, HW, D) image tokens from :func:`decode_grid_tokens`.
+        grid: (h, w) of the image embedding.
+    """
+    md = sam.mask_decoder
+    up1, ln, _, up2, _ = md.output_upscaling
+    if not (
+        isinstance(up1, torch.nn.ConvTranspose2d)
+        and isinstance(up2, torch.nn.ConvTranspose2d)
+        and isinstance(ln, LayerNorm2d)
+        and up1.bias is not None
+        and up2.bias is not None
+    ):
+        raise ValueError("expected SAM's output upscaling: ConvTranspose2d, LayerNorm2d, ...")
+    p = keys.shape[0]
+    h, w = grid
+    c1, c2 = up1.out_channels, up2.out_channels
+    # ConvTranspose2d(k=2, s=2) == per-pixel matmul to (i, j, c_out), channels last.
+    w1 = up1.weight.permute(2, 3, 1, 0).reshape(4 * c1, up1.in_channels)
+    x = F.linear(keys, w1, up1.bias.repeat(4)).reshape(p, h, w, 2, 2, c1)
+    x = F.gelu(F.layer_norm(x, (c1,), ln.weight, ln.bias, ln.eps))
+    w2 = up2.weight.permute(2, 3, 1, 0).reshape(4 * c2, c1)
+    x = F.gelu(F.linear(x, w2, up2.bias.repeat(4)))
+    hyper = torch.stack(
+        [
+            mlp(mask_tokens[:, i])
+            for i, mlp in enumerate(md.output_hypernetworks_mlps[1:])  # multimask tokens
+        ],
+        dim=1,
+    )  # (P, 3, c2)
+    m = x.reshape(p, -1, c2) @ hyper.transpose(1, 2)  # (P, h*w*16, 3)
+    # Pixel (4y + 2i + k, 4x + 2j + l) of the mask is feature (y, x, i, j, k, l).
+    m = m.reshape(p, h, w, 2, 2, 2, 2, -1).permute(0, 7, 1, 3, 5, 2, 4, 6)
+    return m.reshape(p, -1, 4 * h, 4 * w).float()

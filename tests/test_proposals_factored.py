@@ -1,0 +1,165 @@
+"""The factored grid decoder (moca_rt.grid_decoder) and the batched grid proposals built on it.
+
+Checked against the official SAM's outputs on the fixture (sam_test weights and image), against
+our own ``Sam.decode`` on seeded random weights of two sizes, and proposal for proposal against
+the per-frame reference path with filters that drop some prompts and keep others.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import FIXTURES
+from numeric import assert_close_stage
+from safetensors.torch import load_file
+
+from moca_rt.config import SAM_PRESETS
+from moca_rt.grid_decoder import decode_grid_tokens, prepare_frames, upscale_masks
+from moca_rt.modeling.sam import Sam, build_sam, load_sam
+from moca_rt.proposals import (
+    ProposalConfig,
+    SamProposals,
+    build_point_grid,
+    grid_proposals_batch,
+    grid_proposals_from_embedding,
+)
+from moca_rt.sam_transforms import apply_coords
+
+SAM_DIR = FIXTURES / "sam"
+SIZE = (480, 640)
+
+
+@pytest.fixture(scope="module")
+def model() -> Sam:
+    torch.set_num_threads(2)
+    return load_sam(SAM_DIR / "weights.safetensors", SAM_PRESETS["sam_test"])
+
+
+@pytest.fixture(scope="module")
+def embedding() -> torch.Tensor:
+    return load_file(str(SAM_DIR / "encoder.safetensors"))["encoder_output"]
+
+
+def _decode(sam: Sam, emb: torch.Tensor, coords: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    frames = prepare_frames(sam, emb)
+    iou, tokens, keys = decode_grid_tokens(sam, frames, coords)
+    low = upscale_masks(sam, tokens.flatten(0, 1), keys.flatten(0, 1), frames.grid)
+    return iou, low.unflatten(0, iou.shape[:2])
+
+
+def test_factored_decoder_matches_official_grid(model: Sam, embedding: torch.Tensor) -> None:
+    ref = load_file(str(SAM_DIR / "predictor.safetensors"))
+    raw = ref["grid16.coords_raw"][:, 0, :]  # (16, 2) input pixels
+    coords = apply_coords(raw, SIZE, model.image_size)[None]
+    iou, low = _decode(model, embedding, coords)
+    err = (iou[0] - ref["grid16.iou_predictions"]).abs().max().item()
+    print(f"factored decoder vs official grid16 IoU: max_abs={err:.3e}")
+    assert err <= 1e-5
+    assert_close_stage(low[0, :, :, ::8, ::8], ref["grid16.low_res_logits_sub8"], "factored")
+
+
+@pytest.mark.parametrize("preset", ["sam_test", "sam_synth"])
+def test_factored_decoder_matches_sam_decode(preset: str) -> None:
+    """Several frames of 5 prompts at once == Sam.decode per frame (seeded random weights)."""
+    torch.manual_seed(1)
+    sam = build_sam(SAM_PRESETS[preset]).eval()
+    cfg = sam.config
+    grid = cfg.image_size // cfg.patch_size
+    emb = torch.randn(3, cfg.prompt_embed_dim, grid, grid)
+    coords = torch.rand(3, 5, 2) * cfg.image_size
+    iou, low = _decode(sam, emb, coords)
+    assert iou.shape == (3, 5, 3) and low.shape == (3, 5, 3, 4 * grid, 4 * grid)
+    ones = torch.ones(5, 1, dtype=torch.int64)
+    with torch.no_grad():
+        for f in range(3):
+            ref_low, ref_iou = sam.decode(emb[f : f + 1], coords[f][:, None], ones)
+            torch.testing.assert_close(iou[f], ref_iou, rtol=0, atol=1e-5)
+            torch.testing.assert_close(low[f], ref_low, rtol=0, atol=1e-5)
+
+
+def test_batched_grid_proposals_equal_reference_path(model: Sam, embedding: torch.Tensor) -> None:
+    """Same proposals (order, scores, boxes, masks) as the per-frame path; some prompts are
+    skipped before upscaling (IoU filter), others kept; two frames of different sizes."""
+    small = (300, 200)
+    emb2 = torch.cat([embedding, embedding.flip(-1)])
+    everything = ProposalConfig(
+        points_per_side=4,
+        pred_iou_thresh=-1.0,
+        stability_score_thresh=0.0,
+        box_nms_thresh=1.0,
+        resolution="low",
+    )
+    thresh = float(
+        grid_proposals_from_embedding(model, embedding, SIZE, everything).scores.median()
+    )
+    cfg = ProposalConfig(
+        points_per_side=4,
+        points_per_batch=6,
+        pred_iou_thresh=thresh,
+        stability_score_thresh=0.0,
+        box_nms_thresh=0.99,
+        resolution="low",
+        keep_low_res_logits=True,
+    )
+    got = grid_proposals_batch(model, emb2, [SIZE, small], cfg)
+    kept_any = 0
+    for f, size in enumerate([SIZE, small]):
+        ref = grid_proposals_from_embedding(model, emb2[f : f + 1], size, cfg)
+        assert len(got[f]) == len(ref) and len(ref) > 0
+        kept_any += len(ref)
+        torch.testing.assert_close(got[f].scores, ref.scores, rtol=0, atol=1e-5)
+        torch.testing.assert_close(got[f].boxes, ref.boxes)
+        assert got[f].points is not None and ref.points is not None
+        assert torch.equal(got[f].points, ref.points)
+        agree = (got[f].masks == ref.masks).float().mean().item()
+        assert agree > 0.999
+    # The threshold is the median predicted IoU, so some grid masks were filtered out.
+    assert kept_any < 2 * 16 * 3
+
+
+def test_sam_proposals_decoders_agree(model: Sam, embedding: torch.Tensor) -> None:
+    cfg = ProposalConfig(points_per_side=3, pred_iou_thresh=0.5, stability_score_thresh=0.0)
+    sizes = [SIZE]
+    out = {
+        d: SamProposals(model, cfg, grid_decoder=d).from_embeddings(embedding, sizes, None)
+        for d in ("factored", "reference")
+    }
+    assert out["factored"][0].shape == out["reference"][0].shape
+    assert out["factored"][0].shape[0] > 0
+    torch.testing.assert_close(out["factored"][0], out["reference"][0], rtol=0, atol=1e-4)
+
+
+def test_sam_proposals_rejects_unknown_decoder(model: Sam) -> None:
+    with pytest.raises(ValueError, match="grid_decoder"):
+        SamProposals(model, grid_decoder="fast")  # type: ignore[arg-type]
+
+
+def test_upscaling_runs_only_for_prompts_passing_the_iou_filter(
+    model: Sam, embedding: torch.Tensor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The output upscaling (half the decoder's work) sees only prompts with a mask above
+    pred_iou_thresh; with a threshold above every prediction it never runs."""
+    import moca_rt.grid_decoder as grid_decoder
+
+    upscaled: list[int] = []
+    real = grid_decoder.upscale_masks
+
+    def counting(sam: Sam, tokens: torch.Tensor, keys: torch.Tensor, grid: tuple[int, int]):
+        upscaled.append(int(tokens.shape[0]))
+        return real(sam, tokens, keys, grid)
+
+    monkeypatch.setattr(grid_decoder, "upscale_masks", counting)
+    coords = apply_coords(
+        (build_point_grid(4) * torch.tensor([SIZE[1], SIZE[0]])).float(), SIZE, 1024
+    )
+    iou = _decode(model, embedding, coords[None])[0][0]  # (16, 3)
+    thresh = float(iou.max(dim=1).values.median())
+    passing = int((iou > thresh).any(dim=1).sum())
+    assert 0 < passing < 16
+    cfg = ProposalConfig(points_per_side=4, pred_iou_thresh=thresh, stability_score_thresh=0.0)
+    grid_proposals_batch(model, embedding, [SIZE], cfg)
+    assert sum(upscaled) == passing
+    upscaled.clear()
+    cfg_none = ProposalConfig(points_per_side=4, pred_iou_thresh=float(iou.max()) + 1.0)
+    assert len(grid_proposals_batch(model, embedding, [SIZE], cfg_none)[0]) == 0
+    assert upscaled == []
