@@ -25,8 +25,7 @@ import torch
 from PIL import Image
 
 from moca_rt.datasets.synth import SynthWorld
-from moca_rt.infer import DEMO_SECONDS
-from moca_rt.infer import main as infer_main
+from moca_rt.infer import DEMO_SECONDS, main as infer_main
 from moca_rt.metrics import frame_ious
 from moca_rt.sinks import read_jsonl
 

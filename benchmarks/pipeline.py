@@ -66,8 +66,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from moca_rt.build import ENGINES, BuildSettings
-from moca_rt.build import build_pipeline as build
+from moca_rt.build import ENGINES, BuildSettings, build_pipeline as build
 from moca_rt.config import MOCA_PRESETS, SAM_PRESETS, SAMPLE_RATE
 from moca_rt.precision import PRECISIONS
 from moca_rt.provenance import git_commit

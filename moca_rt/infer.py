@@ -63,28 +63,18 @@ import torch
 from moca_rt.build import ENGINES, BuildSettings
 from moca_rt.config import MOCA_PRESETS, SAM_PRESETS
 from moca_rt.errors import CheckpointError, InputError, OutOfMemoryError
-from moca_rt.infer_job import (
-    DEMO_SECONDS,
-    InferOptions,
-    InferSummary,
+from moca_rt.infer_job import (  # re-exported: the names of earlier releases
+    DEMO_SECONDS as DEMO_SECONDS,
+    InferOptions as InferOptions,
+    InferSummary as InferSummary,
     build_settings,
     cli_message,
-    make_demo_clip,
+    make_demo_clip as make_demo_clip,
     run_infer,
 )
 from moca_rt.precision import PRECISIONS
 from moca_rt.runner import RunSummary, SplitSummary
 from moca_rt.timeline import timeline_path
-
-__all__ = [
-    "DEMO_SECONDS",
-    "InferOptions",
-    "InferSummary",
-    "build_parser",
-    "main",
-    "make_demo_clip",
-    "run_infer",
-]
 
 EXIT_OK = 0
 EXIT_DECODE_ERROR = 1

@@ -25,8 +25,8 @@ from moca_rt.export.compare import (
     TOLERANCES,
     compare_outputs,
     compare_unit,
+    main as compare_main,
 )
-from moca_rt.export.compare import main as compare_main
 from moca_rt.export.create_onnx import (
     EXPORT_BATCH,
     EXPORTERS,
@@ -34,9 +34,9 @@ from moca_rt.export.create_onnx import (
     build_model,
     example_inputs,
     export_unit,
+    main as create_main,
     num_layers_of,
 )
-from moca_rt.export.create_onnx import main as create_main
 from moca_rt.export.wrappers import SamDecoderUnit, build_wrapper
 from moca_rt.modeling.moca import MocaModel
 from moca_rt.modeling.sam import Sam

@@ -71,8 +71,12 @@ from moca_rt.modeling.imagebind import (
     load_imagebind,
     official_key_layout,
 )
-from moca_rt.train.adaav import LossHistory, anchor_batch, git_commit
-from moca_rt.train.adaav import checkpoint_stem as _stem_with_prefix
+from moca_rt.train.adaav import (
+    LossHistory,
+    anchor_batch,
+    checkpoint_stem as _stem_with_prefix,
+    git_commit,
+)
 from moca_rt.train.data import (
     SynthTrainingSet,
     TrainingSet,
