@@ -52,10 +52,12 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     listing.write_text("video,comment\n" + "".join(f"{n},x\n" for n in names))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in a Ray actor with one CPU: the same float reductions
+    # (and infer --threads 1: infer applies its own thread policy otherwise)
     try:
         for i in range(CLIPS):
             ref = root / "ref" / f"c{i}"
-            code = infer.main([str(clips / f"c{i}.mp4"), "--out", str(ref), *INFER_FLAGS])
+            args = [str(clips / f"c{i}.mp4"), "--out", str(ref), "--threads", "1", *INFER_FLAGS]
+            code = infer.main(args)
             assert code == 0
     finally:
         torch.set_num_threads(threads)
