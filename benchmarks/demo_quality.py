@@ -34,9 +34,13 @@ RESULTS = ROOT / "benchmarks" / "results"
 FIGURE = ROOT / "docs" / "demo_overlay.png"
 
 
-def score_demo(out: Path, seed: int = 0) -> dict[str, Any]:
+def demo_scene(seed: int = 0) -> Any:
+    """The synthetic-world scene ``infer --demo`` encodes (frames and per-frame truth masks)."""
+    return SynthWorld(seed, image_size=224, video_seconds=DEMO_SECONDS).sample("video", 0)
+
+
+def score_demo(out: Path, scene: Any) -> dict[str, Any]:
     """Per-frame IoU of the masks under ``out`` against the demo scene's ground truth."""
-    scene = SynthWorld(seed, image_size=224, video_seconds=DEMO_SECONDS).sample("video", 0)
     records = [r for r in read_jsonl(out / "records.jsonl") if not r["dropped"]]
     preds = [np.asarray(Image.open(out / "masks" / f"{r['index']:06d}.png")) > 127 for r in records]
     truth = np.stack([scene.masks[r["index"]] for r in records])
@@ -57,9 +61,8 @@ def _outline(mask: np.ndarray) -> np.ndarray:
     return mask & ~inner
 
 
-def write_figure(out: Path, frames: list[int], path: Path, seed: int = 0) -> None:
+def write_figure(out: Path, frames: list[int], path: Path, scene: Any) -> None:
     """Input (left) and prediction in red with the truth outlined in green (right), per row."""
-    scene = SynthWorld(seed, image_size=224, video_seconds=DEMO_SECONDS).sample("video", 0)
     rows = []
     for index in frames:
         image = scene.frames[index].astype(np.float32)
@@ -85,12 +88,13 @@ def main(argv: list[str] | None = None) -> int:
         if code != 0:
             print(f"the demo failed with exit code {code}", file=sys.stderr)
             return code
-        result = score_demo(out)
+        scene = demo_scene()
+        result = score_demo(out, scene)
         if args.figure:
             ious = result["frame_ious"]
             order = np.argsort(ious)
             picks = sorted({int(order[-1]), int(order[len(order) // 2]), int(order[0])})
-            write_figure(out, picks, FIGURE)
+            write_figure(out, picks, FIGURE, scene)
             result["figure_frames"] = picks
     result["weights"] = "random" if args.random_weights else "shipped"
     name = "demo_quality_random.json" if args.random_weights else "demo_quality.json"
