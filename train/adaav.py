@@ -20,10 +20,11 @@ is dropped); rank r takes its B-slice; positives and negatives come from a gener
 Checkpoints (every ``save_every`` steps and at the end) in ``out``:
 ``adaav_step<NNNNNN>.safetensors`` (adapter weights only, keys ``adapters.<layer>.<name>``, what
 :meth:`~moca_rt.modeling.moca.MocaModel.load_adapter_state_dict` reads),
-``adaav_step<NNNNNN>.json`` (preset, data source, pairing, step, lr, loss summary, git commit,
-seed, the whole training config) and ``adaav_step<NNNNNN>.train.pt`` (Adam and scheduler state,
-loss history; read with ``weights_only=True``). ``--resume`` takes any of the three files or
-the folder (its latest step).
+``adaav_step<NNNNNN>.json`` (preset, data source, pairing, step, lr, loss summary, sha256 of
+the weights, git commit, seed, the whole training config) and ``adaav_step<NNNNNN>.train.pt``
+(Adam and scheduler state, loss history; read with ``weights_only=True``). ``--resume`` takes
+any of the three files or the folder (its latest step). The loop, the files and the shared
+flags are :mod:`moca_rt.train.step_files`.
 
 Multi-GPU: under ``torchrun`` (``WORLD_SIZE > 1``) each process takes its rank's slice of every
 global batch and the adapter gradients are averaged with ``all_reduce`` before each Adam step;
@@ -36,13 +37,12 @@ CLI: ``python -m moca_rt.train.adaav --preset moca_huge --imagebind imagebind_hu
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -52,7 +52,7 @@ from torch import Tensor
 from moca_rt.config import DINO_PRESETS, MOCA_PRESETS
 from moca_rt.kernels.pma import pma_triplet_loss
 from moca_rt.modeling.moca import AudioFeatures, MocaModel
-from moca_rt.provenance import git_commit
+from moca_rt.train.core import add_config_argument, config_from_args
 from moca_rt.train.data import TrainingSet, add_data_arguments, open_training_set
 from moca_rt.train.pairing import (
     PairingTable,
@@ -60,6 +60,11 @@ from moca_rt.train.pairing import (
     sample_negatives_or_redraw,
     sample_positive,
     save_table,
+)
+from moca_rt.train.step_files import (
+    StepFileTrainer,
+    add_step_file_arguments,
+    checkpoint_stem as _stem_with_prefix,
 )
 
 __all__ = [
@@ -415,24 +420,7 @@ def triplet_loss(
 # trainer
 
 
-@dataclass
-class LossHistory:
-    """Loss history: every step's loss since the last entry, and one mean per log window."""
-
-    windows: list[tuple[int, float]] = field(default_factory=list)  # (last step, mean loss)
-    pending: list[float] = field(default_factory=list)
-
-    def summary(self) -> dict[str, object]:
-        means = [m for _, m in self.windows]
-        return {
-            "window_means": [[s, m] for s, m in self.windows],
-            "first": means[0] if means else None,
-            "last": means[-1] if means else None,
-            "min": min(means) if means else None,
-        }
-
-
-class AdaavTrainer:
+class AdaavTrainer(StepFileTrainer):
     """The optimisation state of one run (model, Adam, cosine schedule, step, history).
 
     Args:
@@ -441,6 +429,11 @@ class AdaavTrainer:
         pairing: a :class:`KnnPairing` or :class:`ClassPairing` over ``data``.
         config: the run's :class:`TrainConfig` (loss, schedule, precision, caching).
     """
+
+    prefix = CHECKPOINT_PREFIX
+    desc = "adaav"
+    config: TrainConfig
+    data: TrainingSet
 
     def __init__(
         self,
@@ -459,9 +452,7 @@ class AdaavTrainer:
         self.rank, self.world_size = rank, world_size
         self.device = next(model.parameters()).device
         self.image_size = config.image_size or model.config.imagebind.vision.image_size
-        self.optimizer, self.scheduler = self._optimiser()
-        self.step = 0
-        self.history = LossHistory()
+        self._start()
         self.prefix_cache: dict[int, Tensor] = {}
         model.activation_checkpointing = config.activation_checkpointing
         model.train()
@@ -544,65 +535,22 @@ class AdaavTrainer:
                 p.grad /= self.world_size
             dist.all_reduce(value)
             value /= self.world_size
-        self.optimizer.step()
-        self.scheduler.step()
-        self.step += 1
-        loss_value = float(value)
-        if not math.isfinite(loss_value):
-            raise FloatingPointError(f"loss became {loss_value} at step {self.step}")
-        self.history.pending.append(loss_value)
-        if len(self.history.pending) >= self.config.log_every:
-            self._close_window()
-        return loss_value
+        return self._advance(value)
 
-    def _close_window(self) -> None:
-        if self.history.pending:
-            mean = sum(self.history.pending) / len(self.history.pending)
-            self.history.windows.append((self.step, mean))
-            self.history.pending = []
+    def _progress_postfix(self) -> dict[str, str]:
+        return {"lr": f"{self.scheduler.get_last_lr()[0]:.2e}"}
 
     # checkpoints ------------------------------------------------------------------------
 
     def save(self, out_dir: str | Path, extra: dict[str, object] | None = None) -> Path:
         """Write the three checkpoint files of the current step; returns the JSON path."""
-        from safetensors.torch import save_file
-
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        stem = out / f"{CHECKPOINT_PREFIX}{self.step:06d}"
-        weights = {k: v.contiguous().cpu() for k, v in self.model.adapter_state_dict().items()}
-        save_file(weights, str(stem) + ".safetensors", metadata={"step": str(self.step)})
-        state = {
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "step": self.step,
-            "history_windows": [[s, m] for s, m in self.history.windows],
-            "history_pending": list(self.history.pending),
-        }
-        torch.save(state, str(stem) + ".train.pt")
-        c = self.config
-        meta: dict[str, object] = {
-            "format": 1,
-            "step": self.step,
-            "iters": c.iters,
-            "lr": self.scheduler.get_last_lr()[0],
-            "preset": c.preset,
-            "data": self.data.source,
-            "num_items": len(self.data),
-            "pairing": self.pairing.description,
-            "seed": c.seed,
-            "git_commit": git_commit(),
-            "loss": self.history.summary(),
-            "weights": stem.name + ".safetensors",
-            "train_state": stem.name + ".train.pt",
-            "config": asdict(c),
-            "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        if extra:
-            meta.update(extra)
-        path = Path(str(stem) + ".json")
-        path.write_text(json.dumps(meta, indent=2) + "\n")
-        return path
+        return self._write_checkpoint(
+            out_dir,
+            self.model.adapter_state_dict(),
+            {"step": str(self.step)},
+            {},
+            {"pairing": self.pairing.description, **(extra or {})},
+        )
 
     def load(self, path: str | Path) -> None:
         """Restore adapters, Adam, scheduler, step and loss history from a checkpoint.
@@ -611,57 +559,15 @@ class AdaavTrainer:
             path: a checkpoint's ``.json``, ``.safetensors`` or ``.train.pt`` file, or a folder
                 (its latest step).
         """
-        stem = checkpoint_stem(path)
-        meta = json.loads(Path(str(stem) + ".json").read_text())
-        if meta["preset"] != self.config.preset:
-            raise ValueError(
-                f"resume: expected a checkpoint of preset {self.config.preset!r}, got "
-                f"{meta['preset']!r} in {stem}.json"
-            )
-        if meta["iters"] != self.config.iters:
-            raise ValueError(
-                f"resume: expected --iters {meta['iters']} (the cosine schedule of {stem}.json), "
-                f"got {self.config.iters}"
-            )
+        stem, _ = self._read_checkpoint(path)
+        # load_adapter_state_dict replaces the parameters: Adam is rebuilt on the new ones.
         self.model.load_adapter_state_dict(str(stem) + ".safetensors")
-        state = torch.load(str(stem) + ".train.pt", map_location=self.device, weights_only=True)
-        # load_adapter_state_dict replaced the parameters: rebuild Adam on the new ones. The
-        # scheduler's constructor resets the group lr, so the optimiser state is loaded after it.
-        self.optimizer, self.scheduler = self._optimiser()
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.step = int(state["step"])
-        self.history = LossHistory(
-            [(int(s), float(m)) for s, m in state["history_windows"]],
-            [float(v) for v in state["history_pending"]],
-        )
+        self._restore_train_state(stem)
 
 
-def checkpoint_stem(path: str | Path, prefix: str = CHECKPOINT_PREFIX) -> Path:
-    """``out/<prefix>NNNNNN`` of a checkpoint file, or of a folder's latest checkpoint.
-
-    Shared by every training loop here (``prefix`` is each loop's file-name prefix).
-    """
-    p = Path(path)
-    if p.is_dir():
-        found = sorted(p.glob(f"{prefix}*.json"))
-        if not found:
-            raise FileNotFoundError(f"resume: expected {prefix}*.json in {p}, found none")
-        p = found[-1]
-    name = p.name
-    for suffix in (".train.pt", ".safetensors", ".json"):
-        if name.endswith(suffix):
-            stem = p.with_name(name[: -len(suffix)])
-            break
-    else:
-        raise ValueError(
-            f"resume: expected a checkpoint .json, .safetensors or .train.pt file or a folder, "
-            f"got {p}"
-        )
-    for suffix in (".json", ".safetensors", ".train.pt"):
-        if not Path(str(stem) + suffix).is_file():
-            raise FileNotFoundError(f"resume: expected {stem}{suffix} beside {p}; it is missing")
-    return stem
+def checkpoint_stem(path: str | Path) -> Path:
+    """``out/adaav_stepNNNNNN`` of a checkpoint file, or of a folder's latest checkpoint."""
+    return _stem_with_prefix(path, CHECKPOINT_PREFIX)
 
 
 # --------------------------------------------------------------------------------------------
@@ -741,32 +647,15 @@ def run_training(
     if resume is not None:
         trainer.load(resume)
         log(f"resumed from step {trainer.step}")
-    losses: list[float] = []
-    checkpoint: Path | None = None
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=config.iters, initial=trainer.step, desc="adaav", unit="step")
     try:
-        while trainer.step < config.iters:
-            loss = trainer.train_step()
-            losses.append(loss)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{trainer.scheduler.get_last_lr()[0]:.2e}")
-            done = trainer.step == config.iters
-            if rank == 0 and (trainer.step % config.save_every == 0 or done):
-                if done:
-                    trainer._close_window()
-                checkpoint = trainer.save(out)
+        losses, checkpoint = trainer.run(
+            (lambda _loss: trainer.save(out)) if rank == 0 else None, progress
+        )
         if world > 1:
             # Rank 0 may still be writing the last checkpoint: leave together (a rank that tore
             # the group down first made the other abort in gloo in 3 of 6 runs).
             torch.distributed.barrier()
     finally:
-        if bar is not None:
-            bar.close()
         if world > 1:
             torch.distributed.destroy_process_group()
     return TrainResult(trainer, checkpoint, losses)
@@ -783,135 +672,58 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train MoCA's audio-visual adapters (AdaAV) on frozen ImageBind with the "
         "DINO-paired PMA triplet loss.",
     )
-    p.add_argument(
-        "--preset",
-        default=d.preset,
-        choices=sorted(MOCA_PRESETS),
-        help="The model sizes (ImageBind and adapters).",
+    arg = partial(add_config_argument, p, d)
+
+    arg("preset", "The model sizes (ImageBind and adapters).", choices=sorted(MOCA_PRESETS))
+    arg(
+        "imagebind",
+        "Official ImageBind weights (imagebind_huge.pth layout); without it ImageBind is "
+        "random, which is only good for smoke tests.",
     )
-    p.add_argument(
-        "--imagebind",
-        help="Official ImageBind weights (imagebind_huge.pth layout); "
-        "without it ImageBind is random, which is only good for smoke tests.",
+    arg("data", "synth:N for N scenes of the synthetic world, or a VGGSound-style folder.")
+    arg(
+        "pairing",
+        "A pairing table file (python -m moca_rt.train.pairing), 'auto' to build the DINO kNN "
+        "table now, or 'class' (synthetic world only: ground-truth positives for debugging; "
+        "not unsupervised).",
     )
-    p.add_argument(
-        "--data",
-        default=d.data,
-        help="synth:N for N scenes of the synthetic world, or a VGGSound-style folder.",
+    arg(
+        "dino",
+        "DINO ViT-B/16 weights for --pairing auto; without them DINO is random and the pairs "
+        "are meaningless.",
     )
-    p.add_argument(
-        "--pairing",
-        default=d.pairing,
-        help="A pairing table file (python -m moca_rt.train.pairing), 'auto' to build "
-        "the DINO kNN table now, or 'class' (synthetic world only: ground-truth "
-        "positives for debugging; not unsupervised).",
-    )
-    p.add_argument(
-        "--dino",
-        help="DINO ViT-B/16 weights for --pairing auto; without them DINO "
-        "is random and the pairs are meaningless.",
-    )
-    p.add_argument(
-        "--dino-preset",
-        default=d.dino_preset,
-        choices=sorted(DINO_PRESETS),
-        help="DINO architecture for --pairing auto.",
-    )
-    p.add_argument("--k", type=int, default=d.k, help="Neighbours per image for --pairing auto.")
-    p.add_argument(
-        "--iters",
-        type=int,
-        default=d.iters,
-        help="Optimisation steps; the cosine schedule decays the rate to 0 here.",
-    )
-    p.add_argument("--batch", type=int, default=d.batch, help="Anchors per step and process.")
-    p.add_argument("--lr", type=float, default=d.lr, help="Adam's initial learning rate.")
-    p.add_argument("--alpha", type=float, default=d.alpha, help="Triplet margin.")
-    p.add_argument(
-        "--search",
-        default=d.search,
+    arg("dino_preset", "DINO architecture for --pairing auto.", choices=sorted(DINO_PRESETS))
+    arg("k", "Neighbours per image for --pairing auto.")
+    arg("batch", "Anchors per step and process.")
+    arg("lr", "Adam's initial learning rate.")
+    arg("alpha", "Triplet margin.")
+    arg(
+        "search",
+        "PMA search: along the same row, or over all positions (ablation).",
         choices=["row", "full"],
-        help="PMA search: along the same row, or over all positions (ablation).",
     )
-    p.add_argument(
-        "--max-disparity",
+    arg(
+        "max_disparity",
+        "Largest row disparity; default the whole scanline, 0 compares the same pixel only "
+        "(the no-matching ablation).",
         type=int,
-        default=None,
-        help="Largest row disparity; default the whole scanline, 0 compares the same "
-        "pixel only (the no-matching ablation).",
     )
-    p.add_argument("--ssd-weight", type=float, default=d.ssd_weight, help="Weight of the SSD term.")
-    p.add_argument("--ncc-weight", type=float, default=d.ncc_weight, help="Weight of the NCC term.")
-    p.add_argument(
-        "--precision",
-        default=d.precision,
-        choices=["fp32", "bf16"],
-        help="fp32, or bf16 autocast (adapters and Adam stay fp32).",
+    arg("ssd_weight", "Weight of the SSD term.")
+    arg("ncc_weight", "Weight of the NCC term.")
+    arg(
+        "activation_checkpointing",
+        "Recompute the adapted blocks in the backward pass to save memory.",
     )
-    p.add_argument(
-        "--activation-checkpointing",
-        action="store_true",
-        help="Recompute the adapted blocks in the backward pass to save memory.",
-    )
-    p.add_argument(
-        "--cache-prefix",
-        action="store_true",
-        help="Compute each image's frozen vision prefix once and keep it on the device.",
-    )
+    arg("cache_prefix", "Compute each image's frozen vision prefix once and keep it on the device.")
     add_data_arguments(p, d.synth_image_size)
-    p.add_argument("--device", default=d.device, help="Torch device, e.g. cuda or cpu.")
-    p.add_argument(
-        "--seed",
-        type=int,
-        default=d.seed,
-        help="Seeds batches, adapter init and the synthetic world.",
-    )
-    p.add_argument(
-        "--save-every", type=int, default=d.save_every, help="Steps between checkpoints."
-    )
-    p.add_argument(
-        "--log-every",
-        type=int,
-        default=d.log_every,
-        help="Steps per loss-history entry in the checkpoint JSON.",
-    )
-    p.add_argument("--resume", help="A checkpoint file or folder to continue from.")
-    p.add_argument("--out", default=d.out, help="Folder for checkpoints (and the auto table).")
+    add_step_file_arguments(p, d, "adapters and Adam stay fp32")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m moca_rt.train.adaav``: 0 on success, 2 on bad arguments."""
     args = build_parser().parse_args(argv)
-    config = replace(
-        TrainConfig(),
-        preset=args.preset,
-        data=args.data,
-        pairing=args.pairing,
-        out=args.out,
-        iters=args.iters,
-        batch=args.batch,
-        lr=args.lr,
-        alpha=args.alpha,
-        search=args.search,
-        max_disparity=args.max_disparity,
-        ssd_weight=args.ssd_weight,
-        ncc_weight=args.ncc_weight,
-        precision=args.precision,
-        activation_checkpointing=args.activation_checkpointing,
-        cache_prefix=args.cache_prefix,
-        device=args.device,
-        seed=args.seed,
-        image_size=args.image_size,
-        synth_image_size=args.synth_image_size,
-        audio_window_s=args.audio_window,
-        k=args.k,
-        imagebind=args.imagebind,
-        dino=args.dino,
-        dino_preset=args.dino_preset,
-        save_every=args.save_every,
-        log_every=args.log_every,
-    )
+    config = config_from_args(TrainConfig(), args, audio_window_s=args.audio_window)
     try:
         result = run_training(config, resume=args.resume, progress=sys.stderr.isatty())
     except (ValueError, FileNotFoundError) as exc:

@@ -21,15 +21,16 @@ one step, evaluate on its validation partition, save its weights and (de)seriali
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Protocol, TextIO
+from typing import Any, Protocol, TextIO, TypeVar
 
 import torch
 
@@ -37,14 +38,19 @@ __all__ = [
     "LoopSettings",
     "StageResult",
     "TrainingStage",
+    "add_config_argument",
     "add_loop_arguments",
     "atomic_save",
+    "config_from_args",
     "finished",
     "loop_settings_from_args",
     "run_stage",
+    "run_stage_cli",
     "save_weights_atomic",
     "seeded_batch",
     "set_threads",
+    "sha256_file",
+    "train_configured_stage",
 ]
 
 STATE_FILE = "state.pt"
@@ -123,6 +129,42 @@ def loop_settings_from_args(args: argparse.Namespace) -> LoopSettings:
         eval_every=args.eval_every,
         threads=args.threads,
     )
+
+
+ConfigT = TypeVar("ConfigT")
+
+
+def add_config_argument(
+    parser: argparse.ArgumentParser, defaults: Any, name: str, help: str, **kwargs: Any
+) -> None:
+    """``--name-with-dashes`` for the dataclass field ``name`` of a training config.
+
+    The default is ``defaults.name`` and the type that of the default (a bool becomes a
+    ``store_true`` flag; a str or None default parses as a string unless ``type`` is given), so a
+    field's flag, type and default are written once; :func:`config_from_args` reads it back.
+    ``kwargs`` go to ``add_argument`` (``choices``, ``type``, ...).
+    """
+    default = getattr(defaults, name)
+    flag = "--" + name.replace("_", "-")
+    if isinstance(default, bool):
+        parser.add_argument(flag, action="store_true", help=help, **kwargs)
+        return
+    if default is not None and not isinstance(default, str):
+        kwargs.setdefault("type", type(default))
+    parser.add_argument(flag, default=default, help=help, **kwargs)
+
+
+def config_from_args(
+    defaults: ConfigT, args: argparse.Namespace, *, exclude: tuple[str, ...] = (), **values: Any
+) -> ConfigT:
+    """``defaults`` (a dataclass) with every field that ``args`` has a value of the same name
+    for (less ``exclude``), then ``values`` (flags named otherwise) on top."""
+    taken = {
+        f.name: getattr(args, f.name)
+        for f in fields(defaults)  # type: ignore[arg-type]
+        if f.name not in exclude and hasattr(args, f.name)
+    }
+    return replace(defaults, **{**taken, **values})  # type: ignore[type-var]
 
 
 class TrainingStage(Protocol):
@@ -205,6 +247,15 @@ def save_weights_atomic(
     save_file(tensors, str(tmp), metadata=metadata)
     os.replace(tmp, path)
     return path
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes (read in 1 MiB chunks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -396,3 +447,36 @@ def run_stage(
         return result
     finally:
         progress.close()
+
+
+def train_configured_stage(
+    config: Any, settings: LoopSettings, build: Callable[[], TrainingStage]
+) -> StageResult:
+    """Run (or resume) a stage of a dataclass ``config``: what every ``train_<stage>`` does.
+
+    A stage finished for ``settings.iters`` steps is skipped before ``build`` (which may render
+    thousands of scenes) runs. Otherwise: ``torch.set_num_threads(max(threads, 1))``, the
+    config written to ``config.json`` in the stage folder, ``build()``, :func:`run_stage`.
+    """
+    recorded = finished(settings)
+    if recorded is not None:
+        print(f"[{settings.out.name}] done already ({settings.out}); skipped", flush=True)
+        return recorded
+    torch.set_num_threads(max(settings.threads, 1))
+    settings.out.mkdir(parents=True, exist_ok=True)
+    (settings.out / "config.json").write_text(
+        json.dumps(asdict(config), indent=2, sort_keys=True) + "\n"
+    )
+    return run_stage(build(), settings)
+
+
+def run_stage_cli(
+    args: argparse.Namespace,
+    config: ConfigT,
+    train: Callable[[ConfigT, LoopSettings], StageResult],
+) -> int:
+    """The end of every stage CLI: ``train(config, settings of args)``, then one summary line;
+    returns the exit code 0."""
+    result = train(config, loop_settings_from_args(args))
+    print(f"weights: {result.weights}  metrics: {result.metrics}")
+    return 0

@@ -49,14 +49,13 @@ CLI: ``python -m moca_rt.train.pretrain_imagebind --preset imagebind_synth --dat
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import shlex
 import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -71,17 +70,22 @@ from moca_rt.modeling.imagebind import (
     load_imagebind,
     official_key_layout,
 )
-from moca_rt.train.adaav import (
-    LossHistory,
-    anchor_batch,
-    checkpoint_stem as _stem_with_prefix,
-    git_commit,
+from moca_rt.train.adaav import anchor_batch
+from moca_rt.train.core import (
+    add_config_argument,
+    config_from_args as _config_from_args,
+    sha256_file,
 )
 from moca_rt.train.data import (
     SynthTrainingSet,
     TrainingSet,
     add_data_arguments,
     open_training_set,
+)
+from moca_rt.train.step_files import (
+    StepFileTrainer,
+    add_step_file_arguments,
+    checkpoint_stem as _stem_with_prefix,
 )
 
 __all__ = [
@@ -400,15 +404,6 @@ def official_state_dict(model: ImageBindVisionAudio) -> dict[str, Tensor]:
     return out
 
 
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def checkpoint_stem(path: str | Path) -> Path:
     """``out/imagebind_stepNNNNNN`` of a checkpoint file, or of a folder's latest checkpoint."""
     return _stem_with_prefix(path, CHECKPOINT_PREFIX)
@@ -422,7 +417,7 @@ def _no_decay(name: str, param: Tensor) -> bool:
     return param.dim() < 2 or name.endswith(("cls_token", "pos_embed", "bias_k", "bias_v"))
 
 
-class PretrainTrainer:
+class PretrainTrainer(StepFileTrainer):
     """The optimisation state of one pretraining run.
 
     Args:
@@ -431,6 +426,12 @@ class PretrainTrainer:
         config: the run's :class:`PretrainConfig`.
         eval_data: held-out items for :meth:`evaluate` (None = no evaluation).
     """
+
+    prefix = CHECKPOINT_PREFIX
+    desc = "imagebind"
+    schedule_fields = ("iters", "warmup")
+    config: PretrainConfig
+    data: TrainingSet
 
     def __init__(
         self,
@@ -453,9 +454,7 @@ class PretrainTrainer:
         self.temperature = ContrastiveTemperature(
             config.temperature, config.min_temperature, config.max_temperature
         ).to(self.device)
-        self.optimizer, self.scheduler = self._optimiser()
-        self.step = 0
-        self.history = LossHistory()
+        self._start()
         self.cache: dict[int, tuple[Tensor, Tensor]] = {}
         self.model.train()
 
@@ -519,22 +518,10 @@ class PretrainTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss = self.loss_of(batch)
         loss.backward()
-        self.optimizer.step()
-        self.scheduler.step()
-        self.step += 1
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise FloatingPointError(f"loss became {value} at step {self.step}")
-        self.history.pending.append(value)
-        if len(self.history.pending) >= self.config.log_every:
-            self._close_window()
-        return value
+        return self._advance(loss.detach())
 
-    def _close_window(self) -> None:
-        if self.history.pending:
-            mean = sum(self.history.pending) / len(self.history.pending)
-            self.history.windows.append((self.step, mean))
-            self.history.pending = []
+    def _progress_postfix(self) -> dict[str, str]:
+        return {"tau": f"{self.temperature.temperature:.4f}"}
 
     def evaluate(self) -> RetrievalResult | None:
         """Retrieval accuracy on the held-out items (None without them); mode kept."""
@@ -555,55 +542,22 @@ class PretrainTrainer:
         evaluate: bool = True,
     ) -> Path:
         """Write the three checkpoint files of the current step; returns the manifest path."""
-        from safetensors.torch import save_file
-
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        stem = out / f"{CHECKPOINT_PREFIX}{self.step:06d}"
-        weights_path = Path(str(stem) + ".safetensors")
-        save_file(
+        retrieval = self.evaluate() if evaluate else None
+        return self._write_checkpoint(
+            out_dir,
             official_state_dict(self.model),
-            str(weights_path),
             # One metadata entry: safetensors writes several in hash-map order, so the bytes
             # (and the manifest's sha256) would differ between identical runs.
-            metadata={"moca_rt": json.dumps({"step": self.step, "preset": self.config.preset})},
+            {"moca_rt": json.dumps({"step": self.step, "preset": self.config.preset})},
+            {"log_scale": self.temperature.log_scale.detach().cpu()},
+            {
+                "command": command if command is not None else shlex.join(sys.argv),
+                "temperature": self.temperature.temperature,
+                "final_loss": last_loss,
+                "retrieval": None if retrieval is None else asdict(retrieval),
+                "retrieval_data": None if self.eval_data is None else self.eval_data.source,
+            },
         )
-        state = {
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "log_scale": self.temperature.log_scale.detach().cpu(),
-            "step": self.step,
-            "history_windows": [[s, m] for s, m in self.history.windows],
-            "history_pending": list(self.history.pending),
-        }
-        torch.save(state, str(stem) + ".train.pt")
-        retrieval = self.evaluate() if evaluate else None
-        c = self.config
-        manifest: dict[str, object] = {
-            "format": 1,
-            "command": command if command is not None else shlex.join(sys.argv),
-            "preset": c.preset,
-            "seed": c.seed,
-            "step": self.step,
-            "iters": c.iters,
-            "lr": self.scheduler.get_last_lr()[0],
-            "temperature": self.temperature.temperature,
-            "final_loss": last_loss,
-            "loss": self.history.summary(),
-            "data": self.data.source,
-            "num_items": len(self.data),
-            "retrieval": None if retrieval is None else asdict(retrieval),
-            "retrieval_data": None if self.eval_data is None else self.eval_data.source,
-            "weights": weights_path.name,
-            "weights_sha256": sha256_file(weights_path),
-            "train_state": stem.name + ".train.pt",
-            "git_commit": git_commit(),
-            "config": asdict(c),
-            "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        path = Path(str(stem) + ".json")
-        path.write_text(json.dumps(manifest, indent=2) + "\n")
-        return path
 
     def load(self, path: str | Path) -> None:
         """Restore weights, AdamW, scheduler, temperature, step and loss history.
@@ -616,40 +570,18 @@ class PretrainTrainer:
             path: a checkpoint's ``.json``, ``.safetensors`` or ``.train.pt``, or a folder (its
                 latest step).
         """
-        stem = checkpoint_stem(path)
-        meta = json.loads(Path(str(stem) + ".json").read_text())
-        c = self.config
-        if meta["preset"] != c.preset:
-            raise ValueError(
-                f"resume: expected a checkpoint of preset {c.preset!r}, got {meta['preset']!r} "
-                f"in {stem}.json"
-            )
-        if meta["iters"] != c.iters or meta["config"]["warmup"] != c.warmup:
-            raise ValueError(
-                f"resume: expected --iters {meta['iters']} --warmup {meta['config']['warmup']} "
-                f"(the schedule of {stem}.json), got {c.iters} and {c.warmup}"
-            )
-        weights_path = Path(str(stem) + ".safetensors")
-        if sha256_file(weights_path) != meta["weights_sha256"]:
-            raise ValueError(f"resume: expected {weights_path} to match the sha256 in {stem}.json")
+        stem, _ = self._read_checkpoint(path)
         dtype = next(self.model.parameters()).dtype
         self.model = load_imagebind(
-            weights_path, _imagebind_config(c), device=self.device, dtype=dtype
+            Path(str(stem) + ".safetensors"),
+            _imagebind_config(self.config),
+            device=self.device,
+            dtype=dtype,
         )
         self.model.train()
-        state = torch.load(str(stem) + ".train.pt", map_location=self.device, weights_only=True)
+        state = self._restore_train_state(stem)  # AdamW is rebuilt on the new parameters
         with torch.no_grad():
             self.temperature.log_scale.copy_(state["log_scale"])
-        # New parameters: rebuild AdamW on them; the scheduler's constructor resets the lr, so
-        # the optimiser state is loaded after it.
-        self.optimizer, self.scheduler = self._optimiser()
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.step = int(state["step"])
-        self.history = LossHistory(
-            [(int(s), float(m)) for s, m in state["history_windows"]],
-            [float(v) for v in state["history_pending"]],
-        )
 
 
 def _imagebind_config(config: PretrainConfig) -> ImageBindConfig:
@@ -709,28 +641,7 @@ def run_pretraining(
     if resume is not None:
         trainer.load(resume)
         log(f"resumed from step {trainer.step}")
-    losses: list[float] = []
-    manifest: Path | None = None
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=config.iters, initial=trainer.step, desc="imagebind", unit="step")
-    try:
-        while trainer.step < config.iters:
-            loss = trainer.train_step()
-            losses.append(loss)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}", tau=f"{trainer.temperature.temperature:.4f}")
-            done = trainer.step == config.iters
-            if trainer.step % config.save_every == 0 or done:
-                if done:
-                    trainer._close_window()
-                manifest = trainer.save(config.out, loss, command)
-    finally:
-        if bar is not None:
-            bar.close()
+    losses, manifest = trainer.run(lambda loss: trainer.save(config.out, loss, command), progress)
     return PretrainResult(trainer, manifest, losses)
 
 
@@ -745,133 +656,32 @@ def build_parser() -> argparse.ArgumentParser:
         description="Pretrain a tiny ImageBind (vision + audio) on the synthetic world with the "
         "symmetric audio-image InfoNCE loss; checkpoints use the official key layout.",
     )
-    p.add_argument(
-        "--preset",
-        default=d.preset,
-        choices=sorted(IMAGEBIND_PRESETS),
-        help="The ImageBind sizes to train.",
+    arg = partial(add_config_argument, p, d)
+
+    arg("preset", "The ImageBind sizes to train.", choices=sorted(IMAGEBIND_PRESETS))
+    arg(
+        "data",
+        "synth:N for N training scenes of the synthetic world, or a VGGSound-style folder "
+        "(then pass --eval-items 0).",
     )
-    p.add_argument(
-        "--data",
-        default=d.data,
-        help="synth:N for N training scenes of the synthetic world, or a "
-        "VGGSound-style folder (then pass --eval-items 0).",
-    )
-    p.add_argument(
-        "--iters",
-        type=int,
-        default=d.iters,
-        help="Optimisation steps; the cosine schedule reaches 0 here.",
-    )
-    p.add_argument(
-        "--batch",
-        type=int,
-        default=d.batch,
-        help="Matched pairs per step; the other pairs of the batch are the negatives.",
-    )
-    p.add_argument("--lr", type=float, default=d.lr, help="AdamW's peak learning rate.")
-    p.add_argument(
-        "--weight-decay",
-        type=float,
-        default=d.weight_decay,
-        help="AdamW weight decay of the weight matrices.",
-    )
-    p.add_argument(
-        "--warmup",
-        type=int,
-        default=d.warmup,
-        help="Steps of linear learning-rate warm-up before the cosine decay.",
-    )
-    p.add_argument(
-        "--temperature",
-        type=float,
-        default=d.temperature,
-        help="Initial InfoNCE temperature (learned during training).",
-    )
-    p.add_argument(
-        "--min-temperature",
-        type=float,
-        default=d.min_temperature,
-        help="Lower clamp of the learned temperature.",
-    )
-    p.add_argument(
-        "--max-temperature",
-        type=float,
-        default=d.max_temperature,
-        help="Upper clamp of the learned temperature.",
-    )
-    p.add_argument(
-        "--precision",
-        default=d.precision,
-        choices=["fp32", "bf16"],
-        help="fp32, or bf16 autocast (weights and AdamW stay fp32).",
-    )
-    p.add_argument("--device", default=d.device, help="Torch device, e.g. cuda or cpu.")
-    p.add_argument(
-        "--seed",
-        type=int,
-        default=d.seed,
-        help="Seeds the initial weights, the batches and the synthetic world.",
-    )
+    arg("batch", "Matched pairs per step; the other pairs of the batch are the negatives.")
+    arg("lr", "AdamW's peak learning rate.")
+    arg("weight_decay", "AdamW weight decay of the weight matrices.")
+    arg("warmup", "Steps of linear learning-rate warm-up before the cosine decay.")
+    arg("temperature", "Initial InfoNCE temperature (learned during training).")
+    arg("min_temperature", "Lower clamp of the learned temperature.")
+    arg("max_temperature", "Upper clamp of the learned temperature.")
     add_data_arguments(p, d.synth_image_size)
-    p.add_argument(
-        "--eval-items",
-        type=int,
-        default=d.eval_items,
-        help="Held-out scenes for the retrieval accuracy at each checkpoint; 0 skips it.",
-    )
-    p.add_argument(
-        "--eval-batch",
-        type=int,
-        default=d.eval_batch,
-        help="Scenes per forward pass in the evaluation.",
-    )
-    p.add_argument(
-        "--cache-inputs",
-        action="store_true",
-        help="Keep every preprocessed training item in memory after its first use.",
-    )
-    p.add_argument(
-        "--save-every", type=int, default=d.save_every, help="Steps between checkpoints."
-    )
-    p.add_argument(
-        "--log-every",
-        type=int,
-        default=d.log_every,
-        help="Steps per loss-history entry in the manifest.",
-    )
-    p.add_argument("--resume", help="A checkpoint file or folder to continue from.")
-    p.add_argument("--out", default=d.out, help="Folder for the checkpoints and manifests.")
+    arg("eval_items", "Held-out scenes for the retrieval accuracy at each checkpoint; 0 skips it.")
+    arg("eval_batch", "Scenes per forward pass in the evaluation.")
+    arg("cache_inputs", "Keep every preprocessed training item in memory after its first use.")
+    add_step_file_arguments(p, d, "weights and AdamW stay fp32")
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> PretrainConfig:
     """The :class:`PretrainConfig` of parsed CLI arguments."""
-    return replace(
-        PretrainConfig(),
-        preset=args.preset,
-        data=args.data,
-        out=args.out,
-        iters=args.iters,
-        batch=args.batch,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        warmup=args.warmup,
-        temperature=args.temperature,
-        min_temperature=args.min_temperature,
-        max_temperature=args.max_temperature,
-        precision=args.precision,
-        device=args.device,
-        seed=args.seed,
-        image_size=args.image_size,
-        synth_image_size=args.synth_image_size,
-        audio_window_s=args.audio_window,
-        eval_items=args.eval_items,
-        eval_batch=args.eval_batch,
-        save_every=args.save_every,
-        log_every=args.log_every,
-        cache_inputs=args.cache_inputs,
-    )
+    return _config_from_args(PretrainConfig(), args, audio_window_s=args.audio_window)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
