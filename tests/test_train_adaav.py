@@ -6,6 +6,7 @@ of the synthetic world fed to the model at 56 pixels (a 4 x 4 patch grid).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -340,6 +341,23 @@ def test_resume_rejects_another_schedule_and_missing_files(tmp_path: Path) -> No
     (Path(cfg.out) / "adaav_step000002.train.pt").unlink()
     with pytest.raises(FileNotFoundError, match=r"train\.pt"):
         adaav.checkpoint_stem(ckpt)
+
+
+def test_manifest_records_the_weights_sha256_and_a_tampered_file_is_refused(
+    tmp_path: Path,
+) -> None:
+    cfg = _config(tmp_path, iters=2)
+    result = run_training(cfg, log=lambda _m: None)
+    assert result.checkpoint is not None
+    meta = json.loads(result.checkpoint.read_text())
+    weights = result.checkpoint.with_suffix(".safetensors")
+    assert meta["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert meta["train_state"] == "adaav_step000002.train.pt"
+    # one loss-history window per step (log_every 1), the last closed at the end
+    assert [s for s, _ in meta["loss"]["window_means"]] == [1, 2]
+    weights.write_bytes(weights.read_bytes()[:-1] + b" ")
+    with pytest.raises(ValueError, match="match the sha256"):
+        run_training(cfg, resume=result.checkpoint, log=lambda _m: None)
 
 
 def test_torchrun_with_two_cpu_processes_averages_the_gradients(tmp_path: Path) -> None:

@@ -162,3 +162,67 @@ def test_stage_clis_share_the_loop_flags(tmp_path: Path) -> None:
     from moca_rt.train.core import loop_settings_from_args
 
     assert loop_settings_from_args(settings).save_every == 7
+
+
+def test_config_flags_are_declared_once_from_the_dataclass() -> None:
+    """A config field's flag, type and default come from the dataclass, and parsed flags go
+    back into the fields of the same name (others excluded or given explicitly)."""
+    import argparse
+    from dataclasses import dataclass
+
+    from moca_rt.train.core import add_config_argument, config_from_args
+
+    @dataclass(frozen=True)
+    class Config:
+        size: int = 3
+        rate: float = 0.5
+        name: str = "a"
+        limit: int | None = None
+        fast: bool = False
+        iters: int | None = None
+        renamed: int = 1
+
+    p = argparse.ArgumentParser()
+    for field, kwargs in (
+        ("size", {}),
+        ("rate", {}),
+        ("name", {"choices": ["a", "b"]}),
+        ("limit", {"type": int}),
+        ("fast", {}),
+    ):
+        add_config_argument(p, Config(), field, f"The {field}.", **kwargs)
+    p.add_argument("--iters", type=int, default=9)
+    p.add_argument("--other", type=int, default=4)
+    defaults = p.parse_args([])
+    assert (defaults.size, defaults.rate, defaults.name, defaults.limit, defaults.fast) == (
+        3,
+        0.5,
+        "a",
+        None,
+        False,
+    )
+    args = p.parse_args(["--size", "7", "--rate", "2", "--name", "b", "--limit", "5", "--fast"])
+    assert isinstance(args.rate, float) and args.limit == 5
+    with pytest.raises(SystemExit):
+        p.parse_args(["--name", "c"])
+    config = config_from_args(Config(), args, exclude=("iters",), renamed=args.other)
+    assert config == Config(size=7, rate=2.0, name="b", limit=5, fast=True, renamed=4)
+    assert config_from_args(Config(), args).iters == 9
+
+
+def test_sam_cli_leaves_the_schedule_length_to_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--iters`` of the SAM CLI is the run's step count, not ``SamTrainConfig.iters``."""
+    from moca_rt.train import sam_synth
+    from moca_rt.train.core import StageResult
+
+    seen: list[Any] = []
+
+    def fake_train(config: Any, settings: LoopSettings) -> StageResult:
+        seen.append((config, settings))
+        return StageResult("sam", settings.iters, settings.iters, {}, settings.out, 0.0)
+
+    monkeypatch.setattr(sam_synth, "train_sam", fake_train)
+    assert sam_synth.main(["--out", "x", "--iters", "9", "--prompts", "3", "--seed", "2"]) == 0
+    config, settings = seen[0]
+    assert config.iters is None and settings.iters == 9
+    assert config.prompts_per_image == 3 and config.seed == 2

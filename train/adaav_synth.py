@@ -26,7 +26,6 @@ and the PMA cost gap ``C(f_a, f_n) - C(f_a, f_p)`` on fixed validation triplets.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -47,11 +46,11 @@ from moca_rt.train.core import (
     LoopSettings,
     StageResult,
     add_loop_arguments,
-    finished,
-    loop_settings_from_args,
-    run_stage,
+    config_from_args,
+    run_stage_cli,
     save_weights_atomic,
     seeded_batch,
+    train_configured_stage,
 )
 from moca_rt.train.imagebind_synth import PairCache, cosine_factor, vision_outputs
 from moca_rt.train.pairing import PairingTable, sample_negatives_or_redraw
@@ -275,17 +274,7 @@ def evaluate_moca(
 
 def train_adaav(config: AdaavStageConfig, settings: LoopSettings) -> StageResult:
     """Run (or resume) the stage; returns its result."""
-    recorded = finished(settings)
-    if recorded is not None:
-        print(f"[{settings.out.name}] done already ({settings.out}); skipped", flush=True)
-        return recorded
-    torch.set_num_threads(max(settings.threads, 1))
-    stage = AdaavStage(config, settings.iters)
-    settings.out.mkdir(parents=True, exist_ok=True)
-    (settings.out / "config.json").write_text(
-        json.dumps(asdict(config), indent=2, sort_keys=True) + "\n"
-    )
-    return run_stage(stage, settings)
+    return train_configured_stage(config, settings, lambda: AdaavStage(config, settings.iters))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -320,22 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    config = AdaavStageConfig(
-        imagebind=args.imagebind,
-        seed=args.seed,
-        pairing=args.pairing,
-        train_scenes=args.train_scenes,
-        val_scenes=args.val_scenes,
-        batch=args.batch,
-        lr=args.lr,
-        alpha=args.alpha,
-        max_disparity=args.max_disparity,
-        image_size=args.image_size,
-    )
-    settings = loop_settings_from_args(args)
-    result = train_adaav(config, settings)
-    print(f"weights: {result.weights}  metrics: {result.metrics}")
-    return 0
+    config = config_from_args(AdaavStageConfig(imagebind=args.imagebind), args)
+    return run_stage_cli(args, config, train_adaav)
 
 
 if __name__ == "__main__":

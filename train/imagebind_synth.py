@@ -27,11 +27,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +45,11 @@ from moca_rt.train.core import (
     LoopSettings,
     StageResult,
     add_loop_arguments,
-    finished,
-    loop_settings_from_args,
-    run_stage,
+    config_from_args,
+    run_stage_cli,
     save_weights_atomic,
     seeded_batch,
+    train_configured_stage,
 )
 from moca_rt.train.pretrain_imagebind import ContrastiveTemperature, official_state_dict
 from moca_rt.train.synth_eval import (
@@ -289,17 +288,7 @@ def evaluate_frozen(
 
 def train_imagebind(config: ImageBindStageConfig, settings: LoopSettings) -> StageResult:
     """Run (or resume) the stage; returns its result (weights folder, selected step, metrics)."""
-    recorded = finished(settings)
-    if recorded is not None:
-        print(f"[{settings.out.name}] done already ({settings.out}); skipped", flush=True)
-        return recorded
-    torch.set_num_threads(max(settings.threads, 1))
-    stage = ImageBindStage(config, settings.iters)
-    (settings.out).mkdir(parents=True, exist_ok=True)
-    (settings.out / "config.json").write_text(
-        json.dumps(asdict(config), indent=2, sort_keys=True) + "\n"
-    )
-    return run_stage(stage, settings)
+    return train_configured_stage(config, settings, lambda: ImageBindStage(config, settings.iters))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -331,21 +320,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    config = ImageBindStageConfig(
-        world_seed=args.world_seed,
-        seed=args.seed,
-        train_scenes=args.train_scenes,
-        val_scenes=args.val_scenes,
-        batch=args.batch,
-        lr=args.lr,
-        dense_weight=args.dense_weight,
-        train_splits=tuple(args.splits.split(",")),
-        image_size=args.image_size,
+    config = config_from_args(
+        ImageBindStageConfig(), args, train_splits=tuple(args.splits.split(","))
     )
-    settings = loop_settings_from_args(args)
-    result = train_imagebind(config, settings)
-    print(f"weights: {result.weights}  metrics: {result.metrics}")
-    return 0
+    return run_stage_cli(args, config, train_imagebind)
 
 
 if __name__ == "__main__":

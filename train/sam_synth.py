@@ -45,12 +45,11 @@ layout that ``moca_rt.modeling.sam.load_sam(path, SAM_PRESETS["sam_synth"])`` lo
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -78,11 +77,11 @@ from moca_rt.train.core import (
     LoopSettings,
     StageResult,
     add_loop_arguments,
-    finished,
-    loop_settings_from_args,
-    run_stage,
+    config_from_args,
+    run_stage_cli,
     save_weights_atomic,
     seeded_batch,
+    train_configured_stage,
 )
 
 __all__ = [
@@ -776,23 +775,18 @@ def train_sam(config: SamTrainConfig, settings: LoopSettings) -> StageResult:
             f"settings.iters ({settings.iters}) exceeds the schedule's "
             f"config.iters ({config.iters})"
         )
-    recorded = finished(settings)
-    if recorded is not None:  # skip rendering 1000 scenes for a stage that would not train
-        print(f"[{settings.out.name}] done already ({settings.out}); skipped", flush=True)
-        return recorded
-    torch.set_num_threads(max(settings.threads, 1))
-    settings.out.mkdir(parents=True, exist_ok=True)
-    (settings.out / "config.json").write_text(
-        json.dumps(asdict(config), indent=2, sort_keys=True) + "\n"
-    )
-    stage = SamStage(config, settings.iters)
-    print(
-        f"[{stage.name}] rendered {len(stage.train_data)} training scenes "
-        f"({stage.train_data.num_objects} objects) and {len(stage.val_data)} validation scenes "
-        f"in {stage.render_seconds:.1f} s",
-        flush=True,
-    )
-    return run_stage(stage, settings)
+
+    def build() -> SamStage:
+        stage = SamStage(config, settings.iters)
+        print(
+            f"[{stage.name}] rendered {len(stage.train_data)} training scenes "
+            f"({stage.train_data.num_objects} objects) and {len(stage.val_data)} validation "
+            f"scenes in {stage.render_seconds:.1f} s",
+            flush=True,
+        )
+        return stage
+
+    return train_configured_stage(config, settings, build)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -832,24 +826,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    config = SamTrainConfig(
-        seed=args.seed,
-        world_seed=args.world_seed,
-        image_size=args.image_size,
-        train_scenes=args.train_scenes,
-        val_scenes=args.val_scenes,
-        batch=args.batch,
-        prompts_per_image=args.prompts,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        warmup=args.warmup,
-        point_prob=args.point_prob,
-        points_per_side=args.points_per_side,
+    # --iters is the run's step count; config.iters (the schedule's length) stays None.
+    config = config_from_args(
+        SamTrainConfig(), args, exclude=("iters",), prompts_per_image=args.prompts
     )
-    settings = loop_settings_from_args(args)
-    result = train_sam(config, settings)
-    print(f"weights: {result.weights}  metrics: {result.metrics}")
-    return 0
+    return run_stage_cli(args, config, train_sam)
 
 
 if __name__ == "__main__":

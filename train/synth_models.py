@@ -21,13 +21,11 @@ Nothing here reads the test partition. One progress line per ``--log-every`` ste
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import multiprocessing
 import platform
 import shlex
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -37,7 +35,8 @@ from typing import Any
 
 import torch
 
-from moca_rt.train.core import DONE_FILE, LoopSettings, StageResult
+from moca_rt.provenance import git_commit
+from moca_rt.train.core import DONE_FILE, LoopSettings, StageResult, sha256_file
 
 __all__ = ["ReproduceSettings", "main", "reproduce"]
 
@@ -80,28 +79,6 @@ class ReproduceSettings:
             eval_every=0,
             sam_eval_every=0,
         )
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return out.stdout.strip() or None
 
 
 def _versions() -> dict[str, str]:
@@ -201,7 +178,11 @@ def run_calibration(
 
     folder = s.out / "calibrate"
     path = folder / "calibration.json"
-    key = {"imagebind": _sha256(imagebind), "adapter": _sha256(adapter), "sam": _sha256(sam)}
+    key = {
+        "imagebind": sha256_file(imagebind),
+        "adapter": sha256_file(adapter),
+        "sam": sha256_file(sam),
+    }
     if path.is_file():
         saved = json.loads(path.read_text())
         if saved.get("inputs") == key:
@@ -268,7 +249,7 @@ def package(
         dst = folder / src.name
         shutil.copyfile(src, dst)
         roles[role] = dst.name
-        entries[dst.name] = {"sha256": _sha256(dst), "bytes": dst.stat().st_size}
+        entries[dst.name] = {"sha256": sha256_file(dst), "bytes": dst.stat().st_size}
     manifest = {
         "format": 1,
         "command": command,
@@ -277,7 +258,7 @@ def package(
         "settings": {
             k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(s).items() if k != "out"
         },
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "versions": _versions(),
         "presets": {"imagebind": "imagebind_synth", "moca": "moca_synth", "sam": "sam_synth"},
         "roles": roles,
