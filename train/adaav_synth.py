@@ -45,7 +45,7 @@ from moca_rt.train.adaav import repeat_audio
 from moca_rt.train.core import (
     LoopSettings,
     StageResult,
-    add_loop_arguments,
+    add_stage_arguments,
     config_from_args,
     run_stage_cli,
     save_weights_atomic,
@@ -282,28 +282,19 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m moca_rt.train.adaav_synth",
         description="Train AdaAV by MoCA (kNN pairing, PMA triplet loss) on the synthetic world.",
     )
-    d = AdaavStageConfig(imagebind="")
     p.add_argument("--imagebind", required=True, help="Stage-1 tiny ImageBind weights.")
-    add_loop_arguments(p, iters=300, eval_every=50, log_every=10)
-    p.add_argument("--batch", type=int, default=d.batch, help="Anchors per step.")
-    p.add_argument("--lr", type=float, default=d.lr, help="Adam's peak learning rate.")
-    p.add_argument("--alpha", type=float, default=d.alpha, help="Triplet margin.")
-    p.add_argument(
-        "--pairing", choices=["imagebind_cls", "class"], default=d.pairing, help="Pairing source."
+    arg = add_stage_arguments(
+        p,
+        AdaavStageConfig(imagebind=""),
+        batch="Anchors per step.",
+        iters=300,
+        eval_every=50,
+        log_every=10,
     )
-    p.add_argument(
-        "--max-disparity", type=int, default=None, help="PMA row disparity (0: no matching)."
-    )
-    p.add_argument(
-        "--image-size", type=int, default=d.image_size, help="Model input side in pixels."
-    )
-    p.add_argument(
-        "--train-scenes", type=int, default=d.train_scenes, help="Scenes per training split."
-    )
-    p.add_argument(
-        "--val-scenes", type=int, default=d.val_scenes, help="Validation scenes per split."
-    )
-    p.add_argument("--seed", type=int, default=d.seed, help="Seed of the adapters and batches.")
+    arg("alpha", "Triplet margin.")
+    arg("pairing", "Pairing source.", choices=["imagebind_cls", "class"])
+    arg("max_disparity", "PMA row disparity (0: no matching).", type=int)
+    arg("image_size", "Model input side in pixels.")
     return p
 
 

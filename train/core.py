@@ -29,6 +29,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, TextIO, TypeVar
 
@@ -40,6 +41,7 @@ __all__ = [
     "TrainingStage",
     "add_config_argument",
     "add_loop_arguments",
+    "add_stage_arguments",
     "atomic_save",
     "config_from_args",
     "finished",
@@ -117,6 +119,36 @@ def add_loop_arguments(
     parser.add_argument(
         "--threads", type=int, default=1, help="Torch threads (1 is best on 2 busy cores)."
     )
+
+
+def add_stage_arguments(
+    parser: argparse.ArgumentParser,
+    defaults: Any,
+    *,
+    batch: str,
+    iters: int,
+    eval_every: int,
+    log_every: int,
+    save_every: int | None = None,
+) -> Callable[..., None]:
+    """The flags of every synthetic-world stage CLI: :func:`add_loop_arguments` and, from the
+    stage config ``defaults``, ``--batch`` (help ``batch``), ``--lr``, ``--train-scenes``,
+    ``--val-scenes``, ``--seed`` and ``--world-seed``.
+
+    Returns :func:`add_config_argument` bound to ``parser`` and ``defaults`` for the stage's own
+    fields.
+    """
+    add_loop_arguments(
+        parser, iters=iters, eval_every=eval_every, log_every=log_every, save_every=save_every
+    )
+    arg = partial(add_config_argument, parser, defaults)
+    arg("batch", batch)
+    arg("lr", "Peak learning rate (after the warm-up; cosine decay to 0).")
+    arg("train_scenes", "Scenes per training split.")
+    arg("val_scenes", "Validation scenes per split.")
+    arg("seed", "Seed of the initial weights and the batches (and of SAM's prompts).")
+    arg("world_seed", "Seed of the synthetic world.")
+    return arg
 
 
 def loop_settings_from_args(args: argparse.Namespace) -> LoopSettings:

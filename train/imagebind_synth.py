@@ -44,7 +44,7 @@ from moca_rt.modeling.imagebind import ImageBindVisionAudio
 from moca_rt.train.core import (
     LoopSettings,
     StageResult,
-    add_loop_arguments,
+    add_stage_arguments,
     config_from_args,
     run_stage_cli,
     save_weights_atomic,
@@ -296,25 +296,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m moca_rt.train.imagebind_synth",
         description="Pretrain the tiny ImageBind on the synthetic world (InfoNCE + dense term).",
     )
-    d = ImageBindStageConfig()
-    add_loop_arguments(p, iters=400, eval_every=100, log_every=10)
-    p.add_argument("--batch", type=int, default=d.batch, help="Pairs per step.")
-    p.add_argument("--lr", type=float, default=d.lr, help="AdamW's peak learning rate.")
-    p.add_argument(
-        "--dense-weight", type=float, default=d.dense_weight, help="Weight of the dense term."
+    arg = add_stage_arguments(
+        p, ImageBindStageConfig(), batch="Pairs per step.", iters=400, eval_every=100, log_every=10
     )
-    p.add_argument(
-        "--train-scenes", type=int, default=d.train_scenes, help="Scenes per training split."
-    )
-    p.add_argument(
-        "--image-size", type=int, default=d.image_size, help="Model input side in pixels."
-    )
+    arg("dense_weight", "Weight of the dense term.")
+    arg("image_size", "Model input side in pixels.")
     p.add_argument("--splits", default="s4,ms3", help="Training splits, comma-separated.")
-    p.add_argument("--val-scenes", type=int, default=d.val_scenes, help="Validation scenes.")
-    p.add_argument("--seed", type=int, default=d.seed, help="Seed of the weights and batches.")
-    p.add_argument(
-        "--world-seed", type=int, default=d.world_seed, help="Seed of the synthetic world."
-    )
     return p
 
 

@@ -76,7 +76,7 @@ from moca_rt.sam_transforms import (
 from moca_rt.train.core import (
     LoopSettings,
     StageResult,
-    add_loop_arguments,
+    add_stage_arguments,
     config_from_args,
     run_stage_cli,
     save_weights_atomic,
@@ -796,31 +796,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the tiny SAM (sam_synth) for promptable segmentation on the synthetic "
         "world's instance masks; selects the step with the best validation proposal recall.",
     )
-    add_loop_arguments(p, iters=1500, eval_every=500, log_every=25, save_every=100)
-    p.add_argument("--batch", type=int, default=d.batch, help="Images per step.")
+    arg = add_stage_arguments(
+        p, d, batch="Images per step.", iters=1500, eval_every=500, log_every=25, save_every=100
+    )
     p.add_argument("--prompts", type=int, default=d.prompts_per_image, help="Prompts per image.")
-    p.add_argument("--lr", type=float, default=d.lr, help="AdamW's peak learning rate.")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay.")
-    p.add_argument("--warmup", type=int, default=d.warmup, help="Linear warm-up steps.")
-    p.add_argument(
-        "--train-scenes", type=int, default=d.train_scenes, help="Scenes per training split."
-    )
-    p.add_argument(
-        "--val-scenes", type=int, default=d.val_scenes, help="Validation scenes per split."
-    )
-    p.add_argument(
-        "--image-size", type=int, default=d.image_size, help="Side of the rendered scenes."
-    )
-    p.add_argument("--point-prob", type=float, default=d.point_prob, help="Share of point prompts.")
-    p.add_argument(
-        "--points-per-side", type=int, default=d.points_per_side, help="Validation point grid."
-    )
-    p.add_argument(
-        "--seed", type=int, default=d.seed, help="Seed of the weights, batches and prompts."
-    )
-    p.add_argument(
-        "--world-seed", type=int, default=d.world_seed, help="Seed of the synthetic world."
-    )
+    arg("weight_decay", "AdamW weight decay.")
+    arg("warmup", "Linear warm-up steps.")
+    arg("image_size", "Side of the rendered scenes.")
+    arg("point_prob", "Share of point prompts.")
+    arg("points_per_side", "Validation point grid.")
     return p
 
 
