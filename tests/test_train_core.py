@@ -226,3 +226,36 @@ def test_sam_cli_leaves_the_schedule_length_to_the_run(monkeypatch: pytest.Monke
     config, settings = seen[0]
     assert config.iters is None and settings.iters == 9
     assert config.prompts_per_image == 3 and config.seed == 2
+
+
+def test_a_resumed_adaav_stage_keeps_training_its_adapters(tmp_path: Path) -> None:
+    """The AdaAV stage's state loads *into* the parameters Adam holds: loading by replacing
+    them (``load_adapter_state_dict``, ``assign=True``) left Adam stepping orphaned tensors, so
+    a resumed stage never changed its adapters again."""
+    import copy
+
+    from safetensors.torch import save_file
+
+    from moca_rt.train.adaav_synth import AdaavStage, AdaavStageConfig
+    from moca_rt.train.pretrain_imagebind import PretrainConfig, init_model, official_state_dict
+
+    weights = tmp_path / "imagebind.safetensors"
+    save_file(official_state_dict(init_model(PretrainConfig(preset="imagebind_synth"))), weights)
+    config = AdaavStageConfig(
+        imagebind=str(weights), train_scenes=8, val_scenes=4, batch=4, alpha=5.0, image_size=56
+    )
+    stage = AdaavStage(config, iters=4)
+    stage.train_step(0)
+    saved = copy.deepcopy(stage.state_dict())
+    stage.train_step(1)
+    straight = {k: v.clone() for k, v in stage.model.adapter_state_dict().items()}
+    assert any(not torch.equal(v, saved["adapters"][k]) for k, v in straight.items())
+
+    stage.load_state_dict(saved)
+    held = {id(p) for group in stage.optimizer.param_groups for p in group["params"]}
+    assert all(id(p) in held for p in stage.model.trainable_parameters())
+    for k, v in stage.model.adapter_state_dict().items():
+        assert torch.equal(v, saved["adapters"][k])
+    stage.train_step(1)
+    for k, v in stage.model.adapter_state_dict().items():
+        torch.testing.assert_close(v, straight[k], rtol=1e-5, atol=1e-7)

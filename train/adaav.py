@@ -42,7 +42,6 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -52,7 +51,7 @@ from torch import Tensor
 from moca_rt.config import DINO_PRESETS, MOCA_PRESETS
 from moca_rt.kernels.pma import pma_triplet_loss
 from moca_rt.modeling.moca import AudioFeatures, MocaModel
-from moca_rt.train.core import add_config_argument, config_from_args
+from moca_rt.train.core import config_from_args, config_parser
 from moca_rt.train.data import TrainingSet, add_data_arguments, open_training_set
 from moca_rt.train.pairing import (
     PairingTable,
@@ -667,13 +666,12 @@ def run_training(
 
 def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
-    p = argparse.ArgumentParser(
-        prog="python -m moca_rt.train.adaav",
-        description="Train MoCA's audio-visual adapters (AdaAV) on frozen ImageBind with the "
+    p, arg = config_parser(
+        "moca_rt.train.adaav",
+        "Train MoCA's audio-visual adapters (AdaAV) on frozen ImageBind with the "
         "DINO-paired PMA triplet loss.",
+        d,
     )
-    arg = partial(add_config_argument, p, d)
-
     arg("preset", "The model sizes (ImageBind and adapters).", choices=sorted(MOCA_PRESETS))
     arg(
         "imagebind",

@@ -44,12 +44,13 @@ from moca_rt.modeling.moca import MocaModel
 from moca_rt.train.adaav import repeat_audio
 from moca_rt.train.core import (
     LoopSettings,
+    ResumableParts,
     StageResult,
-    add_stage_arguments,
     config_from_args,
     run_stage_cli,
     save_weights_atomic,
     seeded_batch,
+    stage_parser,
     train_configured_stage,
 )
 from moca_rt.train.imagebind_synth import PairCache, cosine_factor, vision_outputs
@@ -111,7 +112,28 @@ class AdaavStageConfig:
         return MocaConfig(imagebind=base.imagebind, adapter=adapter)
 
 
-class AdaavStage:
+class _AdapterWeights:
+    """The adapters of a :class:`MocaModel` as a resumable part (keys ``adapters.<layer>...``).
+
+    Loaded strictly *into* the live parameters: ``load_adapter_state_dict`` replaces them
+    (``assign=True``), which would leave Adam stepping the old ones after a resume.
+    """
+
+    def __init__(self, model: MocaModel) -> None:
+        self.model = model
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return self.model.adapter_state_dict()
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        prefix = "adapters."
+        bad = [k for k in state if not k.startswith(prefix)]
+        if bad:
+            raise KeyError(f"expected adapter keys starting with {prefix!r}, got {bad[:3]}")
+        self.model.adapters.load_state_dict({k[len(prefix) :]: v for k, v in state.items()})
+
+
+class AdaavStage(ResumableParts):
     """:class:`~moca_rt.train.core.TrainingStage` of MoCA's AdaAV training."""
 
     name = "adaav"
@@ -228,17 +250,12 @@ class AdaavStage:
     def save_weights(self, folder: Path) -> list[Path]:
         return [save_weights_atomic(self.model.adapter_state_dict(), folder / WEIGHTS_FILE)]
 
-    def state_dict(self) -> dict[str, Any]:
+    def resumable_parts(self) -> dict[str, Any]:
         return {
-            "adapters": self.model.adapter_state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
+            "adapters": _AdapterWeights(self.model),
+            "optimizer": self.optimizer,
+            "scheduler": self.scheduler,
         }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_adapter_state_dict(state["adapters"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
 
 
 @torch.no_grad()
@@ -278,19 +295,16 @@ def train_adaav(config: AdaavStageConfig, settings: LoopSettings) -> StageResult
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m moca_rt.train.adaav_synth",
-        description="Train AdaAV by MoCA (kNN pairing, PMA triplet loss) on the synthetic world.",
-    )
-    p.add_argument("--imagebind", required=True, help="Stage-1 tiny ImageBind weights.")
-    arg = add_stage_arguments(
-        p,
+    p, arg = stage_parser(
+        "moca_rt.train.adaav_synth",
+        "Train AdaAV by MoCA (kNN pairing, PMA triplet loss) on the synthetic world.",
         AdaavStageConfig(imagebind=""),
         batch="Anchors per step.",
         iters=300,
         eval_every=50,
         log_every=10,
     )
+    arg("imagebind", "Stage-1 tiny ImageBind weights.", required=True)
     arg("alpha", "Triplet margin.")
     arg("pairing", "Pairing source.", choices=["imagebind_cls", "class"])
     arg("max_disparity", "PMA row disparity (0: no matching).", type=int)

@@ -37,13 +37,14 @@ import torch
 
 __all__ = [
     "LoopSettings",
+    "ResumableParts",
     "StageResult",
     "TrainingStage",
     "add_config_argument",
     "add_loop_arguments",
-    "add_stage_arguments",
     "atomic_save",
     "config_from_args",
+    "config_parser",
     "finished",
     "loop_settings_from_args",
     "run_stage",
@@ -52,6 +53,7 @@ __all__ = [
     "seeded_batch",
     "set_threads",
     "sha256_file",
+    "stage_parser",
     "train_configured_stage",
 ]
 
@@ -121,8 +123,18 @@ def add_loop_arguments(
     )
 
 
-def add_stage_arguments(
-    parser: argparse.ArgumentParser,
+def config_parser(
+    module: str, description: str, defaults: Any
+) -> tuple[argparse.ArgumentParser, Callable[..., None]]:
+    """The parser of ``python -m <module>`` and :func:`add_config_argument` bound to it and to
+    the config ``defaults`` (call it with a field name, the help and ``add_argument`` options)."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=description)
+    return parser, partial(add_config_argument, parser, defaults)
+
+
+def stage_parser(
+    module: str,
+    description: str,
     defaults: Any,
     *,
     batch: str,
@@ -130,25 +142,22 @@ def add_stage_arguments(
     eval_every: int,
     log_every: int,
     save_every: int | None = None,
-) -> Callable[..., None]:
-    """The flags of every synthetic-world stage CLI: :func:`add_loop_arguments` and, from the
-    stage config ``defaults``, ``--batch`` (help ``batch``), ``--lr``, ``--train-scenes``,
-    ``--val-scenes``, ``--seed`` and ``--world-seed``.
-
-    Returns :func:`add_config_argument` bound to ``parser`` and ``defaults`` for the stage's own
-    fields.
+) -> tuple[argparse.ArgumentParser, Callable[..., None]]:
+    """:func:`config_parser` with the flags every synthetic-world stage CLI shares:
+    :func:`add_loop_arguments` and, from the stage config ``defaults``, ``--batch`` (help
+    ``batch``), ``--lr``, ``--train-scenes``, ``--val-scenes``, ``--seed`` and ``--world-seed``.
     """
+    parser, arg = config_parser(module, description, defaults)
     add_loop_arguments(
         parser, iters=iters, eval_every=eval_every, log_every=log_every, save_every=save_every
     )
-    arg = partial(add_config_argument, parser, defaults)
     arg("batch", batch)
     arg("lr", "Peak learning rate (after the warm-up; cosine decay to 0).")
     arg("train_scenes", "Scenes per training split.")
     arg("val_scenes", "Validation scenes per split.")
     arg("seed", "Seed of the initial weights and the batches (and of SAM's prompts).")
     arg("world_seed", "Seed of the synthetic world.")
-    return arg
+    return parser, arg
 
 
 def loop_settings_from_args(args: argparse.Namespace) -> LoopSettings:
@@ -226,6 +235,22 @@ class TrainingStage(Protocol):
         ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class ResumableParts:
+    """The ``state_dict`` / ``load_state_dict`` of a :class:`TrainingStage` whose resumable
+    state is a few named parts, each with its own ``state_dict`` / ``load_state_dict`` (modules,
+    optimiser, scheduler); a stage lists them, in loading order, in :meth:`resumable_parts`."""
+
+    def resumable_parts(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: part.state_dict() for name, part in self.resumable_parts().items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, part in self.resumable_parts().items():
+            part.load_state_dict(state[name])
 
 
 @dataclass
@@ -352,15 +377,7 @@ def finished(settings: LoopSettings) -> StageResult | None:
     done = json.loads(done_path.read_text())
     if done.get("steps") != settings.iters:
         return None
-    return StageResult(
-        name=done["name"],
-        steps=done["steps"],
-        selected_step=done["selected_step"],
-        metrics=done["metrics"],
-        weights=Path(done["weights"]),
-        seconds=done["seconds"],
-        evaluations=done.get("evaluations", []),
-    )
+    return StageResult(**{**done, "weights": Path(done["weights"])})  # done.json is its asdict
 
 
 def run_stage(

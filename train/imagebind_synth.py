@@ -43,12 +43,13 @@ from moca_rt.config import IMAGEBIND_PRESETS, MOCA_PRESETS
 from moca_rt.modeling.imagebind import ImageBindVisionAudio
 from moca_rt.train.core import (
     LoopSettings,
+    ResumableParts,
     StageResult,
-    add_stage_arguments,
     config_from_args,
     run_stage_cli,
     save_weights_atomic,
     seeded_batch,
+    stage_parser,
     train_configured_stage,
 )
 from moca_rt.train.pretrain_imagebind import ContrastiveTemperature, official_state_dict
@@ -173,7 +174,7 @@ def cosine_factor(step: int, iters: int, warmup: int) -> float:
     )
 
 
-class ImageBindStage:
+class ImageBindStage(ResumableParts):
     """:class:`~moca_rt.train.core.TrainingStage` of the tiny ImageBind pretraining."""
 
     name = "imagebind"
@@ -246,21 +247,14 @@ class ImageBindStage:
     def save_weights(self, folder: Path) -> list[Path]:
         return [save_weights_atomic(official_state_dict(self.model), folder / WEIGHTS_FILE)]
 
-    def state_dict(self) -> dict[str, Any]:
+    def resumable_parts(self) -> dict[str, Any]:
         return {
-            "model": self.model.state_dict(),
-            "scale_cls": self.scale_cls.state_dict(),
-            "scale_dense": self.scale_dense.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
+            "model": self.model,
+            "scale_cls": self.scale_cls,
+            "scale_dense": self.scale_dense,
+            "optimizer": self.optimizer,
+            "scheduler": self.scheduler,
         }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.scale_cls.load_state_dict(state["scale_cls"])
-        self.scale_dense.load_state_dict(state["scale_dense"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
 
 
 @torch.no_grad()
@@ -292,12 +286,14 @@ def train_imagebind(config: ImageBindStageConfig, settings: LoopSettings) -> Sta
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m moca_rt.train.imagebind_synth",
-        description="Pretrain the tiny ImageBind on the synthetic world (InfoNCE + dense term).",
-    )
-    arg = add_stage_arguments(
-        p, ImageBindStageConfig(), batch="Pairs per step.", iters=400, eval_every=100, log_every=10
+    p, arg = stage_parser(
+        "moca_rt.train.imagebind_synth",
+        "Pretrain the tiny ImageBind on the synthetic world (InfoNCE + dense term).",
+        ImageBindStageConfig(),
+        batch="Pairs per step.",
+        iters=400,
+        eval_every=100,
+        log_every=10,
     )
     arg("dense_weight", "Weight of the dense term.")
     arg("image_size", "Model input side in pixels.")

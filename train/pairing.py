@@ -548,6 +548,33 @@ def run_pairing(
     return table
 
 
+def sample_negatives_or_redraw(
+    batch_indices: Tensor, table: PairingTable | Tensor, generator: torch.Generator, num_items: int
+) -> Tensor:
+    """:func:`sample_negatives`, or, when the batch has no valid shuffle (e.g. one class fills
+    more than half a batch under the ``class`` pairing), a negative per anchor drawn from all
+    ``num_items`` items avoiding the anchor and its top-K. Never raises for a valid table with
+    ``num_items > K + 1``; a pure function of the generator's state."""
+    try:
+        return sample_negatives(batch_indices, table, generator)
+    except ValueError:
+        pass
+    idx = _neighbours(table)
+    out = []
+    for a in batch_indices.tolist():
+        forbidden = set(idx[a].tolist()) | {a}
+        if len(forbidden) >= num_items:
+            raise ValueError(
+                f"cannot draw a negative for anchor {a}: all {num_items} items are its neighbours"
+            )
+        while True:
+            j = int(torch.randint(0, num_items, (1,), generator=generator))
+            if j not in forbidden:
+                out.append(j)
+                break
+    return torch.tensor(out, dtype=torch.int64)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m moca_rt.train.pairing``; returns the exit code."""
     from moca_rt.config import DINO_PRESETS
@@ -614,30 +641,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-
-
-def sample_negatives_or_redraw(
-    batch_indices: Tensor, table: PairingTable | Tensor, generator: torch.Generator, num_items: int
-) -> Tensor:
-    """:func:`sample_negatives`, or, when the batch has no valid shuffle (e.g. one class fills
-    more than half a batch under the ``class`` pairing), a negative per anchor drawn from all
-    ``num_items`` items avoiding the anchor and its top-K. Never raises for a valid table with
-    ``num_items > K + 1``; a pure function of the generator's state."""
-    try:
-        return sample_negatives(batch_indices, table, generator)
-    except ValueError:
-        pass
-    idx = _neighbours(table)
-    out = []
-    for a in batch_indices.tolist():
-        forbidden = set(idx[a].tolist()) | {a}
-        if len(forbidden) >= num_items:
-            raise ValueError(
-                f"cannot draw a negative for anchor {a}: all {num_items} items are its neighbours"
-            )
-        while True:
-            j = int(torch.randint(0, num_items, (1,), generator=generator))
-            if j not in forbidden:
-                out.append(j)
-                break
-    return torch.tensor(out, dtype=torch.int64)

@@ -55,7 +55,6 @@ import shlex
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -72,8 +71,8 @@ from moca_rt.modeling.imagebind import (
 )
 from moca_rt.train.adaav import anchor_batch
 from moca_rt.train.core import (
-    add_config_argument,
     config_from_args as _config_from_args,
+    config_parser,
     sha256_file,
 )
 from moca_rt.train.data import (
@@ -651,13 +650,12 @@ def run_pretraining(
 
 def build_parser() -> argparse.ArgumentParser:
     d = PretrainConfig()
-    p = argparse.ArgumentParser(
-        prog="python -m moca_rt.train.pretrain_imagebind",
-        description="Pretrain a tiny ImageBind (vision + audio) on the synthetic world with the "
+    p, arg = config_parser(
+        "moca_rt.train.pretrain_imagebind",
+        "Pretrain a tiny ImageBind (vision + audio) on the synthetic world with the "
         "symmetric audio-image InfoNCE loss; checkpoints use the official key layout.",
+        d,
     )
-    arg = partial(add_config_argument, p, d)
-
     arg("preset", "The ImageBind sizes to train.", choices=sorted(IMAGEBIND_PRESETS))
     arg(
         "data",

@@ -75,12 +75,13 @@ from moca_rt.sam_transforms import (
 )
 from moca_rt.train.core import (
     LoopSettings,
+    ResumableParts,
     StageResult,
-    add_stage_arguments,
     config_from_args,
     run_stage_cli,
     save_weights_atomic,
     seeded_batch,
+    stage_parser,
     train_configured_stage,
 )
 
@@ -607,7 +608,7 @@ def evaluate_proposals(
 # --------------------------------------------------------------------------- the stage
 
 
-class SamStage:
+class SamStage(ResumableParts):
     """:class:`~moca_rt.train.core.TrainingStage` of the tiny-SAM promptable training."""
 
     name = "sam"
@@ -750,17 +751,8 @@ class SamStage:
         meta = {"preset": self.config.preset}
         return [save_weights_atomic(self.model.state_dict(), folder / WEIGHTS_FILE, meta)]
 
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+    def resumable_parts(self) -> dict[str, Any]:
+        return {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler}
 
 
 def train_sam(config: SamTrainConfig, settings: LoopSettings) -> StageResult:
@@ -791,13 +783,16 @@ def train_sam(config: SamTrainConfig, settings: LoopSettings) -> StageResult:
 
 def build_parser() -> argparse.ArgumentParser:
     d = SamTrainConfig()
-    p = argparse.ArgumentParser(
-        prog="python -m moca_rt.train.sam_synth",
-        description="Train the tiny SAM (sam_synth) for promptable segmentation on the synthetic "
-        "world's instance masks; selects the step with the best validation proposal recall.",
-    )
-    arg = add_stage_arguments(
-        p, d, batch="Images per step.", iters=1500, eval_every=500, log_every=25, save_every=100
+    p, arg = stage_parser(
+        "moca_rt.train.sam_synth",
+        "Train the tiny SAM (sam_synth) for promptable segmentation on the synthetic world's "
+        "instance masks; selects the step with the best validation proposal recall.",
+        d,
+        batch="Images per step.",
+        iters=1500,
+        eval_every=500,
+        log_every=25,
+        save_every=100,
     )
     p.add_argument("--prompts", type=int, default=d.prompts_per_image, help="Prompts per image.")
     arg("weight_decay", "AdamW weight decay.")
