@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from moca_rt.datasets.synth import PARTITIONS
 from moca_rt.preprocess import (
     SAMPLE_RATE,
     audio_windows,
@@ -136,9 +137,12 @@ class SynthTrainingSet(TrainingSet):
         seed: the world's seed.
         image_size: side of the rendered scenes in pixels (>= 32).
         audio_window_s: see the module docstring; None keeps each scene's whole audio (1-5 s).
-        partition: the world's partition (one of the seeds of every scene): ``train`` items have
-            ids ``synth:s4:<i>``, other partitions ``synth:s4:<partition>:<i>``.
+        partition: the world's partition (one of the seeds of every scene; default the first of
+            :attr:`partitions`, ``train``): ``train`` items have ids ``synth:s4:<i>``, other
+            partitions ``synth:s4:<partition>:<i>``.
     """
+
+    partitions: tuple[str, ...] = PARTITIONS  # those this set may read; the first is the default
 
     def __init__(
         self,
@@ -146,10 +150,14 @@ class SynthTrainingSet(TrainingSet):
         seed: int = 0,
         image_size: int = 224,
         audio_window_s: float | None = None,
-        partition: str = "train",
+        partition: str | None = None,
     ) -> None:
         from moca_rt.datasets.synth import SynthWorld
 
+        partition = self.partitions[0] if partition is None else partition
+        if partition not in self.partitions:
+            expected = " or ".join(repr(p) for p in self.partitions)
+            raise ValueError(f"partition: expected {expected}, got {partition!r}")
         if isinstance(count, bool) or not isinstance(count, int) or count < 2:
             raise ValueError(f"count: expected an int >= 2 synthetic scenes, got {count!r}")
         self.world = SynthWorld(seed, image_size=image_size)

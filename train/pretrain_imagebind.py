@@ -303,23 +303,14 @@ class RetrievalResult:
 
 
 class HeldOutSynthSet(SynthTrainingSet):
-    """Scenes ``0 .. count-1`` of the ``s4`` split in another partition (default ``val``).
+    """Scenes ``0 .. count-1`` of the ``s4`` split in a held-out partition (``val``, the
+    default, or ``test``).
 
     Same world (seed, image size) as the training set but disjoint scenes: the partition is one
     of the seeds of every scene. Ids are ``synth:s4:<partition>:<i>``.
     """
 
-    def __init__(
-        self,
-        count: int,
-        seed: int = 0,
-        image_size: int = 224,
-        audio_window_s: float | None = None,
-        partition: str = "val",
-    ) -> None:
-        if partition not in ("val", "test"):
-            raise ValueError(f"partition: expected 'val' or 'test', got {partition!r}")
-        super().__init__(count, seed, image_size, audio_window_s, partition)
+    partitions = ("val", "test")
 
 
 @torch.no_grad()
