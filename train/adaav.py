@@ -564,9 +564,10 @@ class AdaavTrainer(StepFileTrainer):
         self._restore_train_state(stem)
 
 
-def checkpoint_stem(path: str | Path) -> Path:
-    """``out/adaav_stepNNNNNN`` of a checkpoint file, or of a folder's latest checkpoint."""
-    return _stem_with_prefix(path, CHECKPOINT_PREFIX)
+def checkpoint_stem(path: str | Path, prefix: str = CHECKPOINT_PREFIX) -> Path:
+    """``out/<prefix>NNNNNN`` of a checkpoint file, or of a folder's latest checkpoint
+    (:func:`moca_rt.train.step_files.checkpoint_stem` with AdaAV's prefix by default)."""
+    return _stem_with_prefix(path, prefix)
 
 
 # --------------------------------------------------------------------------------------------

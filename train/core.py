@@ -16,6 +16,13 @@ one step, evaluate on its validation partition, save its weights and (de)seriali
   ``selection`` metric, the weights of the best evaluation so far are kept in ``best/``
   (selection on the validation partition only);
 * ``done.json`` at the end (final metrics, selected step), after which a rerun skips the stage.
+
+A stage module adds little to that: :class:`ResumableParts` gives a stage its
+``state_dict`` / ``load_state_dict`` from its parts, :func:`train_configured_stage` runs it
+from a config dataclass, and its CLI is :func:`stage_parser` (flags declared once from the
+config's fields by :func:`add_config_argument`, read back by :func:`config_from_args`) and
+:func:`run_stage_cli`. The two real-data trainers (``adaav``, ``pretrain_imagebind``) keep
+their per-step checkpoint files and share them in :mod:`moca_rt.train.step_files`.
 """
 
 from __future__ import annotations
@@ -123,43 +130,6 @@ def add_loop_arguments(
     )
 
 
-def config_parser(
-    module: str, description: str, defaults: Any
-) -> tuple[argparse.ArgumentParser, Callable[..., None]]:
-    """The parser of ``python -m <module>`` and :func:`add_config_argument` bound to it and to
-    the config ``defaults`` (call it with a field name, the help and ``add_argument`` options)."""
-    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=description)
-    return parser, partial(add_config_argument, parser, defaults)
-
-
-def stage_parser(
-    module: str,
-    description: str,
-    defaults: Any,
-    *,
-    batch: str,
-    iters: int,
-    eval_every: int,
-    log_every: int,
-    save_every: int | None = None,
-) -> tuple[argparse.ArgumentParser, Callable[..., None]]:
-    """:func:`config_parser` with the flags every synthetic-world stage CLI shares:
-    :func:`add_loop_arguments` and, from the stage config ``defaults``, ``--batch`` (help
-    ``batch``), ``--lr``, ``--train-scenes``, ``--val-scenes``, ``--seed`` and ``--world-seed``.
-    """
-    parser, arg = config_parser(module, description, defaults)
-    add_loop_arguments(
-        parser, iters=iters, eval_every=eval_every, log_every=log_every, save_every=save_every
-    )
-    arg("batch", batch)
-    arg("lr", "Peak learning rate (after the warm-up; cosine decay to 0).")
-    arg("train_scenes", "Scenes per training split.")
-    arg("val_scenes", "Validation scenes per split.")
-    arg("seed", "Seed of the initial weights and the batches (and of SAM's prompts).")
-    arg("world_seed", "Seed of the synthetic world.")
-    return parser, arg
-
-
 def loop_settings_from_args(args: argparse.Namespace) -> LoopSettings:
     """The :class:`LoopSettings` of flags added by :func:`add_loop_arguments`."""
     return LoopSettings(
@@ -206,6 +176,43 @@ def config_from_args(
         if f.name not in exclude and hasattr(args, f.name)
     }
     return replace(defaults, **{**taken, **values})  # type: ignore[type-var]
+
+
+def config_parser(
+    module: str, description: str, defaults: Any
+) -> tuple[argparse.ArgumentParser, Callable[..., None]]:
+    """The parser of ``python -m <module>`` and :func:`add_config_argument` bound to it and to
+    the config ``defaults`` (call it with a field name, the help and ``add_argument`` options)."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=description)
+    return parser, partial(add_config_argument, parser, defaults)
+
+
+def stage_parser(
+    module: str,
+    description: str,
+    defaults: Any,
+    *,
+    batch: str,
+    iters: int,
+    eval_every: int,
+    log_every: int,
+    save_every: int | None = None,
+) -> tuple[argparse.ArgumentParser, Callable[..., None]]:
+    """:func:`config_parser` with the flags every synthetic-world stage CLI shares:
+    :func:`add_loop_arguments` and, from the stage config ``defaults``, ``--batch`` (help
+    ``batch``), ``--lr``, ``--train-scenes``, ``--val-scenes``, ``--seed`` and ``--world-seed``.
+    """
+    parser, arg = config_parser(module, description, defaults)
+    add_loop_arguments(
+        parser, iters=iters, eval_every=eval_every, log_every=log_every, save_every=save_every
+    )
+    arg("batch", batch)
+    arg("lr", "Peak learning rate (after the warm-up; cosine decay to 0).")
+    arg("train_scenes", "Scenes per training split.")
+    arg("val_scenes", "Validation scenes per split.")
+    arg("seed", "Seed of the initial weights and the batches (and of SAM's prompts).")
+    arg("world_seed", "Seed of the synthetic world.")
+    return parser, arg
 
 
 class TrainingStage(Protocol):

@@ -24,7 +24,8 @@ decay to 0 at ``iters``, optional bf16 autocast (weights and AdamW stay fp32, th
 Batches are a pure function of ``(seed, step)`` (:func:`~moca_rt.train.adaav.anchor_batch`:
 a seeded permutation per epoch, tail dropped), so a resumed run sees the same batches.
 
-Checkpoints in ``out`` (every ``save_every`` steps and at the end):
+Checkpoints in ``out`` (every ``save_every`` steps and at the end; the loop, the file set and the
+shared flags are :mod:`moca_rt.train.step_files`, as for AdaAV):
 
 * ``imagebind_step<NNNNNN>.safetensors``: the weights in the **official ImageBind key layout**
   (``modality_preprocessors.vision.rgbt_stem.proj.1.weight`` as a 5-D Conv3d kernel, each time

@@ -125,12 +125,12 @@ StepFileConfig = Any
 class StepFileTrainer:
     """Optimiser, schedule, step and loss history of a trainer with per-step checkpoint files.
 
-    A subclass sets :attr:`prefix`, :attr:`desc` and, in its constructor, :attr:`config`,
-    :attr:`data`, :attr:`device`, ``self.optimizer, self.scheduler = self._optimiser()``, and
-    :attr:`step` / :attr:`history` through :meth:`_start`. It implements :meth:`_optimiser`,
-    :meth:`train_step` (ending in :meth:`_advance`), :meth:`save` (through
-    :meth:`_write_checkpoint`) and :meth:`load` (through :meth:`_read_checkpoint` and
-    :meth:`_restore_train_state`).
+    A subclass sets :attr:`prefix` and :attr:`desc`, and in its constructor :attr:`config`,
+    :attr:`data` and :attr:`device`, then calls :meth:`_start` (optimiser and scheduler from
+    :meth:`_optimiser`, step 0, empty history). It implements :meth:`_optimiser`,
+    :meth:`train_step` (ending in :meth:`_advance`), ``save`` (through
+    :meth:`_write_checkpoint`) and ``load`` (through :meth:`_read_checkpoint` and
+    :meth:`_restore_train_state`); :meth:`run` is the loop.
     """
 
     prefix: ClassVar[str]
