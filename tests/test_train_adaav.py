@@ -355,6 +355,12 @@ def test_manifest_records_the_weights_sha256_and_a_tampered_file_is_refused(
     assert meta["train_state"] == "adaav_step000002.train.pt"
     # one loss-history window per step (log_every 1), the last closed at the end
     assert [s for s, _ in meta["loss"]["window_means"]] == [1, 2]
+    # a manifest written before the sha256 was recorded still resumes (nothing left to do)
+    old = {k: v for k, v in meta.items() if k != "weights_sha256"}
+    result.checkpoint.write_text(json.dumps(old))
+    again = run_training(cfg, resume=result.checkpoint, log=lambda _m: None)
+    assert again.trainer.step == 2 and again.losses == []
+    result.checkpoint.write_text(json.dumps(meta))
     weights.write_bytes(weights.read_bytes()[:-1] + b" ")
     with pytest.raises(ValueError, match="match the sha256"):
         run_training(cfg, resume=result.checkpoint, log=lambda _m: None)

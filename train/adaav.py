@@ -43,7 +43,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
@@ -61,8 +61,10 @@ from moca_rt.train.pairing import (
     save_table,
 )
 from moca_rt.train.step_files import (
+    Precision,
     StepFileTrainer,
     add_step_file_arguments,
+    check_run_fields,
     checkpoint_stem as _stem_with_prefix,
 )
 
@@ -79,7 +81,6 @@ __all__ = [
     "triplet_loss",
 ]
 
-Precision = Literal["fp32", "bf16"]
 SearchMode = Literal["row", "full"]
 CHECKPOINT_PREFIX = "adaav_step"
 
@@ -144,20 +145,11 @@ class TrainConfig:
             raise ValueError(
                 f"dino_preset: expected one of {sorted(DINO_PRESETS)}, got {self.dino_preset!r}"
             )
-        for name in ("iters", "batch", "save_every", "log_every", "k", "synth_image_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected a positive int, got {value!r}")
-        if self.batch < 2:
-            raise ValueError(
-                f"batch: expected >= 2 (negatives shuffle the batch), got {self.batch}"
-            )
-        if not self.lr > 0 or not math.isfinite(self.lr):
-            raise ValueError(f"lr: expected a finite value > 0, got {self.lr}")
+        check_run_fields(self, positive=("k", "synth_image_size"))
         if not self.alpha >= 0:
             raise ValueError(f"alpha: expected >= 0, got {self.alpha}")
-        if self.search not in ("row", "full"):
-            raise ValueError(f"search: expected 'row' or 'full', got {self.search!r}")
+        if self.search not in get_args(SearchMode):
+            raise ValueError(f"search: expected one of {get_args(SearchMode)}, got {self.search!r}")
         if self.max_disparity is not None:
             if self.search == "full":
                 raise ValueError(
@@ -170,10 +162,6 @@ class TrainConfig:
                 f"ssd_weight, ncc_weight: expected >= 0 and not both 0, got "
                 f"{self.ssd_weight}, {self.ncc_weight}"
             )
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision: expected 'fp32' or 'bf16', got {self.precision!r}")
-        if self.image_size is not None and self.image_size < 14:
-            raise ValueError(f"image_size: expected None or >= 14 pixels, got {self.image_size}")
         if self.pairing == "class" and not self.data.startswith("synth:"):
             raise ValueError(
                 f"pairing: expected 'class' only with synth:N data (labels needed), got data "
@@ -699,7 +687,7 @@ def build_parser() -> argparse.ArgumentParser:
     arg(
         "search",
         "PMA search: along the same row, or over all positions (ablation).",
-        choices=["row", "full"],
+        choices=list(get_args(SearchMode)),
     )
     arg(
         "max_disparity",

@@ -57,7 +57,6 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -83,8 +82,10 @@ from moca_rt.train.data import (
     open_training_set,
 )
 from moca_rt.train.step_files import (
+    Precision,
     StepFileTrainer,
     add_step_file_arguments,
+    check_run_fields,
     checkpoint_stem as _stem_with_prefix,
 )
 
@@ -110,7 +111,6 @@ __all__ = [
     "sha256_file",
 ]
 
-Precision = Literal["fp32", "bf16"]
 CHECKPOINT_PREFIX = "imagebind_step"
 _VISION_STEM_OFFICIAL = "modality_preprocessors.vision.rgbt_stem.proj.1.weight"
 
@@ -168,14 +168,7 @@ class PretrainConfig:
             raise ValueError(
                 f"preset: expected one of {sorted(IMAGEBIND_PRESETS)}, got {self.preset!r}"
             )
-        for name in ("iters", "batch", "save_every", "log_every", "eval_batch"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected a positive int, got {value!r}")
-        if self.batch < 2:
-            raise ValueError(
-                f"batch: expected >= 2 (the other pairs are negatives), got {self.batch}"
-            )
+        check_run_fields(self, positive=("eval_batch",))
         for name in ("warmup", "eval_items"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -186,8 +179,6 @@ class PretrainConfig:
             )
         if self.eval_items == 1:
             raise ValueError("eval_items: expected 0 (no evaluation) or >= 2 scenes, got 1")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr: expected a finite value > 0, got {self.lr}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ValueError(f"weight_decay: expected a finite value >= 0, got {self.weight_decay}")
         if not 0 < self.min_temperature <= self.temperature <= self.max_temperature:
@@ -195,10 +186,6 @@ class PretrainConfig:
                 f"temperature: expected 0 < min_temperature <= temperature <= max_temperature, "
                 f"got {self.min_temperature}, {self.temperature}, {self.max_temperature}"
             )
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision: expected 'fp32' or 'bf16', got {self.precision!r}")
-        if self.image_size is not None and self.image_size < 14:
-            raise ValueError(f"image_size: expected None or >= 14 pixels, got {self.image_size}")
         if self.synth_image_size < 32:
             raise ValueError(
                 f"synth_image_size: expected >= 32 pixels, got {self.synth_image_size}"

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Literal, Protocol, get_args
 
 import torch
 from torch import Tensor
@@ -35,10 +35,14 @@ from moca_rt.train.core import add_config_argument, sha256_file
 
 __all__ = [
     "LossHistory",
+    "Precision",
     "StepFileTrainer",
     "add_step_file_arguments",
+    "check_run_fields",
     "checkpoint_stem",
 ]
+
+Precision = Literal["fp32", "bf16"]  # bf16: autocast, the trained weights and optimiser stay fp32
 
 Optimiser = tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]
 
@@ -108,6 +112,30 @@ def checkpoint_stem(path: str | Path, prefix: str) -> Path:
         if not Path(str(stem) + suffix).is_file():
             raise FileNotFoundError(f"resume: expected {stem}{suffix} beside {p}; it is missing")
     return stem
+
+
+def check_run_fields(config: Any, positive: tuple[str, ...] = ()) -> None:
+    """The checks both trainers' configs share: ``iters``, ``batch``, ``save_every``,
+    ``log_every`` and the ``positive`` fields positive ints, ``batch`` >= 2, ``lr`` finite and
+    > 0, ``precision`` a :data:`Precision`, ``image_size`` None or >= 14 pixels.
+
+    Raises ``ValueError`` naming the first bad field ("expected X, got Y").
+    """
+    for name in ("iters", "batch", "save_every", "log_every", *positive):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    if config.batch < 2:
+        raise ValueError(
+            f"batch: expected >= 2 (the rest of the batch gives the negatives), got {config.batch}"
+        )
+    if not (math.isfinite(config.lr) and config.lr > 0):
+        raise ValueError(f"lr: expected a finite value > 0, got {config.lr}")
+    if config.precision not in get_args(Precision):
+        expected = " or ".join(repr(p) for p in get_args(Precision))
+        raise ValueError(f"precision: expected {expected}, got {config.precision!r}")
+    if config.image_size is not None and config.image_size < 14:
+        raise ValueError(f"image_size: expected None or >= 14 pixels, got {config.image_size}")
 
 
 class _Data(Protocol):
@@ -307,7 +335,7 @@ def add_step_file_arguments(
     arg = partial(add_config_argument, parser, defaults)
 
     arg("iters", "Optimisation steps; the cosine schedule decays the rate to 0 here.")
-    arg("precision", f"fp32, or bf16 autocast ({precision}).", choices=["fp32", "bf16"])
+    arg("precision", f"fp32, or bf16 autocast ({precision}).", choices=list(get_args(Precision)))
     arg("device", "Torch device, e.g. cuda or cpu.")
     arg("seed", "Seeds the initial weights, the batches and the synthetic world.")
     arg("save_every", "Steps between checkpoints.")
