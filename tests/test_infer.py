@@ -28,7 +28,10 @@ from PIL import Image
 from moca_rt import infer, infer_job
 from moca_rt.sinks import decode_rle, read_jsonl
 
-TINY = ["--preset", "moca_test", "--proposals", "none", "--no-progress", "--device", "cpu"]
+QUIET_CPU = ["--no-progress", "--device", "cpu"]
+TINY = ["--preset", "moca_test", "--proposals", "none", *QUIET_CPU]
+# the tiny test models with the tiny SAM
+TINY_SAM = ["--preset", "moca_test", "--sam-preset", "sam_synth", *QUIET_CPU]
 
 
 def _run(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
@@ -89,22 +92,9 @@ def test_end_to_end_synthetic_video(
         synth_clip,
         "--out",
         out,
-        "--preset",
-        "moca_test",
-        "--sam-preset",
-        "sam_synth",
-        "--proposals",
-        "grid",
-        "--points-per-side",
-        "2",
-        "--batch",
-        "3",
-        "--overlay",
-        "--no-progress",
-        "--device",
-        "cpu",
-        "--tau",
-        "-1",
+        *TINY_SAM,
+        *("--proposals", "grid", "--points-per-side", "2", "--batch", "3", "--overlay"),
+        *("--tau", "-1"),
     )
     assert code == 0, err
     n = _count_video_frames(synth_clip)
@@ -370,13 +360,7 @@ def test_checkpoint_of_the_wrong_model(
         clip,
         "--out",
         tmp_path / "out",
-        "--preset",
-        "moca_test",
-        "--no-progress",
-        "--device",
-        "cpu",
-        flag,
-        ckpt,
+        *("--preset", "moca_test", *QUIET_CPU, flag, ckpt),
     ]
     if flag == "--sam":
         args += ["--proposals", "grid"]
@@ -401,11 +385,8 @@ def test_tiny_imagebind_without_preset_names_the_preset(
         clip,
         "--out",
         tmp_path / "out",
-        "--no-progress",
-        "--device",
-        "cpu",
-        "--imagebind",
-        tiny,
+        *QUIET_CPU,
+        *("--imagebind", tiny),
     )
     # the preset is read from the checkpoint's shapes and said (issue 10, item 7)
     assert code == 0, err
@@ -415,15 +396,8 @@ def test_tiny_imagebind_without_preset_names_the_preset(
         clip,
         "--out",
         tmp_path / "ok",
-        "--no-progress",
-        "--device",
-        "cpu",
-        "--imagebind",
-        tiny,
-        "--preset",
-        "moca_synth",
-        "--proposals",
-        "none",
+        *QUIET_CPU,
+        *("--imagebind", tiny, "--preset", "moca_synth", "--proposals", "none"),
     )
     assert code == 0, err
 
@@ -436,9 +410,7 @@ def test_random_weights_instead_of_the_shipped_models(
         clip,
         "--out",
         tmp_path / "out",
-        "--no-progress",
-        "--device",
-        "cpu",
+        *QUIET_CPU,
         "--random-weights",
     )
     assert code == 0, err
@@ -596,19 +568,8 @@ def test_box_prompts(clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[s
         clip,
         "--out",
         out,
-        "--preset",
-        "moca_test",
-        "--sam-preset",
-        "sam_synth",
-        "--no-progress",
-        "--device",
-        "cpu",
-        "--proposals",
-        "boxes",
-        "--boxes",
-        boxes,
-        "--tau",
-        "-1",
+        *TINY_SAM,
+        *("--proposals", "boxes", "--boxes", boxes, "--tau", "-1"),
         "--fps",
         "12.5",
     )
@@ -622,19 +583,8 @@ def test_box_prompts(clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[s
         clip,
         "--out",
         out2,
-        "--preset",
-        "moca_test",
-        "--sam-preset",
-        "sam_synth",
-        "--no-progress",
-        "--device",
-        "cpu",
-        "--proposals",
-        "boxes",
-        "--boxes",
-        boxes,
-        "--tau",
-        "-1",
+        *TINY_SAM,
+        *("--proposals", "boxes", "--boxes", boxes, "--tau", "-1"),
     )
     assert code == 0, err
     by_index = {r["index"]: r for r in _check_records_match_pngs(out2)}
@@ -674,23 +624,9 @@ def test_cuda_run(
         clip,
         "--out",
         out,
-        "--preset",
-        "moca_test",
-        "--sam-preset",
-        "sam_synth",
-        "--proposals",
-        "grid",
-        "--points-per-side",
-        "4",
-        "--no-progress",
-        "--device",
-        "cuda",
-        "--precision",
-        precision,
-        "--batch",
-        "4",
-        "--tau",
-        "-1",
+        *("--preset", "moca_test", "--sam-preset", "sam_synth", "--no-progress"),
+        *("--device", "cuda", "--precision", precision),
+        *("--proposals", "grid", "--points-per-side", "4", "--batch", "4", "--tau", "-1"),
     )
     assert code == 0, err
     records = _check_records_match_pngs(out)
