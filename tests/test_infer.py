@@ -356,12 +356,8 @@ def test_checkpoint_of_the_wrong_model(
     wrong = {"backbone.layer1.weight": torch.zeros(4, 4), "head.fc.bias": torch.zeros(3)}
     ckpt = tmp_path / "other_model.safetensors"
     save_file(wrong, str(ckpt))
-    args = [
-        clip,
-        "--out",
-        tmp_path / "out",
-        *("--preset", "moca_test", *QUIET_CPU, flag, ckpt),
-    ]
+    args: list[str | Path] = [clip, "--out", tmp_path / "out", "--preset", "moca_test", flag, ckpt]
+    args += QUIET_CPU
     if flag == "--sam":
         args += ["--proposals", "grid"]
     code, _, err = _run(capsys, *args)
@@ -380,39 +376,26 @@ def test_tiny_imagebind_without_preset_names_the_preset(
     from moca_rt.shipped import shipped_weights
 
     tiny = shipped_weights().imagebind
-    code, _, err = _run(
-        capsys,
-        clip,
-        "--out",
-        tmp_path / "out",
-        *QUIET_CPU,
-        *("--imagebind", tiny),
-    )
+    code, _, err = _run(capsys, clip, "--out", tmp_path / "out", *QUIET_CPU, "--imagebind", tiny)
     # the preset is read from the checkpoint's shapes and said (issue 10, item 7)
     assert code == 0, err
     assert "note: --preset moca_synth: the --imagebind checkpoint's shapes fit" in err
-    code, _, err = _run(
-        capsys,
-        clip,
-        "--out",
-        tmp_path / "ok",
-        *QUIET_CPU,
-        *("--imagebind", tiny, "--preset", "moca_synth", "--proposals", "none"),
-    )
+    with_preset: list[str | Path] = [
+        "--imagebind",
+        tiny,
+        "--preset",
+        "moca_synth",
+        "--proposals",
+        "none",
+    ]
+    code, _, err = _run(capsys, clip, "--out", tmp_path / "ok", *QUIET_CPU, *with_preset)
     assert code == 0, err
 
 
 def test_random_weights_instead_of_the_shipped_models(
     clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, _, err = _run(
-        capsys,
-        clip,
-        "--out",
-        tmp_path / "out",
-        *QUIET_CPU,
-        "--random-weights",
-    )
+    code, _, err = _run(capsys, clip, "--out", tmp_path / "out", *QUIET_CPU, "--random-weights")
     assert code == 0, err
     assert "seeded random weights (--random-weights)" in err and "shipped tiny models" not in err
 
