@@ -237,22 +237,18 @@ def write_markdown(args: argparse.Namespace, rows: list[dict]) -> list[str]:
         "so far (from the CSVs), oldest first.",
         "",
     ]
-    serve_all = _read(args.out / "ray_serve_cpu.csv", args.proposals)
-    if serve_all:
-        md += [
+    sections = [
+        (
             f"## Serve: {args.requests} requests, {args.concurrency} concurrent, one replica",
-            "",
-            _table(serve_all, SERVE_COLUMNS),
-            "",
-        ]
-    batch_all = _read(args.out / "ray_batch_cpu.csv", args.proposals)
-    if batch_all:
-        md += [
-            f"## Batch: {args.videos} clips of 25 frames (64 px)",
-            "",
-            _table(batch_all, BATCH_COLUMNS),
-            "",
-        ]
+            "ray_serve_cpu.csv",
+            SERVE_COLUMNS,
+        ),
+        (f"## Batch: {args.videos} clips of 25 frames (64 px)", "ray_batch_cpu.csv", BATCH_COLUMNS),
+    ]
+    for title, csv_name, columns in sections:
+        rows = _read(args.out / csv_name, args.proposals)
+        if rows:
+            md += [title, "", _table(rows, columns), ""]
     (args.out / f"ray_scaling_cpu_proposals-{args.proposals}.md").write_text("\n".join(md))
     return md
 
