@@ -1,4 +1,5 @@
-"""What the command-line entry points (``moca_rt.infer``, ``moca_rt.batch``) share."""
+"""What the command-line entry points (``moca_rt.infer``, ``moca_rt.batch``, ``moca_rt.serve``)
+share."""
 
 from __future__ import annotations
 

@@ -47,6 +47,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from moca_rt.build import BuildSettings
+from moca_rt.cli import field_values
 from moca_rt.errors import InputError, MediaError, OutOfMemoryError
 
 __all__ = ["ServeConfig", "app", "build_app", "main", "start"]
@@ -390,7 +391,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--host", default="127.0.0.1", help="The address the HTTP proxy listens on.")
     p.add_argument("--port", type=int, default=8000, help="The HTTP port.")
-    p.add_argument("--replicas", type=int, default=1, help="Copies of the pipeline.")
+    p.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        dest="num_replicas",
+        metavar="REPLICAS",
+        help="Copies of the pipeline.",
+    )
     p.add_argument("--num-cpus-per-replica", type=float, default=1.0, help="CPUs per replica.")
     p.add_argument("--num-gpus-per-replica", type=float, default=0.0, help="GPUs per replica.")
     p.add_argument("--max-batch-size", type=int, default=8, help="Frames per model call.")
@@ -421,6 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
+    """The deployment of a parsed command line: the ``--setting`` pairs build the pipeline
+    settings, the other flags set the :class:`ServeConfig` field of their name."""
     pairs: dict[str, Any] = {}
     for item in args.setting:
         key, sep, value = item.partition("=")
@@ -430,16 +440,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
             )
         pairs[key] = value
     config = ServeConfig.from_args(pairs)
-    return replace(
-        config,
-        num_replicas=args.replicas,
-        num_cpus_per_replica=args.num_cpus_per_replica,
-        num_gpus_per_replica=args.num_gpus_per_replica,
-        max_batch_size=args.max_batch_size,
-        batch_wait_timeout_s=args.batch_wait_timeout_s,
-        max_body_bytes=args.max_body_bytes,
-        max_clip_frames=args.max_clip_frames,
-    )
+    return replace(config, **field_values(ServeConfig, vars(args)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
