@@ -62,7 +62,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from moca_rt.build import ENGINES, BuildSettings
-from moca_rt.cli import field_values
+from moca_rt.cli import flag_values
 from moca_rt.config import MOCA_PRESETS, SAM_PRESETS
 from moca_rt.errors import InputError
 from moca_rt.precision import PRECISIONS
@@ -679,8 +679,8 @@ def options_from_args(args: argparse.Namespace) -> BatchOptions:
     if given.get("device") is None:
         given["device"] = "cuda" if args.num_gpus_per_actor > 0 else "cpu"
     return BatchOptions(
-        **field_values(BatchOptions, given),
-        settings=BuildSettings(**field_values(BuildSettings, given)),
+        **flag_values(BatchOptions, given),
+        settings=BuildSettings(**flag_values(BuildSettings, given)),
         retry_errors=not args.no_retry_errors,
         progress=not args.no_progress,
     )

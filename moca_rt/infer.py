@@ -60,7 +60,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch
 
 from moca_rt.build import ENGINES, BuildSettings
-from moca_rt.cli import field_values
+from moca_rt.cli import flag_values
 from moca_rt.config import MOCA_PRESETS, SAM_PRESETS
 from moca_rt.errors import CheckpointError, InputError, OutOfMemoryError
 from moca_rt.infer_job import (  # re-exported: the names of earlier releases
@@ -280,8 +280,8 @@ def options_from_args(args: argparse.Namespace) -> InferOptions:
     """The options of a parsed command line (the flags of BuildSettings' fields go there)."""
     given = vars(args)
     return InferOptions(
-        **field_values(InferOptions, given),
-        settings=BuildSettings(**field_values(BuildSettings, given)),
+        **flag_values(InferOptions, given),
+        settings=BuildSettings(**flag_values(BuildSettings, given)),
         progress=not args.no_progress,
         demo_seconds=DEMO_SECONDS,  # read at call time: tests shorten the demo here
     )

@@ -47,7 +47,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from moca_rt.build import BuildSettings
-from moca_rt.cli import field_values
+from moca_rt.cli import flag_values
 from moca_rt.errors import InputError, MediaError, OutOfMemoryError
 
 __all__ = ["ServeConfig", "app", "build_app", "main", "start"]
@@ -440,7 +440,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
             )
         pairs[key] = value
     config = ServeConfig.from_args(pairs)
-    return replace(config, **field_values(ServeConfig, vars(args)))
+    return replace(config, **flag_values(ServeConfig, vars(args)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
