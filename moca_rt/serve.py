@@ -391,14 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--host", default="127.0.0.1", help="The address the HTTP proxy listens on.")
     p.add_argument("--port", type=int, default=8000, help="The HTTP port.")
-    p.add_argument(
-        "--replicas",
-        type=int,
-        default=1,
-        dest="num_replicas",
-        metavar="REPLICAS",
-        help="Copies of the pipeline.",
-    )
+    p.add_argument("--replicas", type=int, default=1, help="Copies of the pipeline.")
     p.add_argument("--num-cpus-per-replica", type=float, default=1.0, help="CPUs per replica.")
     p.add_argument("--num-gpus-per-replica", type=float, default=0.0, help="GPUs per replica.")
     p.add_argument("--max-batch-size", type=int, default=8, help="Frames per model call.")
@@ -430,7 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
     """The deployment of a parsed command line: the ``--setting`` pairs build the pipeline
-    settings, the other flags set the :class:`ServeConfig` field of their name."""
+    settings, the other flags set the :class:`ServeConfig` field of their name (``--replicas``:
+    ``num_replicas``)."""
     pairs: dict[str, Any] = {}
     for item in args.setting:
         key, sep, value = item.partition("=")
@@ -440,7 +434,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
             )
         pairs[key] = value
     config = ServeConfig.from_args(pairs)
-    return replace(config, **flag_values(ServeConfig, vars(args)))
+    return replace(config, **flag_values(ServeConfig, vars(args)), num_replicas=args.replicas)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
