@@ -190,15 +190,17 @@ def _grouped(t: torch.Tensor, full: bool) -> torch.Tensor:
     return t.reshape(B, H * W, C) if full else t.reshape(B * H, W, C)
 
 
-def _fast_cost_matrix(
+def _torch_grouped_min(
     f3: torch.Tensor,
     g3: torch.Tensor,
     D: int,
     ssd_weight: float,
     ncc_weight: float,
     eps: float,
-) -> torch.Tensor:
-    """All pair costs of grouped ``[G, L, C]`` maps -> ``[G, L, L]`` (``inf`` outside the band)."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Minimum cost ``[G, L]`` and its absolute ``k`` ``[G, L]`` of grouped ``[G, L, C]`` maps,
+    from the matrix of all pair costs ``[G, L, L]`` (``inf`` outside the band); differentiable
+    through the gathered minimum."""
     L, C = f3.shape[1:]
     fn2 = f3.square().sum(-1)
     gn2 = g3.square().sum(-1)
@@ -212,7 +214,8 @@ def _fast_cost_matrix(
         pos = torch.arange(L, device=f3.device)
         outside = (pos.unsqueeze(0) - pos.unsqueeze(1)).abs() > D
         cost = cost.masked_fill(outside, float("inf"))
-    return cost
+    argk = cost.argmin(dim=-1)
+    return cost.gather(-1, argk.unsqueeze(-1)).squeeze(-1), argk
 
 
 def _argk_to_public(argk: torch.Tensor, shape: torch.Size, full: bool) -> torch.Tensor:
@@ -258,21 +261,6 @@ def pma_cost_torch_fast(
     f3, g3 = _grouped(f.to(dt), full), _grouped(g.to(dt), full)
     min3, argk = _torch_grouped_min(f3, g3, D, ssd_weight, ncc_weight, eps)
     return PmaResult(*_public_outputs(min3, argk, f.shape, full))
-
-
-def _torch_grouped_min(
-    f3: torch.Tensor,
-    g3: torch.Tensor,
-    D: int,
-    ssd_weight: float,
-    ncc_weight: float,
-    eps: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Minimum cost ``[G, L]`` and its absolute ``k`` ``[G, L]`` of grouped maps, by the cost
-    matrix (differentiable through the gathered minimum)."""
-    cost = _fast_cost_matrix(f3, g3, D, ssd_weight, ncc_weight, eps)
-    argk = cost.argmin(dim=-1)
-    return cost.gather(-1, argk.unsqueeze(-1)).squeeze(-1), argk
 
 
 def _public_outputs(
