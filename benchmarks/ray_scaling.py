@@ -35,6 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+from csv_rows import append_rows
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -187,17 +188,6 @@ def bench_batch(args: argparse.Namespace, folder: Path) -> list[dict]:
     return rows
 
 
-def _append(path: Path, rows: list[dict]) -> None:
-    if not rows:
-        return
-    new = not path.exists()
-    with open(path, "a", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
-
-
 def _read(path: Path, proposals: str) -> list[dict]:
     """The rows of a results CSV measured with ``proposals``."""
     if not path.exists():
@@ -247,22 +237,18 @@ def write_markdown(args: argparse.Namespace, rows: list[dict]) -> list[str]:
         "so far (from the CSVs), oldest first.",
         "",
     ]
-    serve_all = _read(args.out / "ray_serve_cpu.csv", args.proposals)
-    if serve_all:
-        md += [
+    sections = [
+        (
             f"## Serve: {args.requests} requests, {args.concurrency} concurrent, one replica",
-            "",
-            _table(serve_all, SERVE_COLUMNS),
-            "",
-        ]
-    batch_all = _read(args.out / "ray_batch_cpu.csv", args.proposals)
-    if batch_all:
-        md += [
-            f"## Batch: {args.videos} clips of 25 frames (64 px)",
-            "",
-            _table(batch_all, BATCH_COLUMNS),
-            "",
-        ]
+            "ray_serve_cpu.csv",
+            SERVE_COLUMNS,
+        ),
+        (f"## Batch: {args.videos} clips of 25 frames (64 px)", "ray_batch_cpu.csv", BATCH_COLUMNS),
+    ]
+    for title, csv_name, columns in sections:
+        rows = _read(args.out / csv_name, args.proposals)
+        if rows:
+            md += [title, "", _table(rows, columns), ""]
     (args.out / f"ray_scaling_cpu_proposals-{args.proposals}.md").write_text("\n".join(md))
     return md
 
@@ -290,8 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         serve_rows = [] if args.skip == "serve" else bench_serve(args, _pairs())
         batch_rows = [] if args.skip == "batch" else bench_batch(args, Path(tmp))
     ray.shutdown()
-    _append(args.out / "ray_serve_cpu.csv", serve_rows)
-    _append(args.out / "ray_batch_cpu.csv", batch_rows)
+    append_rows(args.out / "ray_serve_cpu.csv", serve_rows)
+    append_rows(args.out / "ray_batch_cpu.csv", batch_rows)
     md = write_markdown(args, serve_rows or batch_rows)
     print("\n".join(md))
     return 0

@@ -13,7 +13,6 @@ average when the row started. Rows are appended to ``benchmarks/results/synth_wo
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import platform
 import sys
@@ -23,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+from csv_rows import append_rows
 
 import moca_rt
 from moca_rt.datasets.avsbench import AvsbenchWriter, add_scene
@@ -148,12 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{row['bytes_per_sample'] or '-'} B/sample (load {row['load_avg_1m']})"
             )
     args.csv.parent.mkdir(parents=True, exist_ok=True)
-    new = not args.csv.exists()
-    with args.csv.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS, lineterminator="\n")
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
+    append_rows(args.csv, rows, FIELDS, lineterminator="\n")
     print(f"appended {len(rows)} rows to {args.csv}")
     return 0
 

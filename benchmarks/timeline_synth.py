@@ -24,7 +24,6 @@ Results: ``OUT/timeline_synth.csv`` (appended) and ``OUT/timeline_synth.md`` (re
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import platform
 import sys
@@ -33,6 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+from csv_rows import append_rows
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -120,12 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "timeline_synth.csv"
-    new = not path.exists()
-    with open(path, "a", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
+    append_rows(path, rows)
     keys = [k for k in rows[0] if k not in ("timestamp_utc", "machine", "commit", "world_seed")]
     md = [
         "# Timeline intervals vs ground truth (synthetic videos, shipped tiny models)",

@@ -40,6 +40,7 @@ from moca_rt.engines.base import name_mismatch
 from moca_rt.engines.trt import TENSORRT_MISSING, require_cuda, require_tensorrt, trt_available
 from moca_rt.export.create_onnx import PROFILE, trtexec_command
 from moca_rt.precision import PRECISIONS, Precision
+from moca_rt.provenance import sha256_file
 
 if TYPE_CHECKING:
     import onnx
@@ -65,7 +66,6 @@ ShapeRange = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
 Profile = dict[str, ShapeRange]
 DEFAULT_WORKSPACE_GIB = 4.0
 CACHE_ENV = "MOCA_RT_ENGINE_CACHE"
-_CHUNK = 1 << 24
 
 
 def _load_graph(onnx_path: str | Path) -> onnx.ModelProto:
@@ -225,14 +225,6 @@ def external_data_files(onnx_path: str | Path) -> list[Path]:
     return files
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def cache_key_components(
     onnx_path: str | Path,
     profile: Mapping[str, ShapeRange],
@@ -253,10 +245,9 @@ def cache_key_components(
     if not path.is_file():
         raise ValueError(f"expected an ONNX file, got {str(path)!r} (not found)")
     return {
-        "onnx": _sha256_file(path),
+        "onnx": sha256_file(path),
         "external_data": {
-            f.relative_to(path.parent).as_posix(): _sha256_file(f)
-            for f in external_data_files(path)
+            f.relative_to(path.parent).as_posix(): sha256_file(f) for f in external_data_files(path)
         },
         "profile": {
             name: [list(shape) for shape in ranges] for name, ranges in sorted(profile.items())

@@ -30,6 +30,7 @@ from moca_rt.export.create_onnx import (
     add_model_arguments,
     build_model,
     example_inputs,
+    model_options,
     num_layers_of,
 )
 from moca_rt.export.wrappers import build_wrapper
@@ -247,16 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="Fail (exit 3) when onnxruntime falls back from the first provider.",
     )
     args = parser.parse_args(argv)
-    model = build_model(
-        args.unit,
-        args.preset,
-        args.sam_preset,
-        args.precision,
-        args.imagebind,
-        args.adapter,
-        args.sam,
-        args.seed,
-    )
+    model = build_model(args.unit, **model_options(args))
     providers = args.provider or ["CPUExecutionProvider"]
     try:
         report = compare_unit(

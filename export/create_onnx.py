@@ -31,7 +31,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -54,6 +54,7 @@ __all__ = [
     "example_inputs",
     "export_unit",
     "main",
+    "model_options",
     "num_layers_of",
     "run_create_onnx",
     "trtexec_command",
@@ -403,6 +404,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="Seed of the random weights.")
 
 
+def model_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The values of the :func:`add_model_arguments` flags, as keywords of :func:`build_model`
+    (and :func:`run_create_onnx`)."""
+    names_ = ("preset", "sam_preset", "precision", "imagebind", "adapter", "sam", "seed")
+    return {name: getattr(args, name) for name in names_}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns 0 when every unit exported, 1 on an export error."""
     parser = argparse.ArgumentParser(
@@ -431,16 +439,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     units = names.UNITS if args.unit == "all" else (args.unit,)
     try:
         results = run_create_onnx(
-            units,
-            args.out,
-            args.preset,
-            args.sam_preset,
-            args.precision,
-            args.imagebind,
-            args.adapter,
-            args.sam,
-            args.seed,
-            args.audio_clips,
+            units, args.out, **model_options(args), audio_clips=args.audio_clips
         )
     except Exception as exc:  # report and exit non-zero; the traceback is in the message chain
         print(f"export failed: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -190,15 +190,17 @@ def _grouped(t: torch.Tensor, full: bool) -> torch.Tensor:
     return t.reshape(B, H * W, C) if full else t.reshape(B * H, W, C)
 
 
-def _fast_cost_matrix(
+def _torch_grouped_min(
     f3: torch.Tensor,
     g3: torch.Tensor,
     D: int,
     ssd_weight: float,
     ncc_weight: float,
     eps: float,
-) -> torch.Tensor:
-    """All pair costs of grouped ``[G, L, C]`` maps -> ``[G, L, L]`` (``inf`` outside the band)."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Minimum cost ``[G, L]`` and its absolute ``k`` ``[G, L]`` of grouped ``[G, L, C]`` maps,
+    from the matrix of all pair costs ``[G, L, L]`` (``inf`` outside the band); differentiable
+    through the gathered minimum."""
     L, C = f3.shape[1:]
     fn2 = f3.square().sum(-1)
     gn2 = g3.square().sum(-1)
@@ -212,7 +214,8 @@ def _fast_cost_matrix(
         pos = torch.arange(L, device=f3.device)
         outside = (pos.unsqueeze(0) - pos.unsqueeze(1)).abs() > D
         cost = cost.masked_fill(outside, float("inf"))
-    return cost
+    argk = cost.argmin(dim=-1)
+    return cost.gather(-1, argk.unsqueeze(-1)).squeeze(-1), argk
 
 
 def _argk_to_public(argk: torch.Tensor, shape: torch.Size, full: bool) -> torch.Tensor:
@@ -254,13 +257,19 @@ def pma_cost_torch_fast(
     """
     D = _validate(f, g, max_disparity, search, eps)
     full = search == "full"
-    B, H, W, _ = f.shape
     dt = _compute_dtype(f)
     f3, g3 = _grouped(f.to(dt), full), _grouped(g.to(dt), full)
-    cost = _fast_cost_matrix(f3, g3, D, ssd_weight, ncc_weight, eps)
-    argk = cost.argmin(dim=-1)
-    min_cost = cost.gather(-1, argk.unsqueeze(-1)).squeeze(-1).reshape(B, H, W)
-    return PmaResult(min_cost.mean(dim=(1, 2)), min_cost, _argk_to_public(argk, f.shape, full))
+    min3, argk = _torch_grouped_min(f3, g3, D, ssd_weight, ncc_weight, eps)
+    return PmaResult(*_public_outputs(min3, argk, f.shape, full))
+
+
+def _public_outputs(
+    min3: torch.Tensor, argk: torch.Tensor, shape: torch.Size, full: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Grouped minima and arg-mins -> ``cost`` [B], ``min_cost`` and ``argmin`` [B, H, W]."""
+    B, H, W, _ = shape
+    min_cost = min3.reshape(B, H, W)
+    return min_cost.mean(dim=(1, 2)), min_cost, _argk_to_public(argk, shape, full)
 
 
 def _backward_torch_grouped(
@@ -322,12 +331,10 @@ class _PmaTritonFunction(torch.autograd.Function):
 
         f3, g3 = _grouped(f, full), _grouped(g, full)
         min3, argk = pma_triton.forward_grouped(f3, g3, D, ssd_weight, ncc_weight, eps)
-        B, H, W, _ = f.shape
-        min_cost = min3.reshape(B, H, W)
         ctx.save_for_backward(f, g, argk)
         ctx.params = (full, ssd_weight, ncc_weight, eps)  # type: ignore[attr-defined]
         ctx.mark_non_differentiable(argk)
-        return min_cost.mean(dim=(1, 2)), min_cost, _argk_to_public(argk, f.shape, full)
+        return _public_outputs(min3, argk, f.shape, full)
 
     @staticmethod
     def backward(  # type: ignore[override]
@@ -436,7 +443,6 @@ def _pma_cost_op(
     ncc_weight: float,
     eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    B, H, W, _ = f.shape
     f3, g3 = _grouped(f.contiguous(), full), _grouped(g.contiguous(), full)
     if select_pma_backend(f) == "triton":
         from moca_rt.kernels import pma_triton
@@ -444,11 +450,10 @@ def _pma_cost_op(
         min3, argk = pma_triton.forward_grouped(f3, g3, max_disparity, ssd_weight, ncc_weight, eps)
     else:
         dt = _compute_dtype(f)
-        cost3 = _fast_cost_matrix(f3.to(dt), g3.to(dt), max_disparity, ssd_weight, ncc_weight, eps)
-        argk = cost3.argmin(dim=-1)
-        min3 = cost3.gather(-1, argk.unsqueeze(-1)).squeeze(-1)
-    min_cost = min3.reshape(B, H, W)
-    return min_cost.mean(dim=(1, 2)), min_cost, _argk_to_public(argk, f.shape, full)
+        min3, argk = _torch_grouped_min(
+            f3.to(dt), g3.to(dt), max_disparity, ssd_weight, ncc_weight, eps
+        )
+    return _public_outputs(min3, argk, f.shape, full)
 
 
 @_pma_cost_op.register_fake

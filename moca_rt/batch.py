@@ -57,11 +57,12 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from moca_rt.build import ENGINES, BuildSettings
+from moca_rt.cli import flag_values
 from moca_rt.config import MOCA_PRESETS, SAM_PRESETS
 from moca_rt.errors import InputError
 from moca_rt.precision import PRECISIONS
@@ -677,21 +678,9 @@ def options_from_args(args: argparse.Namespace) -> BatchOptions:
     given = dict(vars(args))
     if given.get("device") is None:
         given["device"] = "cuda" if args.num_gpus_per_actor > 0 else "cpu"
-    settings = BuildSettings(
-        **{f.name: given[f.name] for f in fields(BuildSettings) if f.name in given}
-    )
     return BatchOptions(
-        inputs=list(args.inputs),
-        out=args.out,
-        settings=settings,
-        address=args.address,
-        actors=args.actors,
-        num_gpus_per_actor=args.num_gpus_per_actor,
-        num_cpus_per_actor=args.num_cpus_per_actor,
-        fps=args.fps,
-        allow_silent=args.allow_silent,
-        timeline=args.timeline,
-        timeline_min_gap=args.timeline_min_gap,
+        **flag_values(BatchOptions, given),
+        settings=BuildSettings(**flag_values(BuildSettings, given)),
         retry_errors=not args.no_retry_errors,
         progress=not args.no_progress,
     )

@@ -51,7 +51,6 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import fields
 from pathlib import Path
 
 # Before torch loads OpenMP: idle OpenMP workers sleep instead of spinning on a busy machine
@@ -61,6 +60,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch
 
 from moca_rt.build import ENGINES, BuildSettings
+from moca_rt.cli import flag_values
 from moca_rt.config import MOCA_PRESETS, SAM_PRESETS
 from moca_rt.errors import CheckpointError, InputError, OutOfMemoryError
 from moca_rt.infer_job import (  # re-exported: the names of earlier releases
@@ -279,27 +279,11 @@ def build_parser() -> argparse.ArgumentParser:
 def options_from_args(args: argparse.Namespace) -> InferOptions:
     """The options of a parsed command line (the flags of BuildSettings' fields go there)."""
     given = vars(args)
-    settings = BuildSettings(
-        **{f.name: given[f.name] for f in fields(BuildSettings) if f.name in given}
-    )
     return InferOptions(
-        source=args.source,
-        out=args.out,
-        settings=settings,
-        audio=args.audio,
-        boxes=args.boxes,
-        fps=args.fps,
-        realtime=args.realtime,
-        reconnect=args.reconnect,
-        timeout=args.timeout,
-        overlay=args.overlay,
-        allow_silent=args.allow_silent,
-        demo=args.demo,
+        **flag_values(InferOptions, given),
+        settings=BuildSettings(**flag_values(BuildSettings, given)),
         progress=not args.no_progress,
-        index_split=args.index_split,
-        threads=args.threads,
         demo_seconds=DEMO_SECONDS,  # read at call time: tests shorten the demo here
-        timeline=args.timeline,
     )
 
 

@@ -1,16 +1,17 @@
-"""Where a result came from: the git commit of the code that made it.
+"""Where a result came from: the git commit of the code that made it, the sha256 of its files.
 
-Training checkpoints and benchmark rows record it; outside a git checkout (an installed wheel)
-there is none.
+Training checkpoints and benchmark rows record the commit; outside a git checkout (an installed
+wheel) there is none. File hashes check shipped weights and key the TensorRT engine cache.
 """
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["git_commit"]
+__all__ = ["git_commit", "sha256_file"]
 
 # The checkout root when moca_rt runs from its source tree (an editable install).
 _ROOT = Path(__file__).resolve().parent.parent
@@ -52,3 +53,12 @@ def git_commit(
     except (OSError, subprocess.SubprocessError):
         return None
     return head.stdout.strip() + ("+dirty" if dirty else "")
+
+
+def sha256_file(path: Path) -> str:
+    """The sha256 (hex) of the file's bytes, read in 16 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -47,6 +47,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from moca_rt.build import BuildSettings
+from moca_rt.cli import flag_values
 from moca_rt.errors import InputError, MediaError, OutOfMemoryError
 
 __all__ = ["ServeConfig", "app", "build_app", "main", "start"]
@@ -421,6 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
+    """The deployment of a parsed command line: the ``--setting`` pairs build the pipeline
+    settings, the other flags set the :class:`ServeConfig` field of their name (``--replicas``:
+    ``num_replicas``)."""
     pairs: dict[str, Any] = {}
     for item in args.setting:
         key, sep, value = item.partition("=")
@@ -430,16 +434,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
             )
         pairs[key] = value
     config = ServeConfig.from_args(pairs)
-    return replace(
-        config,
-        num_replicas=args.replicas,
-        num_cpus_per_replica=args.num_cpus_per_replica,
-        num_gpus_per_replica=args.num_gpus_per_replica,
-        max_batch_size=args.max_batch_size,
-        batch_wait_timeout_s=args.batch_wait_timeout_s,
-        max_body_bytes=args.max_body_bytes,
-        max_clip_frames=args.max_clip_frames,
-    )
+    return replace(config, **flag_values(ServeConfig, vars(args)), num_replicas=args.replicas)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,12 +10,13 @@ loudly instead of segmenting with other weights.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
+
+from moca_rt.provenance import sha256_file
 
 __all__ = [
     "ASSETS_DIR",
@@ -51,14 +52,6 @@ class ShippedWeights:
     folder: Path
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def load_manifest(folder: Path = ASSETS_DIR) -> dict[str, Any]:
     """The manifest of a weights folder; :class:`ShippedWeightsError` when it is missing."""
     path = folder / MANIFEST
@@ -78,7 +71,7 @@ def shipped_available(folder: Path = ASSETS_DIR) -> bool:
 
 @cache
 def _checked(path: Path, expected: str) -> None:
-    got = _sha256(path)
+    got = sha256_file(path)
     if got != expected:
         raise ShippedWeightsError(
             f"{path}: sha256 {got} does not match the manifest's {expected}; the package is "

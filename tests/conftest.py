@@ -13,6 +13,10 @@ from typing import Any
 
 import pytest
 import torch
+from safetensors.torch import load_file
+
+from moca_rt.config import SAM_PRESETS
+from moca_rt.modeling.sam import Sam, load_sam
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -114,3 +118,16 @@ def ray_local() -> Iterator[Any]:
         yield ray
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def sam_model() -> Sam:
+    """The ``sam_test`` preset with the fixture weights (``fixtures/sam``)."""
+    torch.set_num_threads(2)
+    return load_sam(FIXTURES / "sam" / "weights.safetensors", SAM_PRESETS["sam_test"])
+
+
+@pytest.fixture(scope="module")
+def sam_embedding() -> torch.Tensor:
+    """The reference encoder output of the fixture image (our encoder is tested in test_sam)."""
+    return load_file(str(FIXTURES / "sam" / "encoder.safetensors"))["encoder_output"]

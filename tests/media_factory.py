@@ -9,6 +9,9 @@ resampling.
 from __future__ import annotations
 
 import shutil
+import socket
+import subprocess
+import sys
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -266,6 +269,38 @@ def send_mpegts_udp(
         for packet in a_stream.encode(None):
             out.mux(packet)
     return num_frames
+
+
+def free_udp_port() -> int:
+    """A UDP port of 127.0.0.1 that is free now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_udp_sender(port: int, seconds: float, start_delay: float) -> subprocess.Popen[str]:
+    """Run :func:`send_mpegts_udp` to ``udp://127.0.0.1:port`` in a subprocess (this file's
+    ``__main__``); its stdout ends with ``sent N frames`` (see :func:`frames_sent`)."""
+    url = f"udp://127.0.0.1:{port}?pkt_size=1316"
+    return subprocess.Popen(
+        [
+            sys.executable,
+            __file__,
+            url,
+            "--seconds",
+            str(seconds),
+            "--start-delay",
+            str(start_delay),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def frames_sent(sender_stdout: str) -> int:
+    """The frame count a :func:`start_udp_sender` subprocess printed."""
+    return int(sender_stdout.split()[1])
 
 
 def write_float_wav(path: str | Path, samples: np.ndarray, sample_rate: int) -> Path:

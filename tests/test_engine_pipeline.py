@@ -317,39 +317,13 @@ def test_cli_engine_dir_equals_torch_checkpoints(
 ) -> None:
     adapter = tmp_path / "adapter.safetensors"
     save_file({k: v.contiguous() for k, v in moca.adapter_state_dict().items()}, str(adapter))
-    common = [
-        clip,
-        "--preset",
-        "moca_test",
-        "--proposals",
-        "none",
-        "--no-progress",
-        "--device",
-        "cpu",
-        "--tau",
-        "-1",
-    ]
-    code, _, err = _run(
-        capsys,
-        *common,
-        "--imagebind",
-        IMAGEBIND_WEIGHTS,
-        "--adapter",
-        adapter,
-        "--out",
-        tmp_path / "torch",
-    )
+    common: list[str | Path] = [clip, "--preset", "moca_test", "--proposals", "none", "--tau", "-1"]
+    common += ["--no-progress", "--device", "cpu"]
+    checkpoints: list[str | Path] = ["--imagebind", IMAGEBIND_WEIGHTS, "--adapter", adapter]
+    code, _, err = _run(capsys, *common, *checkpoints, "--out", tmp_path / "torch")
     assert code == 0, err
-    code, _, err = _run(
-        capsys,
-        *common,
-        "--engine",
-        "onnxruntime",
-        "--engine-dir",
-        onnx_dir,
-        "--out",
-        tmp_path / "ort",
-    )
+    engine: list[str | Path] = ["--engine", "onnxruntime", "--engine-dir", onnx_dir]
+    code, _, err = _run(capsys, *common, *engine, "--out", tmp_path / "ort")
     assert code == 0, err
     assert "--preset moca_test ignored" in err and "random weights" not in err
     assert "takes 3 clips per window" in err and "--audio-clips 1" in err  # onnx_dir: 3 clips
@@ -361,28 +335,24 @@ def test_cli_engine_dir_equals_torch_checkpoints(
 
 
 def _engine_error(
-    capsys: pytest.CaptureFixture[str], clip: Path, tmp_path: Path, *flags: str | Path
+    capsys: pytest.CaptureFixture[str],
+    clip: Path,
+    tmp_path: Path,
+    engine: str,
+    engine_dir: Path,
+    *flags: str | Path,
 ) -> str:
-    code, _, err = _run(
-        capsys,
-        clip,
-        "--out",
-        tmp_path / "out",
-        "--proposals",
-        "none",
-        "--no-progress",
-        "--device",
-        "cpu",
-        *flags,
-    )
+    """The error output of a run with ``--engine ENGINE --engine-dir ENGINE_DIR`` that must end
+    with exit code 3 (unusable input)."""
+    engine_flags = ["--engine", engine, "--engine-dir", engine_dir, *flags]
+    run_flags = ["--proposals", "none", "--no-progress", "--device", "cpu"]
+    code, _, err = _run(capsys, clip, "--out", tmp_path / "out", *run_flags, *engine_flags)
     assert code == infer.EXIT_BAD_INPUT == 3, err
     return err
 
 
 def test_missing_engine_dir(clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    err = _engine_error(
-        capsys, clip, tmp_path, "--engine", "onnxruntime", "--engine-dir", tmp_path / "nope"
-    )
+    err = _engine_error(capsys, clip, tmp_path, "onnxruntime", tmp_path / "nope")
     assert "expected a folder of ONNX files" in err and "nope" in err
 
 
@@ -393,7 +363,7 @@ def test_missing_vision_file(
     partial.mkdir()
     for f in onnx_dir.glob("audio_fp32.onnx*"):
         shutil.copy(f, partial / f.name)
-    err = _engine_error(capsys, clip, tmp_path, "--engine", "onnxruntime", "--engine-dir", partial)
+    err = _engine_error(capsys, clip, tmp_path, "onnxruntime", partial)
     assert "missing ['vision_fp32.onnx'" in err and "audio_fp32.onnx" in err
 
 
@@ -403,7 +373,7 @@ def test_corrupt_onnx_file(
     broken = tmp_path / "broken"
     shutil.copytree(onnx_dir, broken)
     (broken / "audio_fp32.onnx").write_bytes(b"not a protobuf")
-    err = _engine_error(capsys, clip, tmp_path, "--engine", "onnxruntime", "--engine-dir", broken)
+    err = _engine_error(capsys, clip, tmp_path, "onnxruntime", broken)
     assert "onnxruntime cannot load" in err and "audio_fp32.onnx" in err
 
 
@@ -411,17 +381,7 @@ def test_corrupt_onnx_file(
 def test_precision_mismatch(
     precision: str, onnx_dir: Path, clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    err = _engine_error(
-        capsys,
-        clip,
-        tmp_path,
-        "--engine",
-        "onnxruntime",
-        "--engine-dir",
-        onnx_dir,
-        "--precision",
-        precision,
-    )
+    err = _engine_error(capsys, clip, tmp_path, "onnxruntime", onnx_dir, "--precision", precision)
     assert f"--precision {precision}: expected audio_{precision}.onnx" in err
     assert "got the fp32 pair" in err
 
@@ -430,15 +390,7 @@ def test_weights_flags_conflict_with_engine_files(
     onnx_dir: Path, clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     err = _engine_error(
-        capsys,
-        clip,
-        tmp_path,
-        "--engine",
-        "onnxruntime",
-        "--engine-dir",
-        onnx_dir,
-        "--imagebind",
-        IMAGEBIND_WEIGHTS,
+        capsys, clip, tmp_path, "onnxruntime", onnx_dir, "--imagebind", IMAGEBIND_WEIGHTS
     )
     assert "already hold the weights" in err
 
@@ -451,7 +403,7 @@ def test_onnxruntime_not_installed(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import raises ImportError
-    err = _engine_error(capsys, clip, tmp_path, "--engine", "onnxruntime", "--engine-dir", onnx_dir)
+    err = _engine_error(capsys, clip, tmp_path, "onnxruntime", onnx_dir)
     assert "pip install 'moca-rt[onnx]'" in err
 
 
@@ -462,7 +414,7 @@ def test_tensorrt_unavailable(
 
     if trt_available():
         pytest.skip("TensorRT is installed here: the unavailable path cannot be shown")
-    err = _engine_error(capsys, clip, tmp_path, "--engine", "tensorrt", "--engine-dir", onnx_dir)
+    err = _engine_error(capsys, clip, tmp_path, "tensorrt", onnx_dir)
     assert "--engine tensorrt: TensorRT is not available" in err and "moca-rt[trt]" in err
 
 

@@ -28,7 +28,10 @@ from PIL import Image
 from moca_rt import infer, infer_job
 from moca_rt.sinks import decode_rle, read_jsonl
 
-TINY = ["--preset", "moca_test", "--proposals", "none", "--no-progress", "--device", "cpu"]
+QUIET_CPU = ["--no-progress", "--device", "cpu"]
+TINY = ["--preset", "moca_test", "--proposals", "none", *QUIET_CPU]
+# the tiny test models with the tiny SAM
+TINY_SAM = ["--preset", "moca_test", "--sam-preset", "sam_synth", *QUIET_CPU]
 
 
 def _run(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
@@ -89,22 +92,9 @@ def test_end_to_end_synthetic_video(
         synth_clip,
         "--out",
         out,
-        "--preset",
-        "moca_test",
-        "--sam-preset",
-        "sam_synth",
-        "--proposals",
-        "grid",
-        "--points-per-side",
-        "2",
-        "--batch",
-        "3",
-        "--overlay",
-        "--no-progress",
-        "--device",
-        "cpu",
-        "--tau",
-        "-1",
+        *TINY_SAM,
+        *("--proposals", "grid", "--points-per-side", "2", "--batch", "3", "--overlay"),
+        *("--tau", "-1"),
     )
     assert code == 0, err
     n = _count_video_frames(synth_clip)
@@ -366,18 +356,8 @@ def test_checkpoint_of_the_wrong_model(
     wrong = {"backbone.layer1.weight": torch.zeros(4, 4), "head.fc.bias": torch.zeros(3)}
     ckpt = tmp_path / "other_model.safetensors"
     save_file(wrong, str(ckpt))
-    args = [
-        clip,
-        "--out",
-        tmp_path / "out",
-        "--preset",
-        "moca_test",
-        "--no-progress",
-        "--device",
-        "cpu",
-        flag,
-        ckpt,
-    ]
+    args: list[str | Path] = [clip, "--out", tmp_path / "out", "--preset", "moca_test", flag, ckpt]
+    args += QUIET_CPU
     if flag == "--sam":
         args += ["--proposals", "grid"]
     code, _, err = _run(capsys, *args)
@@ -396,51 +376,26 @@ def test_tiny_imagebind_without_preset_names_the_preset(
     from moca_rt.shipped import shipped_weights
 
     tiny = shipped_weights().imagebind
-    code, _, err = _run(
-        capsys,
-        clip,
-        "--out",
-        tmp_path / "out",
-        "--no-progress",
-        "--device",
-        "cpu",
-        "--imagebind",
-        tiny,
-    )
+    code, _, err = _run(capsys, clip, "--out", tmp_path / "out", *QUIET_CPU, "--imagebind", tiny)
     # the preset is read from the checkpoint's shapes and said (issue 10, item 7)
     assert code == 0, err
     assert "note: --preset moca_synth: the --imagebind checkpoint's shapes fit" in err
-    code, _, err = _run(
-        capsys,
-        clip,
-        "--out",
-        tmp_path / "ok",
-        "--no-progress",
-        "--device",
-        "cpu",
+    with_preset: list[str | Path] = [
         "--imagebind",
         tiny,
         "--preset",
         "moca_synth",
         "--proposals",
         "none",
-    )
+    ]
+    code, _, err = _run(capsys, clip, "--out", tmp_path / "ok", *QUIET_CPU, *with_preset)
     assert code == 0, err
 
 
 def test_random_weights_instead_of_the_shipped_models(
     clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, _, err = _run(
-        capsys,
-        clip,
-        "--out",
-        tmp_path / "out",
-        "--no-progress",
-        "--device",
-        "cpu",
-        "--random-weights",
-    )
+    code, _, err = _run(capsys, clip, "--out", tmp_path / "out", *QUIET_CPU, "--random-weights")
     assert code == 0, err
     assert "seeded random weights (--random-weights)" in err and "shipped tiny models" not in err
 
@@ -596,19 +551,8 @@ def test_box_prompts(clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[s
         clip,
         "--out",
         out,
-        "--preset",
-        "moca_test",
-        "--sam-preset",
-        "sam_synth",
-        "--no-progress",
-        "--device",
-        "cpu",
-        "--proposals",
-        "boxes",
-        "--boxes",
-        boxes,
-        "--tau",
-        "-1",
+        *TINY_SAM,
+        *("--proposals", "boxes", "--boxes", boxes, "--tau", "-1"),
         "--fps",
         "12.5",
     )
@@ -622,19 +566,8 @@ def test_box_prompts(clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[s
         clip,
         "--out",
         out2,
-        "--preset",
-        "moca_test",
-        "--sam-preset",
-        "sam_synth",
-        "--no-progress",
-        "--device",
-        "cpu",
-        "--proposals",
-        "boxes",
-        "--boxes",
-        boxes,
-        "--tau",
-        "-1",
+        *TINY_SAM,
+        *("--proposals", "boxes", "--boxes", boxes, "--tau", "-1"),
     )
     assert code == 0, err
     by_index = {r["index"]: r for r in _check_records_match_pngs(out2)}
@@ -674,23 +607,9 @@ def test_cuda_run(
         clip,
         "--out",
         out,
-        "--preset",
-        "moca_test",
-        "--sam-preset",
-        "sam_synth",
-        "--proposals",
-        "grid",
-        "--points-per-side",
-        "4",
-        "--no-progress",
-        "--device",
-        "cuda",
-        "--precision",
-        precision,
-        "--batch",
-        "4",
-        "--tau",
-        "-1",
+        *("--preset", "moca_test", "--sam-preset", "sam_synth", "--no-progress"),
+        *("--device", "cuda", "--precision", precision),
+        *("--proposals", "grid", "--points-per-side", "4", "--batch", "4", "--tau", "-1"),
     )
     assert code == 0, err
     records = _check_records_match_pngs(out)

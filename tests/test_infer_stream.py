@@ -26,12 +26,6 @@ from moca_rt.sinks import decode_rle, read_jsonl
 SECONDS = 3.0
 
 
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _port_taken(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         try:
@@ -42,7 +36,7 @@ def _port_taken(port: int) -> bool:
 
 
 def test_cli_segments_a_live_udp_stream(tmp_path: Path) -> None:
-    port = _free_udp_port()
+    port = mf.free_udp_port()
     out = tmp_path / "live"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cli = subprocess.Popen(
@@ -53,13 +47,7 @@ def test_cli_segments_a_live_udp_stream(tmp_path: Path) -> None:
             f"udp://127.0.0.1:{port}",
             "--out",
             str(out),
-            "--preset",
-            "moca_test",
-            "--proposals",
-            "none",
-            "--no-progress",
-            "--device",
-            "cpu",
+            *("--preset", "moca_test", "--proposals", "none", "--no-progress", "--device", "cpu"),
             "--realtime",
         ],
         stdout=subprocess.PIPE,
@@ -75,20 +63,7 @@ def test_cli_segments_a_live_udp_stream(tmp_path: Path) -> None:
             assert cli.poll() is None, cli.communicate()[1][-2000:]
             assert time.monotonic() < deadline, "the CLI never opened the UDP port"
             time.sleep(0.05)
-        sender = subprocess.Popen(
-            [
-                sys.executable,
-                str(Path(mf.__file__)),
-                f"udp://127.0.0.1:{port}?pkt_size=1316",
-                "--seconds",
-                str(SECONDS),
-                "--start-delay",
-                "0.2",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        sender = mf.start_udp_sender(port, SECONDS, start_delay=0.2)
         sent_out, sent_err = sender.communicate(timeout=30)
         assert sender.returncode == 0, sent_err[-2000:]
         # no data for the source's timeout (5 s) ends the stream: the CLI exits by itself
@@ -100,7 +75,7 @@ def test_cli_segments_a_live_udp_stream(tmp_path: Path) -> None:
                 proc.wait(5)
     assert cli.returncode == 0, stderr[-3000:]
     assert "Traceback" not in stderr
-    sent = int(sent_out.split()[1])
+    sent = mf.frames_sent(sent_out)
     records = read_jsonl(out / "records.jsonl")
     summary = json.loads((out / "summary.json").read_text())
     processed = [r for r in records if not r["dropped"]]

@@ -11,6 +11,7 @@ tests/test_kernels_pma.py`` runs them in-process. Interpreter shapes are small a
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -142,6 +143,21 @@ def _brute_force(
     return best.reshape(B, H, W), (k - offset).reshape(B, H, W)
 
 
+def _compare_with_reference(
+    impl: Callable[..., PmaResult],
+    shape: tuple[int, ...],
+    max_disparity: int | None,
+    search: str,
+    seed: int,
+) -> None:
+    """``impl`` against :func:`pma_cost_reference` on the same seeded inputs: values, arg-mins
+    and gradients."""
+    f, g, w = _inputs(shape, seed=seed)
+    kw = dict(max_disparity=max_disparity, search=search)
+    ours = _run(impl, f, g, w, **kw)
+    _compare(ours, _run(pma_cost_reference, f, g, w, **kw), f"{impl.__name__} {shape} {kw}")
+
+
 def _runner_up_gap(
     f: torch.Tensor, g: torch.Tensor, max_disparity: int | None, search: str
 ) -> float:
@@ -178,13 +194,7 @@ def test_reference_matches_brute_force_definition(max_disparity: int | None, sea
 def test_torch_fast_matches_reference(
     shape: tuple[int, ...], max_disparity: int | None, search: str
 ) -> None:
-    f, g, w = _inputs(shape, seed=2)
-    kw = dict(max_disparity=max_disparity, search=search)
-    _compare(
-        _run(pma_cost_torch_fast, f, g, w, **kw),
-        _run(pma_cost_reference, f, g, w, **kw),
-        f"fast {shape} {kw}",
-    )
+    _compare_with_reference(pma_cost_torch_fast, shape, max_disparity, search, seed=2)
 
 
 @pytest.mark.parametrize(
@@ -202,13 +212,7 @@ def test_torch_fast_matches_reference(
 def test_triton_interpreter_matches_reference(
     interpret: None, shape: tuple[int, ...], max_disparity: int | None, search: str
 ) -> None:
-    f, g, w = _inputs(shape, seed=3)
-    kw = dict(max_disparity=max_disparity, search=search)
-    _compare(
-        _run(pma_cost_triton, f, g, w, **kw),
-        _run(pma_cost_reference, f, g, w, **kw),
-        f"triton {shape} {kw}",
-    )
+    _compare_with_reference(pma_cost_triton, shape, max_disparity, search, seed=3)
 
 
 @pytest.mark.parametrize(("dtype", "grad_atol"), [(torch.bfloat16, 3e-2), (torch.float16, 4e-3)])

@@ -13,8 +13,7 @@ from numeric import assert_close_stage, compare
 from PIL import Image
 from safetensors.torch import load_file
 
-from moca_rt.config import SAM_PRESETS
-from moca_rt.modeling.sam import Sam, load_sam
+from moca_rt.modeling.sam import Sam
 from moca_rt.proposals import (
     MaskProposals,
     ProposalConfig,
@@ -37,25 +36,13 @@ SIZE = (480, 640)
 
 
 @pytest.fixture(scope="module")
-def model() -> Sam:
-    torch.set_num_threads(2)
-    return load_sam(SAM_DIR / "weights.safetensors", SAM_PRESETS["sam_test"])
-
-
-@pytest.fixture(scope="module")
-def embedding() -> torch.Tensor:
-    """The reference encoder output of the fixture image (our encoder is tested in test_sam)."""
-    return load_file(str(SAM_DIR / "encoder.safetensors"))["encoder_output"]
-
-
-@pytest.fixture(scope="module")
 def pred_ref() -> dict[str, torch.Tensor]:
     return load_file(str(SAM_DIR / "predictor.safetensors"))
 
 
 @pytest.fixture(scope="module")
 def grid_all(
-    model: Sam, embedding: torch.Tensor, pred_ref: dict[str, torch.Tensor]
+    sam_model: Sam, sam_embedding: torch.Tensor, pred_ref: dict[str, torch.Tensor]
 ) -> MaskProposals:
     """The reference grid16 points (4x4) in one batch, every filter off (NMS at IoU 1.0)."""
     cfg = ProposalConfig(
@@ -66,7 +53,7 @@ def grid_all(
         keep_low_res_logits=True,
     )
     points = pred_ref["grid16.coords_raw"][:, 0, :]
-    return grid_proposals_from_embedding(model, embedding, SIZE, cfg, points=points)
+    return grid_proposals_from_embedding(sam_model, sam_embedding, SIZE, cfg, points=points)
 
 
 # --------------------------------------------------------------------------- hand-made data
@@ -218,8 +205,10 @@ def test_filters_and_nms_on_decoded_masks(grid_all: MaskProposals) -> None:
         filter_proposals(low, scores[:3], SIZE)
 
 
-def test_default_grid_and_thresholds(model: Sam, embedding: torch.Tensor) -> None:
-    p = grid_proposals_from_embedding(model, embedding, SIZE, ProposalConfig(points_per_side=2))
+def test_default_grid_and_thresholds(sam_model: Sam, sam_embedding: torch.Tensor) -> None:
+    p = grid_proposals_from_embedding(
+        sam_model, sam_embedding, SIZE, ProposalConfig(points_per_side=2)
+    )
     assert p.masks.dtype == torch.bool and p.masks.shape[1:] == SIZE
     assert torch.all(p.scores > 0.88) and torch.all(p.stability >= 0.95)
     everything = ProposalConfig(
@@ -229,7 +218,7 @@ def test_default_grid_and_thresholds(model: Sam, embedding: torch.Tensor) -> Non
         stability_score_thresh=0.0,
         box_nms_thresh=1.0,
     )
-    q = grid_proposals_from_embedding(model, embedding, SIZE, everything)
+    q = grid_proposals_from_embedding(sam_model, sam_embedding, SIZE, everything)
     assert len(q) == 12 and q.points is not None
     # Prompts are the cell centres of a 2x2 grid over the 640 x 480 image.
     assert sorted({(x, y) for x, y in q.points.tolist()}) == [
@@ -299,13 +288,13 @@ def test_load_box_prompts_bad_json(tmp_path: Path) -> None:
 
 
 def test_box_proposals_from_embeddings_batched(
-    model: Sam, embedding: torch.Tensor, pred_ref: dict[str, torch.Tensor]
+    sam_model: Sam, sam_embedding: torch.Tensor, pred_ref: dict[str, torch.Tensor]
 ) -> None:
     box = torch.tensor([[120.0, 90.0, 470.0, 380.0]])
     other = torch.tensor([[100.0, 60.0, 520.0, 440.0], [10.0, 10.0, 200.0, 150.0]])
-    embeddings = torch.cat([embedding, embedding, embedding])
+    embeddings = torch.cat([sam_embedding, sam_embedding, sam_embedding])
     out = box_proposals_from_embeddings(
-        model, embeddings, [SIZE] * 3, [other, None, box], keep_low_res_logits=True
+        sam_model, embeddings, [SIZE] * 3, [other, None, box], keep_low_res_logits=True
     )
     assert [len(p) for p in out] == [2, 0, 1]
     assert out[1].masks.shape == (0, *SIZE) and out[1].boxes.shape == (0, 4)
@@ -316,13 +305,13 @@ def test_box_proposals_from_embeddings_batched(
     for p in out:
         assert torch.all(p.boxes[:, 2] <= SIZE[1]) and torch.all(p.boxes[:, 3] <= SIZE[0])
     with pytest.raises(ValueError, match="expected 3 sizes and 3 box lists"):
-        box_proposals_from_embeddings(model, embeddings, [SIZE], [box])
+        box_proposals_from_embeddings(sam_model, embeddings, [SIZE], [box])
 
 
-def test_box_proposals_end_to_end_frames(model: Sam, pred_ref: dict[str, torch.Tensor]) -> None:
+def test_box_proposals_end_to_end_frames(sam_model: Sam, pred_ref: dict[str, torch.Tensor]) -> None:
     raw = np.array(Image.open(SAM_DIR / "image_480x640.png").convert("RGB"))
     prompts = parse_box_prompts({"frames": {"7": [[120, 90, 470, 380]]}})
-    out = box_proposals(model, [raw], prompts, frame_indices=[7], resolution="low")
+    out = box_proposals(sam_model, [raw], prompts, frame_indices=[7], resolution="low")
     assert len(out) == 1 and len(out[0]) == 1
     assert out[0].masks.shape == (1, 192, 256)
     ref_mask = pred_ref["box.low_res_logits"][:, :192, :256] > 0
@@ -330,15 +319,17 @@ def test_box_proposals_end_to_end_frames(model: Sam, pred_ref: dict[str, torch.T
     assert agree > 0.999
     assert abs(out[0].scores.item() - pred_ref["box.iou_predictions"].item()) <= 1e-5
     with pytest.raises(ValueError, match="frame 0: expected an H x W x 3 uint8 image"):
-        box_proposals(model, [raw.astype(np.float32)], prompts)
+        box_proposals(sam_model, [raw.astype(np.float32)], prompts)
 
 
-def test_encode_frames_torch_resize_close_to_pil(model: Sam, embedding: torch.Tensor) -> None:
+def test_encode_frames_torch_resize_close_to_pil(
+    sam_model: Sam, sam_embedding: torch.Tensor
+) -> None:
     raw = np.array(Image.open(SAM_DIR / "image_480x640.png").convert("RGB"))
-    emb, sizes = encode_frames(model, [torch.from_numpy(raw)], resize="torch")
-    assert sizes == [SIZE] and emb.shape == embedding.shape
-    c = compare(emb, embedding)
+    emb, sizes = encode_frames(sam_model, [torch.from_numpy(raw)], resize="torch")
+    assert sizes == [SIZE] and emb.shape == sam_embedding.shape
+    c = compare(emb, sam_embedding)
     print(f"encoder output with the torch resize vs reference (PIL): {c}")
     assert c.cosine > 0.9999 and c.rel < 0.05
     with pytest.raises(ValueError, match="expected resize in"):
-        encode_frames(model, [raw], resize="cv2")  # type: ignore[arg-type]
+        encode_frames(sam_model, [raw], resize="cv2")  # type: ignore[arg-type]

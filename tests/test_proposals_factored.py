@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from moca_rt.config import SAM_PRESETS
 from moca_rt.grid_decoder import decode_grid_tokens, prepare_frames, upscale_masks
-from moca_rt.modeling.sam import Sam, build_sam, load_sam
+from moca_rt.modeling.sam import Sam, build_sam
 from moca_rt.proposals import (
     ProposalConfig,
     SamProposals,
@@ -29,17 +29,6 @@ SAM_DIR = FIXTURES / "sam"
 SIZE = (480, 640)
 
 
-@pytest.fixture(scope="module")
-def model() -> Sam:
-    torch.set_num_threads(2)
-    return load_sam(SAM_DIR / "weights.safetensors", SAM_PRESETS["sam_test"])
-
-
-@pytest.fixture(scope="module")
-def embedding() -> torch.Tensor:
-    return load_file(str(SAM_DIR / "encoder.safetensors"))["encoder_output"]
-
-
 def _decode(sam: Sam, emb: torch.Tensor, coords: torch.Tensor) -> tuple[torch.Tensor, ...]:
     frames = prepare_frames(sam, emb)
     iou, tokens, keys = decode_grid_tokens(sam, frames, coords)
@@ -47,11 +36,13 @@ def _decode(sam: Sam, emb: torch.Tensor, coords: torch.Tensor) -> tuple[torch.Te
     return iou, low.unflatten(0, iou.shape[:2])
 
 
-def test_factored_decoder_matches_official_grid(model: Sam, embedding: torch.Tensor) -> None:
+def test_factored_decoder_matches_official_grid(
+    sam_model: Sam, sam_embedding: torch.Tensor
+) -> None:
     ref = load_file(str(SAM_DIR / "predictor.safetensors"))
     raw = ref["grid16.coords_raw"][:, 0, :]  # (16, 2) input pixels
-    coords = apply_coords(raw, SIZE, model.image_size)[None]
-    iou, low = _decode(model, embedding, coords)
+    coords = apply_coords(raw, SIZE, sam_model.image_size)[None]
+    iou, low = _decode(sam_model, sam_embedding, coords)
     err = (iou[0] - ref["grid16.iou_predictions"]).abs().max().item()
     print(f"factored decoder vs official grid16 IoU: max_abs={err:.3e}")
     assert err <= 1e-5
@@ -77,11 +68,13 @@ def test_factored_decoder_matches_sam_decode(preset: str) -> None:
             torch.testing.assert_close(low[f], ref_low, rtol=0, atol=1e-5)
 
 
-def test_batched_grid_proposals_equal_reference_path(model: Sam, embedding: torch.Tensor) -> None:
+def test_batched_grid_proposals_equal_reference_path(
+    sam_model: Sam, sam_embedding: torch.Tensor
+) -> None:
     """Same proposals (order, scores, boxes, masks) as the per-frame path; some prompts are
     skipped before upscaling (IoU filter), others kept; two frames of different sizes."""
     small = (300, 200)
-    emb2 = torch.cat([embedding, embedding.flip(-1)])
+    emb2 = torch.cat([sam_embedding, sam_embedding.flip(-1)])
     everything = ProposalConfig(
         points_per_side=4,
         pred_iou_thresh=-1.0,
@@ -90,7 +83,7 @@ def test_batched_grid_proposals_equal_reference_path(model: Sam, embedding: torc
         resolution="low",
     )
     thresh = float(
-        grid_proposals_from_embedding(model, embedding, SIZE, everything).scores.median()
+        grid_proposals_from_embedding(sam_model, sam_embedding, SIZE, everything).scores.median()
     )
     cfg = ProposalConfig(
         points_per_side=4,
@@ -101,10 +94,10 @@ def test_batched_grid_proposals_equal_reference_path(model: Sam, embedding: torc
         resolution="low",
         keep_low_res_logits=True,
     )
-    got = grid_proposals_batch(model, emb2, [SIZE, small], cfg)
+    got = grid_proposals_batch(sam_model, emb2, [SIZE, small], cfg)
     kept_any = 0
     for f, size in enumerate([SIZE, small]):
-        ref = grid_proposals_from_embedding(model, emb2[f : f + 1], size, cfg)
+        ref = grid_proposals_from_embedding(sam_model, emb2[f : f + 1], size, cfg)
         assert len(got[f]) == len(ref) and len(ref) > 0
         kept_any += len(ref)
         torch.testing.assert_close(got[f].scores, ref.scores, rtol=0, atol=1e-5)
@@ -117,11 +110,11 @@ def test_batched_grid_proposals_equal_reference_path(model: Sam, embedding: torc
     assert kept_any < 2 * 16 * 3
 
 
-def test_sam_proposals_decoders_agree(model: Sam, embedding: torch.Tensor) -> None:
+def test_sam_proposals_decoders_agree(sam_model: Sam, sam_embedding: torch.Tensor) -> None:
     cfg = ProposalConfig(points_per_side=3, pred_iou_thresh=0.5, stability_score_thresh=0.0)
     sizes = [SIZE]
     out = {
-        d: SamProposals(model, cfg, grid_decoder=d).from_embeddings(embedding, sizes, None)
+        d: SamProposals(sam_model, cfg, grid_decoder=d).from_embeddings(sam_embedding, sizes, None)
         for d in ("factored", "reference")
     }
     assert out["factored"][0].shape == out["reference"][0].shape
@@ -129,13 +122,13 @@ def test_sam_proposals_decoders_agree(model: Sam, embedding: torch.Tensor) -> No
     torch.testing.assert_close(out["factored"][0], out["reference"][0], rtol=0, atol=1e-4)
 
 
-def test_sam_proposals_rejects_unknown_decoder(model: Sam) -> None:
+def test_sam_proposals_rejects_unknown_decoder(sam_model: Sam) -> None:
     with pytest.raises(ValueError, match="grid_decoder"):
-        SamProposals(model, grid_decoder="fast")  # type: ignore[arg-type]
+        SamProposals(sam_model, grid_decoder="fast")  # type: ignore[arg-type]
 
 
 def test_upscaling_runs_only_for_prompts_passing_the_iou_filter(
-    model: Sam, embedding: torch.Tensor, monkeypatch: pytest.MonkeyPatch
+    sam_model: Sam, sam_embedding: torch.Tensor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The output upscaling (half the decoder's work) sees only prompts with a mask above
     pred_iou_thresh; with a threshold above every prediction it never runs."""
@@ -152,14 +145,14 @@ def test_upscaling_runs_only_for_prompts_passing_the_iou_filter(
     coords = apply_coords(
         (build_point_grid(4) * torch.tensor([SIZE[1], SIZE[0]])).float(), SIZE, 1024
     )
-    iou = _decode(model, embedding, coords[None])[0][0]  # (16, 3)
+    iou = _decode(sam_model, sam_embedding, coords[None])[0][0]  # (16, 3)
     thresh = float(iou.max(dim=1).values.median())
     passing = int((iou > thresh).any(dim=1).sum())
     assert 0 < passing < 16
     cfg = ProposalConfig(points_per_side=4, pred_iou_thresh=thresh, stability_score_thresh=0.0)
-    grid_proposals_batch(model, embedding, [SIZE], cfg)
+    grid_proposals_batch(sam_model, sam_embedding, [SIZE], cfg)
     assert sum(upscaled) == passing
     upscaled.clear()
     cfg_none = ProposalConfig(points_per_side=4, pred_iou_thresh=float(iou.max()) + 1.0)
-    assert len(grid_proposals_batch(model, embedding, [SIZE], cfg_none)[0]) == 0
+    assert len(grid_proposals_batch(sam_model, sam_embedding, [SIZE], cfg_none)[0]) == 0
     assert upscaled == []

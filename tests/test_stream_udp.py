@@ -4,9 +4,6 @@ time; the receiver is our ContainerSource. Only 127.0.0.1 is used; every wait is
 from __future__ import annotations
 
 import itertools
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,28 +16,9 @@ SECONDS = 3.0
 FPS = 25
 
 
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_udp_mpegts_live_stream() -> None:
-    port = _free_udp_port()
-    sender = subprocess.Popen(
-        [
-            sys.executable,
-            str(Path(mf.__file__)),
-            f"udp://127.0.0.1:{port}?pkt_size=1316",
-            "--seconds",
-            str(SECONDS),
-            "--start-delay",
-            "1.5",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    port = mf.free_udp_port()
+    sender = mf.start_udp_sender(port, SECONDS, start_delay=1.5)
     try:
         t0 = time.monotonic()
         frames = []
@@ -56,7 +34,7 @@ def test_udp_mpegts_live_stream() -> None:
             sender.kill()
             sender.wait(5)
     assert sender.returncode == 0, err[-2000:]
-    sent = int(out.split()[1])
+    sent = mf.frames_sent(out)
     received = [f for f in frames if not f.dropped]
     print(
         f"udp: {len(received)} of {sent} frames received ({len(frames) - len(received)} "
@@ -82,31 +60,14 @@ def test_udp_mpegts_live_stream() -> None:
     assert 0.25 < np.sqrt(np.mean(seg**2)) < 0.45
 
 
-def _sender(port: int, seconds: float, start_delay: float) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            str(Path(mf.__file__)),
-            f"udp://127.0.0.1:{port}?pkt_size=1316",
-            "--seconds",
-            str(seconds),
-            "--start-delay",
-            str(start_delay),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def test_udp_stream_reconnects_after_the_sender_restarts() -> None:
     """Two senders one after the other (the second restarts its clock at 0) and a source with
     reconnect=1: one stream of records with increasing indices and pts, then, when nobody
     sends any more, one failed attempt and the end."""
-    port = _free_udp_port()
+    port = mf.free_udp_port()
     # Sender 1 sends from ~1 s to ~2.5 s; the receiver's 1 s timeout ends that connection at
     # ~3.5 s and it reopens (waiting up to 4 s for data); sender 2 sends from ~5 s to ~6.5 s.
-    senders = [_sender(port, 1.5, 1.0), _sender(port, 1.5, 5.0)]
+    senders = [mf.start_udp_sender(port, 1.5, 1.0), mf.start_udp_sender(port, 1.5, 5.0)]
     try:
         t0 = time.monotonic()
         frames = []
@@ -124,7 +85,7 @@ def test_udp_stream_reconnects_after_the_sender_restarts() -> None:
                 s.wait(5)
     for s, (_, err) in zip(senders, results, strict=True):
         assert s.returncode == 0, err[-2000:]
-    sent = [int(out.split()[1]) for out, _ in results]
+    sent = [mf.frames_sent(out) for out, _ in results]
     received = [f for f in frames if not f.dropped and f.image is not None]
     print(
         f"reconnect: {len(received)} of {sum(sent)} frames in {src.segments} connections; "

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from moca_rt.cli import flag_values
 from moca_rt.datasets.avsbench import AvsbenchWriter, add_scene
 from moca_rt.datasets.io import write_png, write_wav
 from moca_rt.datasets.synth import PARTITIONS, SPLITS, SynthWorld
@@ -220,20 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        root = run_generate(
-            args.out,
-            args.split,
-            args.num,
-            seed=args.seed,
-            size=args.size,
-            partition=args.partition,
-            frames=args.frames,
-            num_classes=args.num_classes,
-            video_seconds=args.video_seconds,
-            start_index=args.start_index,
-            progress=not args.no_progress,
-            avss_frame_format=args.avss_frame_format,
-        )
+        root = run_generate(**flag_values(run_generate, vars(args)), progress=not args.no_progress)
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

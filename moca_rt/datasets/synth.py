@@ -79,96 +79,28 @@ class ClassSpec:
     noise_mix: float = 0.0
 
 
-_BASE_CLASSES: tuple[ClassSpec, ...] = (
-    ClassSpec(
-        "red_disc", "disc", "stripes", (215, 40, 40), (120, 15, 20), 220.0, "saw", "steady", 0.0
-    ),
-    ClassSpec(
-        "blue_square",
-        "square",
-        "checker",
-        (40, 70, 220),
-        (170, 190, 250),
-        330.0,
-        "odd",
-        "pulse",
-        4.0,
-    ),
-    ClassSpec(
-        "green_triangle",
-        "triangle",
-        "dots",
-        (40, 190, 60),
-        (10, 80, 20),
-        440.0,
-        "pure",
-        "pluck",
-        3.0,
-    ),
-    ClassSpec(
-        "yellow_star",
-        "star",
-        "radial",
-        (240, 215, 40),
-        (150, 110, 10),
-        587.0,
-        "bell",
-        "tremolo",
-        6.0,
-    ),
-    ClassSpec(
-        "magenta_ring",
-        "ring",
-        "stripes",
-        (215, 45, 200),
-        (250, 180, 245),
-        784.0,
-        "pure",
-        "vibrato",
-        5.0,
-    ),
-    ClassSpec(
-        "cyan_cross",
-        "cross",
-        "checker",
-        (40, 210, 215),
-        (10, 90, 110),
-        1200.0,
-        "noise",
-        "pulse",
-        8.0,
-        noise="white",
-        noise_band=(1500.0, 3500.0),
-        noise_mix=1.0,
-    ),
-    ClassSpec(
-        "orange_ellipse",
-        "ellipse",
-        "dots",
-        (245, 140, 30),
-        (130, 60, 5),
-        165.0,
-        "odd",
-        "tremolo",
-        3.0,
-        noise="brown",
-        noise_band=(40.0, 600.0),
-        noise_mix=0.5,
-    ),
-    ClassSpec(
-        "purple_hexagon",
-        "hexagon",
-        "radial",
-        (130, 50, 200),
-        (215, 190, 250),
-        1046.0,
-        "saw",
-        "pluck",
-        6.0,
-    ),
-)
+_RGB = tuple[int, int, int]
+_BaseRow = tuple[str, ShapeName, TextureName, _RGB, _RGB, float, TimbreName, EnvelopeName, float]
 
-_EXTRA_COLOURS: tuple[tuple[str, tuple[int, int, int], tuple[int, int, int]], ...] = (
+# Classes 0..7, one per shape, named "<colour name>_<shape>": colour name, shape, texture,
+# colour, colour2, f0 (Hz), timbre, envelope, envelope rate (Hz).
+_BASE_CLASSES: tuple[_BaseRow, ...] = (
+    ("red", "disc", "stripes", (215, 40, 40), (120, 15, 20), 220.0, "saw", "steady", 0.0),
+    ("blue", "square", "checker", (40, 70, 220), (170, 190, 250), 330.0, "odd", "pulse", 4.0),
+    ("green", "triangle", "dots", (40, 190, 60), (10, 80, 20), 440.0, "pure", "pluck", 3.0),
+    ("yellow", "star", "radial", (240, 215, 40), (150, 110, 10), 587.0, "bell", "tremolo", 6.0),
+    ("magenta", "ring", "stripes", (215, 45, 200), (250, 180, 245), 784.0, "pure", "vibrato", 5.0),
+    ("cyan", "cross", "checker", (40, 210, 215), (10, 90, 110), 1200.0, "noise", "pulse", 8.0),
+    ("orange", "ellipse", "dots", (245, 140, 30), (130, 60, 5), 165.0, "odd", "tremolo", 3.0),
+    ("purple", "hexagon", "radial", (130, 50, 200), (215, 190, 250), 1046.0, "saw", "pluck", 6.0),
+)
+# The base classes that mix a noise band into their tone: noise colour, band (Hz), mix.
+_NOISY_CLASSES: dict[str, tuple[NoiseColour, tuple[float, float], float]] = {
+    "cyan_cross": ("white", (1500.0, 3500.0), 1.0),
+    "orange_ellipse": ("brown", (40.0, 600.0), 0.5),
+}
+
+_EXTRA_COLOURS: tuple[tuple[str, _RGB, _RGB], ...] = (
     ("white", (235, 235, 235), (150, 150, 150)),
     ("black", (25, 25, 25), (95, 95, 95)),
     ("teal", (20, 130, 120), (120, 220, 200)),
@@ -182,27 +114,30 @@ _TEXTURES: tuple[TextureName, ...] = ("stripes", "checker", "dots", "radial")
 
 
 def _make_class_specs() -> tuple[ClassSpec, ...]:
-    specs = list(_BASE_CLASSES)
-    # Classes 8..15 reuse the shapes with new colours, textures and a pitch a tritone away.
-    for i, base in enumerate(_BASE_CLASSES):
-        name, c1, c2 = _EXTRA_COLOURS[i]
-        specs.append(
-            ClassSpec(
-                f"{name}_{base.shape}",
-                base.shape,
-                _TEXTURES[(_TEXTURES.index(base.texture) + 2) % 4],
-                c1,
-                c2,
-                base.f0 * 1.4142,
-                base.timbre,
-                base.envelope,
-                base.rate * 1.5 + 1.0,
-                base.noise,
-                base.noise_band,
-                base.noise_mix,
-            )
+    base_specs = []
+    for colour_name, shape, texture, c1, c2, f0, timbre, envelope, rate in _BASE_CLASSES:
+        spec = ClassSpec(
+            f"{colour_name}_{shape}", shape, texture, c1, c2, f0, timbre, envelope, rate
         )
-    return tuple(specs)
+        if spec.name in _NOISY_CLASSES:
+            noise, band, mix = _NOISY_CLASSES[spec.name]
+            spec = replace(spec, noise=noise, noise_band=band, noise_mix=mix)
+        base_specs.append(spec)
+    # Classes 8..15 reuse the shapes and sound families with new colours, textures, a pitch a
+    # tritone away and a faster envelope.
+    extra_specs = [
+        replace(
+            base,
+            name=f"{colour_name}_{base.shape}",
+            texture=_TEXTURES[(_TEXTURES.index(base.texture) + 2) % 4],
+            colour=c1,
+            colour2=c2,
+            f0=base.f0 * 1.4142,
+            rate=base.rate * 1.5 + 1.0,
+        )
+        for base, (colour_name, c1, c2) in zip(base_specs, _EXTRA_COLOURS, strict=True)
+    ]
+    return (*base_specs, *extra_specs)
 
 
 CLASS_SPECS: tuple[ClassSpec, ...] = _make_class_specs()
