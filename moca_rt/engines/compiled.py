@@ -70,6 +70,9 @@ class CompileOptions:
         fullgraph: fail instead of splitting the graph at an unsupported construct.
         cache_dir: inductor's on-disk cache folder (``TORCHINDUCTOR_CACHE_DIR``); None keeps
             torch's default (a folder under the temp dir).
+        freezing: inductor's ``freezing``: the weights become constants of the graph, folded
+            and (on the CPU) prepacked for its matmul kernels; inference only, and the compiled
+            graph no longer follows later changes to the weights.
     """
 
     mode: str | None = None
@@ -77,6 +80,7 @@ class CompileOptions:
     batch_buckets: tuple[int, ...] = DEFAULT_BUCKETS
     fullgraph: bool = False
     cache_dir: str | None = None
+    freezing: bool = False
 
     def __post_init__(self) -> None:
         if not self.batch_buckets or any(b < 1 for b in self.batch_buckets):
@@ -137,6 +141,7 @@ class CompiledEngine:
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = self.options.cache_dir
         self.mode = self.options.resolved_mode(self.device)
         self._cuda_graphs = self.device.type == "cuda" and self.mode in _CUDA_GRAPH_MODES
+        self._config: dict[str, Any] = {"freezing": True} if self.options.freezing else {}
         self.compiled: Any = torch.compile(
             self.module, mode=self.mode, dynamic=False, fullgraph=self.options.fullgraph
         )
@@ -153,7 +158,10 @@ class CompiledEngine:
             try:
                 if self._cuda_graphs:
                     torch.compiler.cudagraph_mark_step_begin()
-                out = self.compiled(*args)
+                from torch._inductor import config as inductor_config
+
+                with inductor_config.patch(self._config):  # compiles on the first call
+                    out = self.compiled(*args)
             except Exception as exc:  # any compiler failure: fall back to eager
                 self.fallback_reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
                 warnings.warn(
