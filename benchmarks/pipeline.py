@@ -2,13 +2,22 @@
 
     python benchmarks/pipeline.py --device cuda --precision bf16 --batch 1,4,8 --frames 64
     python benchmarks/pipeline.py --device cpu --frames 16 --batch 1,4      # proves the harness
+    python benchmarks/pipeline.py --device cpu --threads 2 --batch 1,4,8 \
+        --engine torch,torch-compile,onnxruntime          # every CPU engine, one CSV + .md + .png
+    python benchmarks/pipeline.py --report benchmarks/results/pipeline_cpu.csv   # redraw only
     python benchmarks/pipeline.py --preset moca_huge --sam-preset sam_vit_h --device cuda \\
         --imagebind imagebind_huge.pth --adapter adaav.safetensors --sam sam_vit_h_4b8939.pth
 
 Setup: the models are built as ``python -m moca_rt.infer`` builds them (``moca_rt.build``;
-seeded random weights for every checkpoint not given, recorded in the ``weights`` column;
-``--engine onnxruntime|tensorrt --engine-dir DIR`` runs the MoCA trunk on the exported units
-there, as ``infer --engine`` does, SAM staying on torch; the ``engine`` column says which), and
+the shipped tiny models for moca_synth without weight flags, seeded random weights for every
+other checkpoint not given, recorded in the ``weights`` column; ``--engine onnxruntime|tensorrt
+--engine-dir DIR`` runs the units exported there, as ``infer --engine`` does; ``onnxruntime``
+without ``--engine-dir`` exports the benchmarked weights first (trunk, SAM's image encoder and
+grid decoder) into ``--export-dir`` or a temporary folder; the ``engine`` column says which).
+``--engine`` takes a comma-separated list (:func:`run_engines`): rows of each engine in turn,
+eager ``torch`` first. ``OMP_WAIT_POLICY=PASSIVE`` is set before torch loads unless the
+environment sets it (as ``infer`` does; column ``omp_wait_policy``), and ``--threads`` goes to
+``moca_rt.threads.configure_threads`` (torch and the onnxruntime sessions). Then
 N synthetic-world scenes are rendered (``--splits`` in turn, one frame each, partition
 ``test``) with the 2 s audio window centred on the frame (``preprocess.audio_windows``: the
 scene audio around ``frame_times[0]``, zero-padded at the ends).
@@ -34,6 +43,9 @@ bracketed by a device sync. Per row:
   it started, so it never goes down from one row to the next).
 * ``miou`` / ``fscore``: AVSBench mIoU and F-score (``moca_rt.metrics``, binary masks, one
   frame per meter batch) of the same timed calls against the scenes' ground-truth masks.
+* ``agreement_miou`` / ``agreement_min_iou``: mean / smallest per-frame IoU of the row's final
+  masks with eager fp32 torch's on the same frames and batch calls (:func:`mask_agreement`;
+  two empty masks agree), from :func:`run_engines`; eager's own rows are the reference (1.0).
 * ``silent_frames`` (gated by the silence threshold), ``unchosen_frames`` (no cluster passed
   ``tau``: empty mask), ``fallback_frames`` (no proposal matched: the coarse mask is used) and
   ``mean_proposals`` (SAM masks per frame) say which work the frames needed.
@@ -43,7 +55,10 @@ bracketed by a device sync. Per row:
   for 256 points (scaled by points per side squared / 256): ~9 ms per frame for 16 x 16 points.
   ``floor_fraction`` = floor / ``e2e_ms_p50`` is meaningful only on an H100.
 
-Rows go to ``--out`` (CSV) and the same path with ``.json``; a readable table is printed.
+Rows go to ``--out`` (CSV) and the same path with ``.json``; a readable table is printed, and
+``.md`` (the Markdown table of :data:`REPORT_COLUMNS`) and ``.png`` (ms/frame and frames/s per
+engine and batch, matplotlib from the ``bench`` extra) are written beside the CSV
+(``--report CSV`` redraws both from a CSV without running anything).
 """
 
 from __future__ import annotations

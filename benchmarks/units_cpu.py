@@ -24,10 +24,12 @@ session warm-up for onnxruntime). Then ``--repeats`` rounds call every engine on
 (interleaved, so a change of machine load hits all of them alike); the rows hold the median and
 the spread. Outputs are checked against eager with ``moca_rt.export.compare`` (fp32 gate:
 rel <= 1e-4, cosine >= 0.99999). Memory: ``call_peak_mib`` is the peak resident set during one
-call above the resident set before it (``/proc/self/clear_refs``), ``process_peak_mib`` the
-process's high-water mark so far (it never goes down: the eager model, exports and sessions
-all live in one process). ``OMP_WAIT_POLICY=PASSIVE`` unless the environment sets it, as
-``python -m moca_rt.infer`` runs; the load average is recorded (other jobs share the cores).
+call above the resident set before it (``/proc/self/clear_refs``, which also resets what
+``getrusage`` reports, so the whole process's peak is for ``/usr/bin/time -v`` to say: the
+eager model, the exports and the sessions all live in one process; memory an engine keeps
+between calls, such as onnxruntime's arena, is not in ``call_peak_mib``).
+``OMP_WAIT_POLICY=PASSIVE`` unless the environment sets it, as ``python -m moca_rt.infer``
+runs; the load average is recorded (other jobs share the cores).
 
 Rows are appended to ``--out`` (CSV, default ``benchmarks/results/units_cpu.csv``) and the whole
 CSV is rendered to the ``.md`` beside it.
@@ -39,7 +41,6 @@ import argparse
 import csv
 import os
 import platform
-import resource
 import statistics
 import sys
 import tempfile
@@ -140,7 +141,6 @@ def measure(runners: Mapping[str, Runner], feeds: Feeds, repeats: int) -> dict[s
             worst_rel=worst.rel,
             worst_cosine=worst.cosine,
             call_peak_mib=_call_peak_mib(run, feeds),
-            process_peak_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         )
     return found
 
@@ -191,22 +191,10 @@ def _version(module: str) -> str:
         return ""
 
 
-MD_COLUMNS = (
-    ("unit", "unit", "{}"),
-    ("preset", "preset", "{}"),
-    ("batch", "batch", "{:.0f}"),
-    ("engine", "engine", "{}"),
-    ("ms_p50", "ms p50", "{:.1f}"),
-    ("ratio_vs_eager", "x eager", "{:.2f}"),
-    ("first_call_s", "first call s", "{:.1f}"),
-    ("setup_s", "export s", "{:.1f}"),
-    ("worst_rel", "worst rel", "{:.1e}"),
-    ("outputs_pass", "outputs ok", "{}"),
-    ("call_peak_mib", "call peak MiB", "{:.0f}"),
-    ("threads", "threads", "{:.0f}"),
-    ("loadavg_end", "load", "{:.2f}"),
-    ("timestamp_utc", "when (UTC)", "{}"),
-)
+_WHAT = ("unit", "preset", "batch", "engine")
+_SPEED = ("ms_p50", "ratio_vs_eager", "first_call_s", "setup_s")
+_CHECKS = ("worst_rel", "outputs_pass", "call_peak_mib")
+MD_COLUMNS = (*_WHAT, *_SPEED, *_CHECKS, "threads", "loadavg_end", "timestamp_utc")
 
 
 def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
@@ -221,12 +209,17 @@ def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
 
 
 def markdown(rows: Sequence[dict[str, Any]]) -> str:
-    """Every row as a Markdown table of :data:`MD_COLUMNS`."""
-    head = [title for _, title, _ in MD_COLUMNS]
-    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    for r in rows:
-        cells = ["-" if r.get(k) is None else fmt.format(r[k]) for k, _, fmt in MD_COLUMNS]
-        lines.append("| " + " | ".join(cells) + " |")
+    """Every row as a Markdown table of :data:`MD_COLUMNS` (numbers to 4 significant digits;
+    ``setup_s`` is the export time of the onnxruntime rows, ``first_call_s`` the compile time of
+    the compiled ones)."""
+
+    def cell(value: Any) -> str:
+        if value is None or value == "":
+            return "-"
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(MD_COLUMNS) + " |", "|" + " --- |" * len(MD_COLUMNS)]
+    lines += ["| " + " | ".join(cell(r.get(k)) for k in MD_COLUMNS) + " |" for r in rows]
     return "\n".join(lines)
 
 

@@ -200,6 +200,14 @@ def test_cli_writes_rows(
     assert bench.main([*args[:-2], "--splits", "s5", "--out", str(out)]) == 2
 
 
+def _two_frames(bench: ModuleType, **options: Any) -> Any:
+    """Options of a 2-frame run at batch 1 and 2: moca_test + a random sam_synth, 2 x 2 grid."""
+    common = {"batches": (1, 2), "frames": 2, "warmup": 0, "image_size": 64}
+    return bench.BenchOptions(
+        preset="moca_test", sam_preset="sam_synth", points_per_side=2, **common, **options
+    )
+
+
 def test_mask_agreement(bench: ModuleType) -> None:
     a = np.zeros((4, 4), bool)
     b = a.copy()
@@ -216,17 +224,7 @@ def test_engines_rows_agree_with_eager_and_report(bench: ModuleType, tmp_path: P
     """torch and onnxruntime rows (the trunk, SAM's encoder and grid decoder exported by the
     benchmark itself), each with the agreement of its masks with eager fp32; the report."""
     pytest.importorskip("onnxruntime")
-    opts = bench.BenchOptions(
-        preset="moca_test",
-        sam_preset="sam_synth",
-        batches=(1, 2),
-        frames=2,
-        warmup=0,
-        image_size=64,
-        points_per_side=2,
-        threads=1,
-        export_dir=tmp_path / "onnx",
-    )
+    opts = _two_frames(bench, threads=1, export_dir=tmp_path / "onnx")
     rows = bench.run_engines(opts, ["onnxruntime", "torch"])
     assert [(r["engine"], r["batch"]) for r in rows] == [
         ("torch", 1),
@@ -251,17 +249,7 @@ def test_engines_rows_agree_with_eager_and_report(bench: ModuleType, tmp_path: P
 
 @requires_cuda
 def test_cuda_rows(bench: ModuleType) -> None:
-    opts = bench.BenchOptions(
-        preset="moca_test",
-        sam_preset="sam_synth",
-        device="cuda",
-        precision="bf16",
-        batches=(1, 2),
-        frames=2,
-        warmup=0,
-        image_size=64,
-        points_per_side=2,
-    )
+    opts = _two_frames(bench, device="cuda", precision="bf16")
     rows = bench.run_pipeline_benchmark(opts)
     for r in rows:
         assert r["status"] == "ok", r["status"]

@@ -178,14 +178,8 @@ def test_onnxruntime_grid_backend_gives_the_same_proposals(
     tokens, upscale = export_grid_decoder(model, tmp_path)
     assert tokens.name == GRID_TOKENS_FILE and upscale.is_file()
     assert next(model.parameters()).device.type == "cpu"  # the model is left where it was
-    cfg = ProposalConfig(
-        points_per_side=4,
-        points_per_batch=10,
-        pred_iou_thresh=0.5,
-        stability_score_thresh=0.0,
-        resolution="low",
-        keep_low_res_logits=True,
-    )
+    grid = {"points_per_side": 4, "points_per_batch": 10, "pred_iou_thresh": 0.5}
+    cfg = ProposalConfig(**grid, stability_score_thresh=0.0, keep_low_res_logits=True)
     emb2 = torch.cat([embedding, embedding.flip(-1)])
     sizes = [SIZE, (300, 200)]
     ort = grid_proposals_batch(model, emb2, sizes, cfg, decoder=OrtGridBackend(tmp_path, 1))

@@ -141,10 +141,19 @@ class CompiledEngine:
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = self.options.cache_dir
         self.mode = self.options.resolved_mode(self.device)
         self._cuda_graphs = self.device.type == "cuda" and self.mode in _CUDA_GRAPH_MODES
-        self._config: dict[str, Any] = {"freezing": True} if self.options.freezing else {}
-        self.compiled: Any = torch.compile(
-            self.module, mode=self.mode, dynamic=False, fullgraph=self.options.fullgraph
-        )
+        if self.options.freezing:
+            # As options (not a config patch): dynamo tells compiled graphs apart by backend
+            # options, so a frozen and a plain engine of the same module class do not share one.
+            from torch._inductor import list_mode_options
+
+            config = {**(list_mode_options(self.mode) if self.mode else {}), "freezing": True}
+            self.compiled: Any = torch.compile(
+                self.module, options=config, dynamic=False, fullgraph=self.options.fullgraph
+            )
+        else:
+            self.compiled = torch.compile(
+                self.module, mode=self.mode, dynamic=False, fullgraph=self.options.fullgraph
+            )
         self.compile_seconds: dict[int, float] = {}
         self.fallback_reason: str | None = None
 
@@ -158,10 +167,7 @@ class CompiledEngine:
             try:
                 if self._cuda_graphs:
                     torch.compiler.cudagraph_mark_step_begin()
-                from torch._inductor import config as inductor_config
-
-                with inductor_config.patch(self._config):  # compiles on the first call
-                    out = self.compiled(*args)
+                out = self.compiled(*args)
             except Exception as exc:  # any compiler failure: fall back to eager
                 self.fallback_reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
                 warnings.warn(
