@@ -344,7 +344,7 @@ class _UpscaleUnit(torch.nn.Module):
 
 def export_grid_decoder(sam: Sam, folder: Path) -> tuple[Path, Path]:
     """Export the factored decoder of ``sam`` (fp32, CPU) as two ONNX graphs into ``folder``:
-    ``sam_grid_tokens_fp32.onnx`` (dynamic frames and prompts) and ``sam_grid_upscale_fp32.onnx``
+    ``sam_grid_tokens_fp32.onnx`` (one frame, dynamic prompts) and ``sam_grid_upscale_fp32.onnx``
     (dynamic prompts). Returns their paths."""
     import warnings
 
@@ -429,15 +429,28 @@ class OrtGridBackend(GridBackend):
     def tokens(self, sam: Sam, frames: GridFrames, point_coords: Tensor) -> tuple[Tensor, ...]:
         from moca_rt.engines import names
 
-        feeds = (frames.keys, frames.key_pe, frames.k0, frames.v0, frames.q0, point_coords)
-        out = self._tokens(
-            {
-                n: t.float().contiguous()
-                for n, t in zip(names.GRID_TOKENS_INPUTS, feeds, strict=True)
-            }
-        )
+        per_frame = []
+        for f in range(point_coords.shape[0]):  # the graph takes one frame (its export example)
+            feeds = (
+                frames.keys[f : f + 1],
+                frames.key_pe,
+                frames.k0[f : f + 1],
+                frames.v0[f : f + 1],
+                frames.q0[f : f + 1],
+                point_coords[f : f + 1],
+            )
+            per_frame.append(
+                self._tokens(
+                    {
+                        n: t.float().contiguous()
+                        for n, t in zip(names.GRID_TOKENS_INPUTS, feeds, strict=True)
+                    }
+                )
+            )
         device = point_coords.device
-        return tuple(out[n].to(device) for n in names.GRID_TOKENS_OUTPUTS)
+        return tuple(
+            torch.cat([out[n] for out in per_frame]).to(device) for n in names.GRID_TOKENS_OUTPUTS
+        )
 
     def upscale(self, sam: Sam, mask_tokens: Tensor, keys: Tensor, grid: tuple[int, int]) -> Tensor:
         from moca_rt.engines import names

@@ -190,3 +190,20 @@ def test_onnxruntime_grid_backend_gives_the_same_proposals(
         assert got.low_res_logits is not None and want.low_res_logits is not None
         torch.testing.assert_close(got.low_res_logits, want.low_res_logits, rtol=0, atol=1e-4)
         assert (got.masks == want.masks).float().mean().item() > 0.999
+
+
+def test_onnxruntime_grid_tokens_take_several_frames(model: Sam, tmp_path: Path) -> None:
+    """Small grids share a decoder call across frames: the one-frame graph runs per frame."""
+    pytest.importorskip("onnxruntime")
+    from moca_rt.grid_decoder import GridBackend, OrtGridBackend, export_grid_decoder
+
+    export_grid_decoder(model, tmp_path)
+    torch.manual_seed(0)
+    emb = torch.randn(2, model.prompt_encoder.embed_dim, *model.prompt_encoder.image_embedding_size)
+    frames = prepare_frames(model, emb)
+    coords = torch.rand(2, 5, 2) * model.image_size
+    got = OrtGridBackend(tmp_path, 1).tokens(model, frames, coords)
+    want = GridBackend().tokens(model, frames, coords)
+    for g, w in zip(got, want, strict=True):
+        assert g.shape == w.shape
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-4)
