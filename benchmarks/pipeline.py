@@ -2,13 +2,22 @@
 
     python benchmarks/pipeline.py --device cuda --precision bf16 --batch 1,4,8 --frames 64
     python benchmarks/pipeline.py --device cpu --frames 16 --batch 1,4      # proves the harness
+    python benchmarks/pipeline.py --device cpu --threads 2 --batch 1,4,8 \
+        --engine torch,torch-compile,onnxruntime          # every CPU engine, one CSV + .md + .png
+    python benchmarks/pipeline.py --report benchmarks/results/pipeline_cpu.csv   # redraw only
     python benchmarks/pipeline.py --preset moca_huge --sam-preset sam_vit_h --device cuda \\
         --imagebind imagebind_huge.pth --adapter adaav.safetensors --sam sam_vit_h_4b8939.pth
 
 Setup: the models are built as ``python -m moca_rt.infer`` builds them (``moca_rt.build``;
-seeded random weights for every checkpoint not given, recorded in the ``weights`` column;
-``--engine onnxruntime|tensorrt --engine-dir DIR`` runs the MoCA trunk on the exported units
-there, as ``infer --engine`` does, SAM staying on torch; the ``engine`` column says which), and
+the shipped tiny models for moca_synth without weight flags, seeded random weights for every
+other checkpoint not given, recorded in the ``weights`` column; ``--engine onnxruntime|tensorrt
+--engine-dir DIR`` runs the units exported there, as ``infer --engine`` does; ``onnxruntime``
+without ``--engine-dir`` exports the benchmarked weights first (trunk, SAM's image encoder and
+grid decoder) into ``--export-dir`` or a temporary folder; the ``engine`` column says which).
+``--engine`` takes a comma-separated list (:func:`run_engines`): rows of each engine in turn,
+eager ``torch`` first. ``OMP_WAIT_POLICY=PASSIVE`` is set before torch loads unless the
+environment sets it (as ``infer`` does; column ``omp_wait_policy``), and ``--threads`` goes to
+``moca_rt.threads.configure_threads`` (torch and the onnxruntime sessions). Then
 N synthetic-world scenes are rendered (``--splits`` in turn, one frame each, partition
 ``test``) with the 2 s audio window centred on the frame (``preprocess.audio_windows``: the
 scene audio around ``frame_times[0]``, zero-padded at the ends).
@@ -34,6 +43,9 @@ bracketed by a device sync. Per row:
   it started, so it never goes down from one row to the next).
 * ``miou`` / ``fscore``: AVSBench mIoU and F-score (``moca_rt.metrics``, binary masks, one
   frame per meter batch) of the same timed calls against the scenes' ground-truth masks.
+* ``agreement_miou`` / ``agreement_min_iou``: mean / smallest per-frame IoU of the row's final
+  masks with eager fp32 torch's on the same frames and batch calls (:func:`mask_agreement`;
+  two empty masks agree), from :func:`run_engines`; eager's own rows are the reference (1.0).
 * ``silent_frames`` (gated by the silence threshold), ``unchosen_frames`` (no cluster passed
   ``tau``: empty mask), ``fallback_frames`` (no proposal matched: the coarse mask is used) and
   ``mean_proposals`` (SAM masks per frame) say which work the frames needed.
@@ -43,7 +55,10 @@ bracketed by a device sync. Per row:
   for 256 points (scaled by points per side squared / 256): ~9 ms per frame for 16 x 16 points.
   ``floor_fraction`` = floor / ``e2e_ms_p50`` is meaningful only on an H100.
 
-Rows go to ``--out`` (CSV) and the same path with ``.json``; a readable table is printed.
+Rows go to ``--out`` (CSV) and the same path with ``.json``; a readable table is printed, and
+``.md`` (the Markdown table of :data:`REPORT_COLUMNS`) and ``.png`` (ms/frame and frames/s per
+engine and batch, matplotlib from the ``bench`` extra) are written beside the CSV
+(``--report CSV`` redraws both from a CSV without running anything).
 """
 
 from __future__ import annotations
@@ -56,12 +71,17 @@ import os
 import platform
 import resource
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+# As python -m moca_rt.infer: OpenMP's idle workers sleep (moca_rt.threads); set before torch
+# loads OpenMP. OMP_WAIT_POLICY in the environment wins; the rows record it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 import torch
@@ -70,6 +90,7 @@ from moca_rt.build import ENGINES, BuildSettings, build_pipeline as build
 from moca_rt.config import MOCA_PRESETS, SAM_PRESETS, SAMPLE_RATE
 from moca_rt.precision import PRECISIONS
 from moca_rt.provenance import git_commit
+from moca_rt.threads import configure_threads
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -90,6 +111,7 @@ COLUMNS = [
     "python",
     "torch",
     "threads",
+    "omp_wait_policy",
     "preset",
     "sam_preset",
     "points_per_side",
@@ -116,6 +138,8 @@ COLUMNS = [
     "peak_mem_kind",
     "miou",
     "fscore",
+    "agreement_miou",
+    "agreement_min_iou",
     "scored_frames",
     "silent_frames",
     "unchosen_frames",
@@ -152,6 +176,7 @@ class BenchOptions:
     sam: Path | None = None
     engine: str = "torch"
     engine_dir: Path | None = None
+    export_dir: Path | None = None
     notes: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
@@ -183,11 +208,12 @@ class BenchOptions:
         if self.engine not in ENGINES:
             raise ValueError(f"engine: expected one of {list(ENGINES)}, got {self.engine!r}")
         needs_dir = self.engine in ("onnxruntime", "tensorrt")
-        if self.engine != "auto" and needs_dir == (self.engine_dir is None):
+        exports = self.engine == "onnxruntime" and self.export_dir is not None
+        if self.engine != "auto" and needs_dir == (self.engine_dir is None) and not exports:
             raise ValueError(
                 f"engine_dir: expected a folder of exported units with engine onnxruntime or "
-                f"tensorrt and none with torch / torch-compile, got engine {self.engine!r} and "
-                f"{self.engine_dir}"
+                f"tensorrt (or an export_dir for onnxruntime) and none with torch / "
+                f"torch-compile, got engine {self.engine!r} and {self.engine_dir}"
             )
 
 
@@ -321,6 +347,7 @@ def build_settings(opts: BenchOptions) -> BuildSettings:
         points_per_side=opts.points_per_side,
         engine=opts.engine,
         engine_dir=opts.engine_dir,
+        export_dir=opts.export_dir if opts.engine_dir is None else None,
         device=opts.device,
         precision=opts.precision,
         seed=opts.seed,
@@ -335,9 +362,34 @@ def build_pipeline(opts: BenchOptions) -> tuple[Any, int]:
     return built.pipeline, built.points_per_side
 
 
+def mask_agreement(
+    preds: Sequence[np.ndarray], references: Sequence[np.ndarray]
+) -> tuple[float, float]:
+    """(mean, min) over frames of the IoU of bool [H, W] ``preds`` with ``references``.
+
+    Two empty masks agree fully (IoU 1): an engine that also finds nothing matches eager.
+    """
+    if len(preds) != len(references) or not preds:
+        raise ValueError(
+            f"expected as many predictions as references (>= 1), got {len(preds)} and "
+            f"{len(references)}"
+        )
+    ious = []
+    for i, (p, r) in enumerate(zip(preds, references, strict=True)):
+        if p.shape != r.shape:
+            raise ValueError(f"frame {i}: expected a mask of shape {r.shape}, got {p.shape}")
+        union = int(np.logical_or(p, r).sum())
+        ious.append(1.0 if union == 0 else int(np.logical_and(p, r).sum()) / union)
+    return float(np.mean(ious)), float(min(ious))
+
+
 def _bench_one(
-    pipeline: Any, inputs: BenchInputs, batch: int, opts: BenchOptions
-) -> dict[str, Any]:
+    pipeline: Any,
+    inputs: BenchInputs,
+    batch: int,
+    opts: BenchOptions,
+    reference: Sequence[np.ndarray] | None = None,
+) -> tuple[dict[str, Any], list[np.ndarray]]:
     n = len(inputs.images)
     order = [i % n for i in range(math.ceil(n / batch) * batch)]
     chunks = [order[i : i + batch] for i in range(0, len(order), batch)]
@@ -385,7 +437,9 @@ def _bench_one(
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
         kind = "cpu_process_maxrss"
-    miou, fscore = score_masks([preds[i] for i in range(n)], inputs.masks)
+    masks = [preds[i] for i in range(n)]
+    miou, fscore = score_masks(masks, inputs.masks)
+    agree_mean, agree_min = mask_agreement(masks, reference) if reference else (None, None)
     e2e = [ms / batch for ms in batch_ms]
     row: dict[str, Any] = {
         "status": "ok",
@@ -402,6 +456,8 @@ def _bench_one(
         "peak_mem_kind": kind,
         "miou": miou,
         "fscore": fscore,
+        "agreement_miou": agree_mean,
+        "agreement_min_iou": agree_min,
         "scored_frames": n,
         "silent_frames": sum(r.silent for r in results),
         "unchosen_frames": sum(not r.silent and not r.chosen for r in results),
@@ -411,17 +467,23 @@ def _bench_one(
     for name, values in stage_ms.items():
         row[f"{name}_ms_p50"] = _pct(values, 50)
         row[f"{name}_ms_p99"] = _pct(values, 99)
-    return row
+    return row, masks
 
 
 def run_pipeline_benchmark(
-    opts: BenchOptions, inputs: BenchInputs | None = None
+    opts: BenchOptions,
+    inputs: BenchInputs | None = None,
+    reference: Mapping[int, Sequence[np.ndarray]] | None = None,
+    masks_out: dict[int, list[np.ndarray]] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per batch size (dicts keyed as ``COLUMNS``; a new pipeline stage adds two keys).
 
     Args:
         opts: what to run (validated here; ValueError names a bad option).
         inputs: pre-rendered scenes; None renders ``opts.frames`` of them.
+        reference: per batch size, masks of the same frames to agree with (eager fp32 torch:
+            :func:`run_engines`); fills ``agreement_miou`` / ``agreement_min_iou``, else None.
+        masks_out: filled with this run's masks per batch size (frame order).
 
     Returns:
         rows in ``opts.batches`` order. A batch size that fails (e.g. out of GPU memory) gets a
@@ -433,14 +495,64 @@ def run_pipeline_benchmark(
         raise ValueError(f"device: expected a visible CUDA device for {opts.device!r}, got none")
     threads_before = torch.get_num_threads()
     if opts.threads is not None:
-        torch.set_num_threads(opts.threads)
+        configure_threads(opts.threads)  # torch's threads and onnxruntime's sessions
     try:
-        return _run(opts, inputs)
+        return _run(opts, inputs, reference or {}, masks_out if masks_out is not None else {})
     finally:
         torch.set_num_threads(threads_before)
 
 
-def _run(opts: BenchOptions, inputs: BenchInputs | None) -> list[dict[str, Any]]:
+def run_engines(
+    opts: BenchOptions, engines: Sequence[str], inputs: BenchInputs | None = None
+) -> list[dict[str, Any]]:
+    """Rows of every engine in ``engines`` (``opts.engine`` is replaced), in that order, each
+    with its masks' agreement with eager fp32 torch on the same frames and batch sizes.
+
+    The eager fp32 reference is the ``torch`` rows themselves when they run in fp32; otherwise
+    an untimed eager fp32 pass of the same batches runs first. ``onnxruntime`` without
+    ``opts.engine_dir`` exports the trunk and SAM's image encoder to ``opts.export_dir``.
+    """
+    if inputs is None:
+        inputs = render_inputs(opts.frames, opts.splits, opts.seed, opts.image_size)
+    reference: dict[int, list[np.ndarray]] = {}
+    rows: list[dict[str, Any]] = []
+    if "torch" not in engines or opts.precision != "fp32":
+        eager = replace(opts, engine="torch", engine_dir=None, precision="fp32", warmup=0)
+        run_pipeline_benchmark(replace(eager, notes=[]), inputs, masks_out=reference)
+    with tempfile.TemporaryDirectory(prefix="moca_bench_export_") as tmp:
+        for engine in sorted(engines, key=lambda e: e != "torch"):  # the reference first
+            rows += _engine_rows(opts, engine, inputs, reference, Path(tmp))
+    return rows
+
+
+def _engine_rows(
+    opts: BenchOptions,
+    engine: str,
+    inputs: BenchInputs,
+    reference: dict[int, list[np.ndarray]],
+    scratch: Path,
+) -> list[dict[str, Any]]:
+    """:func:`run_engines` for one engine (``scratch``: the export folder when none is given)."""
+    engine_opts = replace(opts, engine=engine, engine_dir=_dir_for(engine, opts.engine_dir))
+    engine_opts.notes = []
+    if engine == "onnxruntime" and opts.engine_dir is None and opts.export_dir is None:
+        engine_opts.export_dir = scratch
+    if engine == "torch" and opts.precision == "fp32":
+        rows = run_pipeline_benchmark(engine_opts, inputs, masks_out=reference)
+        for row in rows:
+            row["agreement_miou"], row["agreement_min_iou"] = 1.0, 1.0  # it is the reference
+    else:
+        rows = run_pipeline_benchmark(engine_opts, inputs, reference)
+    opts.notes.extend(n for n in engine_opts.notes if n not in opts.notes)
+    return rows
+
+
+def _run(
+    opts: BenchOptions,
+    inputs: BenchInputs | None,
+    reference: Mapping[int, Sequence[np.ndarray]],
+    masks_out: dict[int, list[np.ndarray]],
+) -> list[dict[str, Any]]:
     pipeline, points = build_pipeline(opts)
     if inputs is None:
         inputs = render_inputs(opts.frames, opts.splits, opts.seed, opts.image_size)
@@ -462,6 +574,7 @@ def _run(opts: BenchOptions, inputs: BenchInputs | None) -> list[dict[str, Any]]
         "python": platform.python_version(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
         "preset": opts.preset,
         "sam_preset": opts.sam_preset,
         "points_per_side": points,
@@ -478,7 +591,10 @@ def _run(opts: BenchOptions, inputs: BenchInputs | None) -> list[dict[str, Any]]
     for batch in opts.batches:
         row: dict[str, Any] = {**common, "batch": batch}
         try:
-            row.update(_bench_one(pipeline, inputs, batch, opts))
+            result, masks_out[batch] = _bench_one(
+                pipeline, inputs, batch, opts, reference.get(batch)
+            )
+            row.update(result)
         except (RuntimeError, ValueError) as err:  # e.g. CUDA OOM at B=8 must not hide B=1, 4
             row["status"] = f"error: {type(err).__name__}: {err}"[:300]
             if opts.device.startswith("cuda"):
@@ -524,6 +640,7 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """The rows as a fixed-width text table (ms per frame, p50 unless marked)."""
     stages = [s for s in _stage_names(rows) if any(r.get(f"{s}_ms_p50") for r in rows)]
     head = [
+        "engine",
         "batch",
         "e2e p50",
         "e2e p99",
@@ -533,13 +650,16 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
         "peak MiB",
         "mIoU",
         "F",
+        "agreement",
     ]
-    lines = ["  ".join(f"{h:>10}" for h in head)]
+    lines = ["  ".join(f"{h:>13}" for h in head)]
     for r in rows:
         if r.get("status") != "ok":
-            lines.append(f"{r['batch']:>10}  {r.get('status')}")
+            lines.append(f"{r['engine']:>13}  {r['batch']:>13}  {r.get('status')}")
             continue
+        agreement = r.get("agreement_miou")
         vals = [
+            str(r["engine"]),
             f"{r['batch']}",
             f"{r['e2e_ms_p50']:.2f}",
             f"{r['e2e_ms_p99']:.2f}",
@@ -549,8 +669,9 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
             f"{r['peak_mem_mib']:.0f}",
             f"{r['miou']:.4f}",
             f"{r['fscore']:.4f}",
+            "-" if agreement is None else f"{agreement:.4f}",
         ]
-        lines.append("  ".join(f"{v:>10}" for v in vals))
+        lines.append("  ".join(f"{v:>13}" for v in vals))
     return "\n".join(lines)
 
 
@@ -558,6 +679,110 @@ def _stage_names(rows: Sequence[dict[str, Any]]) -> list[str]:
     found = {k[: -len("_ms_p50")] for r in rows for k in r if k.endswith("_ms_p50")}
     found -= {"batch", "e2e"}
     return [s for s in STAGES if s in found] + sorted(found - set(STAGES))
+
+
+REPORT_COLUMNS = (
+    ("engine", "engine", "{}"),
+    ("batch", "batch", "{}"),
+    ("compile_s", "compile s", "{:.1f}"),
+    ("e2e_ms_p50", "e2e p50 ms/frame", "{:.1f}"),
+    ("e2e_ms_p99", "e2e p99", "{:.1f}"),
+    ("fps", "frames/s", "{:.2f}"),
+    ("audio_ms_p50", "audio", "{:.2f}"),
+    ("vision_ms_p50", "vision", "{:.2f}"),
+    ("proposals_ms_p50", "proposals", "{:.1f}"),
+    ("peak_mem_mib", "peak MiB", "{:.0f}"),
+    ("miou", "mIoU", "{:.4f}"),
+    ("fscore", "F", "{:.4f}"),
+    ("agreement_miou", "IoU vs eager fp32 (mean / min)", "{:.4f}"),
+    ("loadavg_1m", "load 1 min", "{:.2f}"),
+)
+
+
+def read_rows(csv_path: Path) -> list[dict[str, Any]]:
+    """Rows of a CSV that :func:`write_rows` wrote, numbers as floats (empty cells None)."""
+
+    def value(text: str) -> Any:
+        if text == "":
+            return None
+        try:
+            return float(text)
+        except ValueError:
+            return text
+
+    with csv_path.open(newline="") as fh:
+        return [{k: value(v) for k, v in r.items()} for r in csv.DictReader(fh)]
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The rows (status ok) as a Markdown table of :data:`REPORT_COLUMNS` (``-``: no value)."""
+
+    def cell(r: dict[str, Any], key: str, fmt: str) -> str:
+        v = r.get(key)
+        if v is None or v == "" or (key == "compile_s" and not v):
+            return "-"
+        if key == "batch":
+            return str(int(v))
+        if key == "agreement_miou":
+            return f"{fmt.format(v)} / {fmt.format(r.get('agreement_min_iou') or 0.0)}"
+        return fmt.format(v)
+
+    head = [title for _, title, _ in REPORT_COLUMNS]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for r in rows:
+        if r.get("status") == "ok":
+            cells = [cell(r, key, fmt) for key, _, fmt in REPORT_COLUMNS]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_rows(rows: Sequence[dict[str, Any]], png: Path) -> bool:
+    """ms/frame (e2e p50) and frames/s per engine and batch size as grouped bars; False (and a
+    message) when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install -e '.[bench]')", file=sys.stderr)
+        return False
+    ok = [r for r in rows if r.get("status") == "ok"]
+    engines = list(dict.fromkeys(str(r["engine"]) for r in ok))
+    batches = sorted({int(r["batch"]) for r in ok})
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    width = 0.8 / max(1, len(engines))
+    for axis, key, label in zip(
+        axes, ("e2e_ms_p50", "fps"), ("ms per frame (e2e p50)", "frames/s"), strict=True
+    ):
+        for k, engine in enumerate(engines):
+            by_batch = {int(r["batch"]): float(r[key]) for r in ok if r["engine"] == engine}
+            xs = [i + (k - (len(engines) - 1) / 2) * width for i in range(len(batches))]
+            axis.bar(xs, [by_batch.get(b, 0.0) for b in batches], width, label=engine)
+        axis.set_xticks(range(len(batches)), [f"batch {b}" for b in batches])
+        axis.set_ylabel(label)
+        axis.grid(axis="y", alpha=0.3)
+    axes[1].legend(loc="lower right", fontsize=8)
+    first = ok[0] if ok else {}
+    fig.suptitle(
+        f"{first.get('preset')} + {first.get('sam_preset')}, {first.get('device_name')}, "
+        f"{int(first.get('threads') or 0)} threads, {int(first.get('frames') or 0)} frames",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write_report(csv_path: Path) -> tuple[Path, Path | None]:
+    """``<csv>.md`` (the Markdown table) and ``<csv>.png`` (the plot) from a results CSV."""
+    rows = read_rows(csv_path)
+    md = csv_path.with_suffix(".md")
+    md.write_text(markdown_table(rows) + "\n")
+    png = csv_path.with_suffix(".png")
+    return md, png if plot_rows(rows, png) else None
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -633,14 +858,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sam", type=Path, help="An official sam_vit_{h,l,b} checkpoint.")
     p.add_argument(
         "--engine",
-        choices=ENGINES,
-        default="torch",
-        help="What runs the MoCA trunk, as in python -m moca_rt.infer (SAM stays on torch).",
+        type=_engine_list,
+        default=("torch",),
+        help="Comma-separated engines, one set of rows each, as in python -m moca_rt.infer "
+        f"({', '.join(ENGINES)}); every row scores its masks against eager fp32 torch.",
     )
     p.add_argument(
         "--engine-dir",
         type=Path,
-        help="The folder of exported audio and vision units for --engine onnxruntime or tensorrt.",
+        help="The folder of exported units for --engine onnxruntime or tensorrt.",
+    )
+    p.add_argument(
+        "--export-dir",
+        type=Path,
+        help="onnxruntime without --engine-dir: export the trunk and SAM's image encoder of "
+        "the benchmarked weights here first (default: a temporary folder).",
+    )
+    p.add_argument(
+        "--report",
+        type=Path,
+        metavar="CSV",
+        help="Run nothing: write CSV's Markdown table (.md) and plot (.png) beside it.",
     )
     p.add_argument(
         "--out",
@@ -652,8 +890,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _dir_for(engine: str, engine_dir: Path | None) -> Path | None:
+    """The engine folder an engine of the list takes (torch engines take none)."""
+    return None if engine in ("torch", "torch-compile") else engine_dir
+
+
+def _engine_list(text: str) -> tuple[str, ...]:
+    values = tuple(v.strip() for v in text.split(",") if v.strip())
+    bad = [v for v in values if v not in ENGINES]
+    if not values or bad:
+        raise argparse.ArgumentTypeError(f"expected some of {list(ENGINES)}, got {text!r}")
+    return values
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.report is not None:
+        md, png = write_report(args.report)
+        print(f"wrote {md}" + (f" and {png}" if png else ""))
+        return 0
     opts = BenchOptions(
         preset=args.preset,
         sam_preset=args.sam_preset,
@@ -670,16 +925,23 @@ def main(argv: list[str] | None = None) -> int:
         imagebind=args.imagebind,
         adapter=args.adapter,
         sam=args.sam,
-        engine=args.engine,
+        engine=args.engine[0],
         engine_dir=args.engine_dir,
+        export_dir=args.export_dir,
     )
     try:
-        rows = run_pipeline_benchmark(opts)
+        for engine in args.engine:
+            # run_engines exports onnxruntime units to a temporary folder without --export-dir
+            export_dir = opts.export_dir or Path(tempfile.gettempdir())
+            engine_dir = _dir_for(engine, args.engine_dir)
+            replace(opts, engine=engine, engine_dir=engine_dir, export_dir=export_dir).validate()
+        rows = run_engines(opts, args.engine)
     except ValueError as err:  # a bad option, or settings the build cannot use (InputError)
         print(f"error: {err}", file=sys.stderr)
         return 2
     out = args.out or RESULTS / f"pipeline_{opts.device.split(':')[0]}.csv"
     json_path = write_rows(rows, out)
+    md, png = write_report(out)
     first = rows[0]
     print(
         f"{first['device_name']}, torch {first['torch']}, {first['threads']} threads, "
@@ -692,7 +954,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: {note}")
     if first.get("floor_h100_ms") is not None:
         print(f"note: DESIGN section 8 floor on an H100: {first['floor_h100_ms']:.2f} ms per frame")
-    print(f"wrote {len(rows)} rows to {out} and {json_path}")
+    print(f"wrote {len(rows)} rows to {out}, {json_path}, {md}" + (f" and {png}" if png else ""))
     return 0
 
 

@@ -1,7 +1,7 @@
 """The grid proposal stage before / after the factored decoder: time, peak memory, agreement.
 
     python benchmarks/proposals.py --case tiny --frames 16 --repeats 5
-    python benchmarks/proposals.py --case vit_b --repeats 3 --filters off
+    python benchmarks/proposals.py --case vit_b --repeats 3 --filters off --onnxruntime
 
 ``--case tiny``: the shipped ``sam_synth`` (random weights with ``--random-weights``) on N
 rendered synthetic-world test frames at 224 (``benchmarks/pipeline.render_inputs``), the
@@ -17,8 +17,13 @@ interleaved; the medians are reported. Peak memory: each decoder once more in a 
 resetting the peak through ``/proc/self/clear_refs``). Agreement: per frame the number of
 proposals on each path, and the mean IoU of the proposal masks matched by rank (``> 0``, low
 resolution).
-Threads: ``torch.set_num_threads(--threads)`` (and OMP_NUM_THREADS in the environment); the
-load average at the start and end is printed and written: other processes share the cores.
+``--onnxruntime`` adds a third path: the factored decoder's graphs on onnxruntime
+(``moca_rt.grid_decoder.OrtGridBackend``, what ``--engine onnxruntime`` runs; exported once
+before timing), with its agreement against the reference.
+Threads: ``moca_rt.threads.configure_threads(--threads)`` (torch and the onnxruntime sessions)
+and ``OMP_WAIT_POLICY=PASSIVE`` unless the environment sets it, as ``python -m moca_rt.infer``
+runs; the load average at the start and end is printed and written: other processes share the
+cores.
 """
 
 from __future__ import annotations
@@ -30,11 +35,16 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as python -m moca_rt.infer runs
+
 import torch
+
+from moca_rt.threads import configure_threads
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -78,10 +88,25 @@ def _setup(case: str, frames: int, filters: str, random_weights: bool) -> tuple[
     return sam, cfg, [emb, sizes]
 
 
-def _run(sam: Any, cfg: Any, emb: torch.Tensor, sizes: list, decoder: str) -> list[torch.Tensor]:
+def _run(
+    sam: Any, cfg: Any, emb: torch.Tensor, sizes: list, decoder: str, ort: Any = None
+) -> list[torch.Tensor]:
+    """The stage with ``decoder``: ``reference``, ``factored`` (torch) or ``onnxruntime`` (the
+    factored decoder on ``ort``, an ``OrtGridBackend``)."""
     from moca_rt.proposals import SamProposals
 
-    return SamProposals(sam, cfg, grid_decoder=decoder).from_embeddings(emb, sizes, None)
+    if decoder == "onnxruntime":
+        source = SamProposals(sam, cfg, grid_backend=ort)
+    else:
+        source = SamProposals(sam, cfg, grid_decoder=decoder)  # type: ignore[arg-type]
+    return source.from_embeddings(emb, sizes, None)
+
+
+def _ort_backend(sam: Any, threads: int, folder: Path) -> Any:
+    from moca_rt.grid_decoder import OrtGridBackend, export_grid_decoder
+
+    export_grid_decoder(sam, folder)
+    return OrtGridBackend(folder, intra_op_threads=threads)
 
 
 def _mean_iou(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -95,7 +120,7 @@ def _mean_iou(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(iou.mean()) * n / max(a.shape[0], b.shape[0])
 
 
-def _peak_kib() -> int:
+def peak_kib() -> int:
     """The process's peak resident set (VmHWM) in KiB."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -103,10 +128,10 @@ def _peak_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def _reset_peak_kib() -> int:
+def reset_peak_kib() -> int:
     """Reset the peak to the current resident set (Linux ``clear_refs`` 5); returns it in KiB."""
     Path("/proc/self/clear_refs").write_text("5")
-    return _peak_kib()
+    return peak_kib()
 
 
 def _child_peak(args: argparse.Namespace, decoder: str) -> float:
@@ -114,24 +139,42 @@ def _child_peak(args: argparse.Namespace, decoder: str) -> float:
     cmd += ["--filters", args.filters, "--threads", str(args.threads), "--child", decoder]
     if args.random_weights:
         cmd.append("--random-weights")
+    if decoder == "onnxruntime":
+        cmd.append("--onnxruntime")
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return float(out.strip().splitlines()[-1])
 
 
-def pipeline_agreement(frames: int, batch: int, repeats: int) -> dict[str, Any]:
-    """The shipped tiny pipeline on ``frames`` test frames with each grid decoder: final masks'
-    mean IoU between the two, AVSBench mIoU of each, and the median per-frame time."""
+def pipeline_agreement(
+    frames: int, batch: int, repeats: int, onnxruntime: bool = False
+) -> dict[str, Any]:
+    """The shipped tiny pipeline on ``frames`` test frames with each grid decoder (and, with
+    ``onnxruntime``, the ``--engine onnxruntime`` pipeline: trunk, SAM encoder and grid decoder
+    exported from the same weights), run in turn ``repeats`` times: final masks' mean IoU
+    against the reference decoder, AVSBench mIoU of each, and the median per-frame time."""
     from pipeline import render_inputs, score_masks
 
     from moca_rt.build import BuildSettings, build_pipeline
 
     built = build_pipeline(BuildSettings(proposals="grid", batch=batch))
-    pipe = built.pipeline
+    variants: dict[str, tuple[Any, str]] = {
+        "reference": (built.pipeline, "reference"),
+        "factored": (built.pipeline, "factored"),
+    }
+    notes = list(built.notes)
+    scratch = tempfile.TemporaryDirectory(prefix="moca_pipeline_")
+    if onnxruntime:
+        settings = BuildSettings(
+            proposals="grid", batch=batch, engine="onnxruntime", export_dir=Path(scratch.name)
+        )
+        ort = build_pipeline(settings)
+        variants["onnxruntime"] = (ort.pipeline, "factored")
+        notes += [n for n in ort.notes if n not in notes]
     inputs = render_inputs(frames, ("s4", "ms3"), seed=0, image_size=224)
     masks: dict[str, list[Any]] = {}
-    ms: dict[str, list[float]] = {"reference": [], "factored": []}
+    ms: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(repeats):
-        for decoder in ms:
+        for name, (pipe, decoder) in variants.items():
             pipe.proposals.grid_decoder = decoder
             out: list[Any] = []
             start = time.perf_counter()
@@ -139,27 +182,29 @@ def pipeline_agreement(frames: int, batch: int, repeats: int) -> dict[str, Any]:
                 out += pipe.segment_batch(
                     inputs.images[i : i + batch], inputs.windows[i : i + batch]
                 )
-            ms[decoder].append(1000.0 * (time.perf_counter() - start) / frames)
-            masks[decoder] = [r.mask for r in out]
-    ious = []
-    for a, b in zip(masks["reference"], masks["factored"], strict=True):
-        union = (a | b).sum()
-        ious.append(1.0 if union == 0 else float((a & b).sum() / union))
-    return {
+            ms[name].append(1000.0 * (time.perf_counter() - start) / frames)
+            masks[name] = [r.mask for r in out]
+    scratch.cleanup()
+    row: dict[str, Any] = {
         "pipeline_frames": frames,
         "pipeline_batch": batch,
-        "pipeline_notes": built.notes,
-        "final_mask_mean_iou": round(statistics.mean(ious), 6),
-        "final_masks_identical": sum(
-            int((a == b).all()) for a, b in zip(masks["reference"], masks["factored"], strict=True)
-        ),
-        "miou_reference": round(score_masks(masks["reference"], inputs.masks)[0], 4),
-        "miou_factored": round(score_masks(masks["factored"], inputs.masks)[0], 4),
-        "ms_per_frame_reference": [round(t, 1) for t in ms["reference"]],
-        "ms_per_frame_factored": [round(t, 1) for t in ms["factored"]],
-        "ms_per_frame_reference_p50": round(statistics.median(ms["reference"]), 1),
-        "ms_per_frame_factored_p50": round(statistics.median(ms["factored"]), 1),
+        "pipeline_notes": notes,
     }
+    for name in variants:
+        ious = []
+        for a, b in zip(masks["reference"], masks[name], strict=True):
+            union = (a | b).sum()
+            ious.append(1.0 if union == 0 else float((a & b).sum() / union))
+        suffix = "" if name == "factored" else f"_{name}"
+        if name != "reference":
+            row[f"final_mask_mean_iou{suffix}"] = round(statistics.mean(ious), 6)
+            row[f"final_masks_identical{suffix}"] = sum(
+                int((a == b).all()) for a, b in zip(masks["reference"], masks[name], strict=True)
+            )
+        row[f"miou_{name}"] = round(score_masks(masks[name], inputs.masks)[0], 4)
+        row[f"ms_per_frame_{name}"] = [round(t, 1) for t in ms[name]]
+        row[f"ms_per_frame_{name}_p50"] = round(statistics.median(ms[name]), 1)
+    return row
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,23 +229,35 @@ def main(argv: list[str] | None = None) -> int:
         help="Tiny case: also run the shipped pipeline on this many frames with each decoder.",
     )
     p.add_argument("--batch", type=int, default=4, help="Frames per pipeline call (--pipeline).")
+    p.add_argument(
+        "--onnxruntime",
+        action="store_true",
+        help="Also time the factored decoder on onnxruntime (moca_rt.grid_decoder.OrtGridBackend; "
+        "its export is not timed).",
+    )
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    configure_threads(args.threads)  # torch's threads and the onnxruntime sessions'
     sam, cfg, (emb, sizes) = _setup(args.case, args.frames, args.filters, args.random_weights)
+    scratch = tempfile.TemporaryDirectory(prefix="moca_grid_")
+    ort = _ort_backend(sam, args.threads, Path(scratch.name)) if args.onnxruntime else None
     if args.child:
-        before = _reset_peak_kib()
-        _run(sam, cfg, emb, sizes, args.child)
-        print((_peak_kib() - before) / 1024.0)
+        _run(sam, cfg, emb[:1], sizes[:1], args.child, ort)  # lazy inits outside the peak
+        before = reset_peak_kib()
+        _run(sam, cfg, emb, sizes, args.child, ort)
+        print((peak_kib() - before) / 1024.0)
         return 0
     load_start = os.getloadavg()
     times: dict[str, list[float]] = {"reference": [], "factored": []}
+    if ort is not None:
+        times["onnxruntime"] = []
     outs: dict[str, list[torch.Tensor]] = {}
-    _run(sam, cfg, emb, sizes, "factored")  # first call: lazy inits
+    for decoder in times:  # first calls: lazy inits
+        _run(sam, cfg, emb[:1], sizes[:1], decoder, ort)
     for _ in range(args.repeats):
         for decoder in times:
             start = time.perf_counter()
-            outs[decoder] = _run(sam, cfg, emb, sizes, decoder)
+            outs[decoder] = _run(sam, cfg, emb, sizes, decoder, ort)
             times[decoder].append(1000.0 * (time.perf_counter() - start))
     peaks = {d: _child_peak(args, d) for d in times}
     ref, fac = outs["reference"], outs["factored"]
@@ -213,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         "pred_iou_thresh": cfg.pred_iou_thresh,
         "stability_score_thresh": cfg.stability_score_thresh,
         "threads": args.threads,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
         "repeats": args.repeats,
         "reference_ms": [round(t, 1) for t in times["reference"]],
         "factored_ms": [round(t, 1) for t in times["factored"]],
@@ -243,8 +301,24 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_end": [round(x, 2) for x in os.getloadavg()],
         "torch": torch.__version__,
     }
+    if ort is not None:
+        ort_out = outs["onnxruntime"]
+        row.update(
+            onnxruntime_ms=[round(t, 1) for t in times["onnxruntime"]],
+            onnxruntime_ms_p50=round(statistics.median(times["onnxruntime"]), 1),
+            ratio_onnxruntime_p50=round(
+                statistics.median(times["onnxruntime"]) / statistics.median(times["reference"]),
+                3,
+            ),
+            onnxruntime_peak_mib=round(peaks["onnxruntime"], 1),
+            proposals_onnxruntime=sum(int(o.shape[0]) for o in ort_out),
+            mask_mean_iou_onnxruntime=round(
+                statistics.mean(_mean_iou(r, o) for r, o in zip(ref, ort_out, strict=True)), 6
+            ),
+        )
+    scratch.cleanup()
     if args.pipeline and args.case == "tiny":
-        row.update(pipeline_agreement(args.pipeline, args.batch, args.repeats))
+        row.update(pipeline_agreement(args.pipeline, args.batch, args.repeats, args.onnxruntime))
         row["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(row, indent=1))
     if args.out is not None:

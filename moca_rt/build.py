@@ -295,6 +295,7 @@ def build_pipeline(settings: BuildSettings) -> BuiltPipeline:
             )
         if proposals is not None and settings.engine == "onnxruntime":
             proposals.encoder = _onnxruntime_sam_encoder(settings, sam, notes)
+            proposals.grid_backend = _onnxruntime_grid_backend(settings, sam, notes)
         pipeline = MocaPipeline(model, proposals, config, device=settings.device, dtype=dtype)
     return BuiltPipeline(pipeline, notes, points)
 
@@ -488,7 +489,7 @@ def _onnxruntime_trunk(settings: BuildSettings, weights: Weights, notes: list[st
     notes.append(
         f"--engine onnxruntime: the MoCA trunk ({folder}, {found}) "
         f"runs on {got[0] if got else '?'} "
-        f"(providers {got}); SAM's decoder, k-means and mask matching stay on torch ({device})"
+        f"(providers {got}); k-means and mask matching stay on torch ({device})"
     )
     if getattr(engine, "fell_back", False):
         notes.append(
@@ -542,9 +543,46 @@ def _onnxruntime_sam_encoder(settings: BuildSettings, sam: Any, notes: list[str]
             raise InputError(f"--engine-dir: {path}: {e}") from e
     notes.append(
         f"--engine onnxruntime: SAM's image encoder ({path.name}) runs on {engine.provider}; "
-        "its grid decoder (factored), k-means and matching on torch"
+        "k-means and matching on torch"
     )
     return engine
+
+
+def _onnxruntime_grid_backend(settings: BuildSettings, sam: Any, notes: list[str]) -> Any:
+    """The factored grid decoder on onnxruntime (:class:`~moca_rt.grid_decoder.OrtGridBackend`):
+    its two graphs from ``engine_dir``, or exported from ``sam`` into ``export_dir``; None (torch)
+    on a CUDA device, in another precision than fp32, or when ``engine_dir`` lacks them (noted)."""
+    from moca_rt import grid_decoder
+    from moca_rt.threads import configured_threads
+
+    files = (grid_decoder.GRID_TOKENS_FILE, grid_decoder.GRID_UPSCALE_FILE)
+    if torch.device(settings.device).type != "cpu" or settings.precision != "fp32":
+        notes.append("--engine onnxruntime: SAM's grid decoder runs on torch (CPU fp32 only)")
+        return None
+    if settings.engine_dir is not None:
+        folder = Path(settings.engine_dir)
+        if not all((folder / f).is_file() for f in files):
+            notes.append(
+                f"--engine onnxruntime: no {' / '.join(files)} in {folder}, so SAM's grid decoder "
+                "runs on torch (moca_rt.grid_decoder.export_grid_decoder writes them)"
+            )
+            return None
+    elif settings.export_dir is not None:
+        folder = Path(settings.export_dir)
+        started = time.perf_counter()
+        grid_decoder.export_grid_decoder(sam, folder)
+        notes.append(
+            f"demo: exported SAM's grid decoder (tokens + upscaling, fp32) to {folder} in "
+            f"{time.perf_counter() - started:.1f} s"
+        )
+    else:
+        return None
+    try:
+        backend = grid_decoder.OrtGridBackend(folder, intra_op_threads=configured_threads())
+    except ValueError as e:
+        raise InputError(f"--engine-dir {folder}: {e}") from e
+    notes.append(f"--engine onnxruntime: SAM's grid decoder runs on {backend.provider}")
+    return backend
 
 
 def _tensorrt_trunk(settings: BuildSettings, notes: list[str]) -> Any:

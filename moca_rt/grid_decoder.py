@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +37,17 @@ from torch import Tensor
 
 from moca_rt.modeling.sam import DecoderAttention, LayerNorm2d, Sam, TwoWayAttentionBlock
 
-__all__ = ["GridFrames", "decode_grid_tokens", "prepare_frames", "upscale_masks"]
+__all__ = [
+    "GRID_TOKENS_FILE",
+    "GRID_UPSCALE_FILE",
+    "GridBackend",
+    "GridFrames",
+    "OrtGridBackend",
+    "decode_grid_tokens",
+    "export_grid_decoder",
+    "prepare_frames",
+    "upscale_masks",
+]
 
 
 @dataclass
@@ -288,3 +299,162 @@ def upscale_masks(sam: Sam, mask_tokens: Tensor, keys: Tensor, grid: tuple[int, 
     # Pixel (4y + 2i + k, 4x + 2j + l) of the mask is feature (y, x, i, j, k, l).
     m = m.reshape(p, h, w, 2, 2, 2, 2, -1).permute(0, 7, 1, 3, 5, 2, 4, 6)
     return m.reshape(p, -1, 4 * h, 4 * w).float()
+
+
+class GridBackend:
+    """Runs :func:`decode_grid_tokens` and :func:`upscale_masks` (the per-prompt work of
+    :func:`moca_rt.proposals.grid_proposals_batch`); this base class runs them on torch."""
+
+    name = "torch"
+
+    def tokens(self, sam: Sam, frames: GridFrames, point_coords: Tensor) -> tuple[Tensor, ...]:
+        """:func:`decode_grid_tokens`."""
+        return decode_grid_tokens(sam, frames, point_coords)
+
+    def upscale(self, sam: Sam, mask_tokens: Tensor, keys: Tensor, grid: tuple[int, int]) -> Tensor:
+        """:func:`upscale_masks`."""
+        return upscale_masks(sam, mask_tokens, keys, grid)
+
+
+class _TokensUnit(torch.nn.Module):
+    """:func:`decode_grid_tokens` as a module of plain tensors (the exported graph)."""
+
+    def __init__(self, sam: Sam) -> None:
+        super().__init__()
+        self.sam = sam
+
+    def forward(
+        self, keys: Tensor, key_pe: Tensor, k0: Tensor, v0: Tensor, q0: Tensor, coords: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        return decode_grid_tokens(self.sam, GridFrames(keys, key_pe, k0, v0, q0, (0, 0)), coords)
+
+
+class _UpscaleUnit(torch.nn.Module):
+    """:func:`upscale_masks` for SAM's own embedding grid, as a module (the exported graph)."""
+
+    def __init__(self, sam: Sam) -> None:
+        super().__init__()
+        self.sam = sam
+        side = sam.prompt_encoder.image_embedding_size
+        self.grid = (int(side[0]), int(side[1]))
+
+    def forward(self, mask_tokens: Tensor, keys: Tensor) -> Tensor:
+        return upscale_masks(self.sam, mask_tokens, keys, self.grid)
+
+
+def export_grid_decoder(sam: Sam, folder: Path) -> tuple[Path, Path]:
+    """Export the factored decoder of ``sam`` (fp32, CPU) as two ONNX graphs into ``folder``:
+    ``sam_grid_tokens_fp32.onnx`` (one frame, dynamic prompts) and ``sam_grid_upscale_fp32.onnx``
+    (dynamic prompts). Returns their paths."""
+    import warnings
+
+    from moca_rt.engines import names
+
+    param = next(sam.parameters())
+    device, dtype = param.device, param.dtype
+    sam = sam.to("cpu", torch.float32).eval()
+    folder.mkdir(parents=True, exist_ok=True)
+    h, w = _UpscaleUnit(sam).grid
+    frames = prepare_frames(sam, torch.randn(1, sam.prompt_encoder.embed_dim, h, w))
+    coords = torch.rand(1, 5, 2) * sam.image_size
+    tokens_path, upscale_path = folder / GRID_TOKENS_FILE, folder / GRID_UPSCALE_FILE
+    _, mask_tokens, keys = decode_grid_tokens(sam, frames, coords)
+    prompts = torch.export.Dim.DYNAMIC
+    exports = (
+        (
+            _TokensUnit(sam),
+            (frames.keys, frames.key_pe, frames.k0, frames.v0, frames.q0, coords),
+            tokens_path,
+            names.GRID_TOKENS_INPUTS,
+            names.GRID_TOKENS_OUTPUTS,
+            (None, None, None, None, None, {1: prompts}),
+        ),
+        (
+            _UpscaleUnit(sam),
+            (mask_tokens.flatten(0, 1), keys.flatten(0, 1)),
+            upscale_path,
+            names.GRID_UPSCALE_INPUTS,
+            names.GRID_UPSCALE_OUTPUTS,
+            ({0: prompts}, {0: prompts}),
+        ),
+    )
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for module, args, path, ins, outs, axes in exports:
+            torch.onnx.export(
+                module.eval(),
+                args,
+                str(path),
+                input_names=list(ins),
+                output_names=list(outs),
+                dynamic_shapes=axes,
+                opset_version=18,
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
+    sam.to(device, dtype)
+    return tokens_path, upscale_path
+
+
+GRID_TOKENS_FILE = "sam_grid_tokens_fp32.onnx"
+GRID_UPSCALE_FILE = "sam_grid_upscale_fp32.onnx"
+
+
+class OrtGridBackend(GridBackend):
+    """The factored decoder's two graphs (:func:`export_grid_decoder`) on onnxruntime's CPU
+    provider: same outputs up to float rounding, fewer and fused kernels than eager torch
+    (its layer norms, GELUs and softmaxes are memory-bound at one prompt's 256 x 128 tokens)."""
+
+    name = "onnxruntime"
+
+    def __init__(self, folder: Path, intra_op_threads: int = 0) -> None:
+        from moca_rt.engines import names
+        from moca_rt.engines.ort import OrtEngine
+
+        self._tokens = OrtEngine(
+            folder / GRID_TOKENS_FILE,
+            input_names=names.GRID_TOKENS_INPUTS,
+            output_names=names.GRID_TOKENS_OUTPUTS,
+            intra_op_threads=intra_op_threads,
+        )
+        self._upscale = OrtEngine(
+            folder / GRID_UPSCALE_FILE,
+            input_names=names.GRID_UPSCALE_INPUTS,
+            output_names=names.GRID_UPSCALE_OUTPUTS,
+            intra_op_threads=intra_op_threads,
+        )
+        self.provider = self._tokens.provider
+
+    def tokens(self, sam: Sam, frames: GridFrames, point_coords: Tensor) -> tuple[Tensor, ...]:
+        from moca_rt.engines import names
+
+        per_frame = []
+        for f in range(point_coords.shape[0]):  # the graph takes one frame (its export example)
+            feeds = (
+                frames.keys[f : f + 1],
+                frames.key_pe,
+                frames.k0[f : f + 1],
+                frames.v0[f : f + 1],
+                frames.q0[f : f + 1],
+                point_coords[f : f + 1],
+            )
+            per_frame.append(
+                self._tokens(
+                    {
+                        n: t.float().contiguous()
+                        for n, t in zip(names.GRID_TOKENS_INPUTS, feeds, strict=True)
+                    }
+                )
+            )
+        device = point_coords.device
+        return tuple(
+            torch.cat([out[n] for out in per_frame]).to(device) for n in names.GRID_TOKENS_OUTPUTS
+        )
+
+    def upscale(self, sam: Sam, mask_tokens: Tensor, keys: Tensor, grid: tuple[int, int]) -> Tensor:
+        from moca_rt.engines import names
+
+        feeds = dict(zip(names.GRID_UPSCALE_INPUTS, (mask_tokens, keys), strict=True))
+        out = self._upscale({n: t.float().contiguous() for n, t in feeds.items()})
+        return out[names.LOW_RES_MASKS].to(keys.device)

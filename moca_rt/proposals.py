@@ -32,6 +32,7 @@ import torch
 
 from moca_rt.engines import names
 from moca_rt.engines.base import Engine
+from moca_rt.grid_decoder import GridBackend
 from moca_rt.modeling.sam import Sam
 from moca_rt.sam_transforms import (
     apply_boxes,
@@ -835,6 +836,7 @@ def grid_proposals_batch(
     original_sizes: Sequence[tuple[int, int]],
     config: ProposalConfig | None = None,
     upscale_batch: int = 16,
+    decoder: GridBackend | None = None,
 ) -> list[MaskProposals]:
     """Grid proposals of F frames at once, on the factored decoder (:mod:`moca_rt.grid_decoder`).
 
@@ -855,6 +857,8 @@ def grid_proposals_batch(
             tensors leave the cache).
         upscale_batch: prompts per output-upscaling call (bounds its memory: about 8 MB a prompt
             for the 1024 models).
+        decoder: what runs the transformer and the upscaling (None: torch;
+            :class:`~moca_rt.grid_decoder.OrtGridBackend`: onnxruntime).
     """
     cfg = config or ProposalConfig()
     n_frames = embeddings.shape[0]
@@ -873,6 +877,7 @@ def grid_proposals_batch(
             original_sizes[start : start + group],
             cfg,
             upscale_batch,
+            decoder or GridBackend(),
         )
     return found
 
@@ -883,9 +888,10 @@ def _grid_proposals_group(
     original_sizes: Sequence[tuple[int, int]],
     cfg: ProposalConfig,
     upscale_batch: int,
+    decoder: GridBackend,
 ) -> list[MaskProposals]:
     """:func:`grid_proposals_batch` for frames that share decoder calls."""
-    from moca_rt.grid_decoder import decode_grid_tokens, prepare_frames, upscale_masks
+    from moca_rt.grid_decoder import prepare_frames
 
     n_frames = embeddings.shape[0]
     s = model.image_size
@@ -902,7 +908,7 @@ def _grid_proposals_group(
     kept: list[list[_Kept]] = [[] for _ in range(n_frames)]
     for start in range(0, coords.shape[1], per_call):
         sl = slice(start, start + per_call)
-        iou, mask_tokens, keys = decode_grid_tokens(model, frames, coords[:, sl])
+        iou, mask_tokens, keys = decoder.tokens(model, frames, coords[:, sl])
         m = iou.shape[2]
         need = (iou > cfg.pred_iou_thresh).any(dim=-1)  # (F, n): prompts worth upscaling
         low = torch.zeros(0, m, 4 * frames.grid[0], 4 * frames.grid[1], device=device)
@@ -910,7 +916,7 @@ def _grid_proposals_group(
             toks, img = mask_tokens[need], keys[need]
             low = torch.cat(
                 [
-                    upscale_masks(
+                    decoder.upscale(
                         model, toks[i : i + upscale_batch], img[i : i + upscale_batch], frames.grid
                     )
                     for i in range(0, toks.shape[0], upscale_batch)
@@ -959,6 +965,8 @@ class SamProposals:
             before/after measurements). Same proposals up to rounding.
         encoder: an engine of the ``sam_encoder`` unit run instead of ``sam.image_encoder``
             (``--engine torch-compile`` / ``onnxruntime``); None: the torch module.
+        grid_backend: what runs the factored decoder's per-prompt work (None: torch;
+            ``--engine onnxruntime``: :class:`~moca_rt.grid_decoder.OrtGridBackend`).
     """
 
     def __init__(
@@ -968,6 +976,7 @@ class SamProposals:
         encoder_batch: int = 4,
         grid_decoder: GridDecoder = "factored",
         encoder: Engine | None = None,
+        grid_backend: GridBackend | None = None,
     ) -> None:
         if grid_decoder not in ("factored", "reference"):
             raise ValueError(
@@ -981,6 +990,7 @@ class SamProposals:
         self.encoder_batch = encoder_batch
         self.grid_decoder = grid_decoder
         self.encoder = encoder
+        self.grid_backend = grid_backend
 
     @torch.inference_mode()
     def __call__(
@@ -1012,7 +1022,9 @@ class SamProposals:
                 self.sam, embeddings, sizes, boxes, resolution="low", keep_low_res_logits=True
             )
         elif self.grid_decoder == "factored":
-            found = grid_proposals_batch(self.sam, embeddings, sizes, self.config)
+            found = grid_proposals_batch(
+                self.sam, embeddings, sizes, self.config, decoder=self.grid_backend
+            )
         else:
             found = [
                 grid_proposals_from_embedding(

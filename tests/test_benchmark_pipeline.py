@@ -200,19 +200,56 @@ def test_cli_writes_rows(
     assert bench.main([*args[:-2], "--splits", "s5", "--out", str(out)]) == 2
 
 
+def _two_frames(bench: ModuleType, **options: Any) -> Any:
+    """Options of a 2-frame run at batch 1 and 2: moca_test + a random sam_synth, 2 x 2 grid."""
+    common = {"batches": (1, 2), "frames": 2, "warmup": 0, "image_size": 64}
+    return bench.BenchOptions(
+        preset="moca_test", sam_preset="sam_synth", points_per_side=2, **common, **options
+    )
+
+
+def test_mask_agreement(bench: ModuleType) -> None:
+    a = np.zeros((4, 4), bool)
+    b = a.copy()
+    a[:2], b[:1] = True, True  # IoU 4 / 8
+    empty = np.zeros((4, 4), bool)
+    assert bench.mask_agreement([a, empty], [b, empty]) == pytest.approx((0.75, 0.5))
+    with pytest.raises(ValueError, match="expected as many"):
+        bench.mask_agreement([a], [a, a])
+    with pytest.raises(ValueError, match="frame 0: expected a mask of shape"):
+        bench.mask_agreement([a[:2]], [a])
+
+
+def test_engines_rows_agree_with_eager_and_report(bench: ModuleType, tmp_path: Path) -> None:
+    """torch and onnxruntime rows (the trunk, SAM's encoder and grid decoder exported by the
+    benchmark itself), each with the agreement of its masks with eager fp32; the report."""
+    pytest.importorskip("onnxruntime")
+    opts = _two_frames(bench, threads=1, export_dir=tmp_path / "onnx")
+    rows = bench.run_engines(opts, ["onnxruntime", "torch"])
+    assert [(r["engine"], r["batch"]) for r in rows] == [
+        ("torch", 1),
+        ("torch", 2),
+        ("onnxruntime", 1),
+        ("onnxruntime", 2),
+    ]
+    assert all(r["status"] == "ok" for r in rows), [r["status"] for r in rows]
+    assert [r["agreement_miou"] for r in rows[:2]] == [1.0, 1.0]
+    for r in rows[2:]:
+        assert 0.99 <= r["agreement_min_iou"] <= r["agreement_miou"] <= 1.0
+        assert "SAM's grid decoder runs on CPUExecutionProvider" in r["notes"]
+    assert (tmp_path / "onnx" / "sam_grid_tokens_fp32.onnx").is_file()
+    out = tmp_path / "engines.csv"
+    bench.write_rows(rows, out)
+    md, png = bench.write_report(out)
+    table = md.read_text().splitlines()
+    assert table[0].startswith("| engine | batch |") and len(table) == 2 + len(rows)
+    assert "| onnxruntime | 2 |" in table[-1]
+    assert png is None or png.stat().st_size > 0
+
+
 @requires_cuda
 def test_cuda_rows(bench: ModuleType) -> None:
-    opts = bench.BenchOptions(
-        preset="moca_test",
-        sam_preset="sam_synth",
-        device="cuda",
-        precision="bf16",
-        batches=(1, 2),
-        frames=2,
-        warmup=0,
-        image_size=64,
-        points_per_side=2,
-    )
+    opts = _two_frames(bench, device="cuda", precision="bf16")
     rows = bench.run_pipeline_benchmark(opts)
     for r in rows:
         assert r["status"] == "ok", r["status"]

@@ -64,6 +64,25 @@ def test_compiled_outputs_equal_eager_and_buckets_compile_once(engine: CompiledE
         engine({"x": x})
 
 
+def test_freezing_gives_the_eager_outputs() -> None:
+    """Inductor's freezing (weights folded into the graph as constants) on a fresh module."""
+    torch.manual_seed(1)
+    module = _Tiny()
+    eng = CompiledEngine(
+        module,
+        ("x", "y"),
+        ("scaled", "total"),
+        options=CompileOptions(batch_buckets=(2,), freezing=True),
+    )
+    x, y = torch.randn(2, 6), torch.randn(2, 2)
+    out = eng({"x": x, "y": y})
+    assert eng.fallback_reason is None and eng.options.freezing
+    with torch.no_grad():
+        ref = module(x, y)
+    torch.testing.assert_close(out["scaled"], ref[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out["total"], ref[1], rtol=1e-5, atol=1e-6)
+
+
 def test_compile_failure_falls_back_to_eager() -> None:
     torch.manual_seed(0)
     eng = CompiledEngine(

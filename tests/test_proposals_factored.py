@@ -7,6 +7,8 @@ the per-frame reference path with filters that drop some prompts and keep others
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import FIXTURES
@@ -156,3 +158,45 @@ def test_upscaling_runs_only_for_prompts_passing_the_iou_filter(
     cfg_none = ProposalConfig(points_per_side=4, pred_iou_thresh=float(iou.max()) + 1.0)
     assert len(grid_proposals_batch(sam_model, sam_embedding, [SIZE], cfg_none)[0]) == 0
     assert upscaled == []
+
+
+def test_onnxruntime_grid_backend_gives_the_same_proposals(
+    model: Sam, embedding: torch.Tensor, tmp_path: Path
+) -> None:
+    """The exported tokens + upscaling graphs on onnxruntime: the torch backend's proposals
+    (count, order, scores, masks), for a grid that spans several decoder calls."""
+    pytest.importorskip("onnxruntime")
+    from moca_rt.grid_decoder import GRID_TOKENS_FILE, OrtGridBackend, export_grid_decoder
+
+    tokens, upscale = export_grid_decoder(model, tmp_path)
+    assert tokens.name == GRID_TOKENS_FILE and upscale.is_file()
+    assert next(model.parameters()).device.type == "cpu"  # the model is left where it was
+    grid = {"points_per_side": 4, "points_per_batch": 10, "pred_iou_thresh": 0.5}
+    cfg = ProposalConfig(**grid, stability_score_thresh=0.0, keep_low_res_logits=True)
+    emb2 = torch.cat([embedding, embedding.flip(-1)])
+    sizes = [SIZE, (300, 200)]
+    ort = grid_proposals_batch(model, emb2, sizes, cfg, decoder=OrtGridBackend(tmp_path, 1))
+    ref = grid_proposals_batch(model, emb2, sizes, cfg)
+    for got, want in zip(ort, ref, strict=True):
+        assert len(got) == len(want) > 0
+        torch.testing.assert_close(got.scores, want.scores, rtol=0, atol=1e-5)
+        assert got.low_res_logits is not None and want.low_res_logits is not None
+        torch.testing.assert_close(got.low_res_logits, want.low_res_logits, rtol=0, atol=1e-4)
+        assert (got.masks == want.masks).float().mean().item() > 0.999
+
+
+def test_onnxruntime_grid_tokens_take_several_frames(model: Sam, tmp_path: Path) -> None:
+    """Small grids share a decoder call across frames: the one-frame graph runs per frame."""
+    pytest.importorskip("onnxruntime")
+    from moca_rt.grid_decoder import GridBackend, OrtGridBackend, export_grid_decoder
+
+    export_grid_decoder(model, tmp_path)
+    torch.manual_seed(0)
+    emb = torch.randn(2, model.prompt_encoder.embed_dim, *model.prompt_encoder.image_embedding_size)
+    frames = prepare_frames(model, emb)
+    coords = torch.rand(2, 5, 2) * model.image_size
+    got = OrtGridBackend(tmp_path, 1).tokens(model, frames, coords)
+    want = GridBackend().tokens(model, frames, coords)
+    for g, w in zip(got, want, strict=True):
+        assert g.shape == w.shape
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-4)

@@ -70,6 +70,9 @@ class CompileOptions:
         fullgraph: fail instead of splitting the graph at an unsupported construct.
         cache_dir: inductor's on-disk cache folder (``TORCHINDUCTOR_CACHE_DIR``); None keeps
             torch's default (a folder under the temp dir).
+        freezing: inductor's ``freezing``: the weights become constants of the graph, folded
+            and (on the CPU) prepacked for its matmul kernels; inference only, and the compiled
+            graph no longer follows later changes to the weights.
     """
 
     mode: str | None = None
@@ -77,6 +80,7 @@ class CompileOptions:
     batch_buckets: tuple[int, ...] = DEFAULT_BUCKETS
     fullgraph: bool = False
     cache_dir: str | None = None
+    freezing: bool = False
 
     def __post_init__(self) -> None:
         if not self.batch_buckets or any(b < 1 for b in self.batch_buckets):
@@ -137,9 +141,19 @@ class CompiledEngine:
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = self.options.cache_dir
         self.mode = self.options.resolved_mode(self.device)
         self._cuda_graphs = self.device.type == "cuda" and self.mode in _CUDA_GRAPH_MODES
-        self.compiled: Any = torch.compile(
-            self.module, mode=self.mode, dynamic=False, fullgraph=self.options.fullgraph
-        )
+        if self.options.freezing:
+            # As options (not a config patch): dynamo tells compiled graphs apart by backend
+            # options, so a frozen and a plain engine of the same module class do not share one.
+            from torch._inductor import list_mode_options
+
+            config = {**(list_mode_options(self.mode) if self.mode else {}), "freezing": True}
+            self.compiled: Any = torch.compile(
+                self.module, options=config, dynamic=False, fullgraph=self.options.fullgraph
+            )
+        else:
+            self.compiled = torch.compile(
+                self.module, mode=self.mode, dynamic=False, fullgraph=self.options.fullgraph
+            )
         self.compile_seconds: dict[int, float] = {}
         self.fallback_reason: str | None = None
 

@@ -62,6 +62,21 @@ POINT_LABELS = "point_labels"
 LOW_RES_MASKS = "low_res_masks"
 IOU_PREDICTIONS = "iou_predictions"
 
+# --- the factored grid decoder (moca_rt.grid_decoder) on an engine: two graphs per SAM.
+# Tokens: a frame's shared tensors (GridFrames) + (F, n, 2) points -> IoU, mask tokens, keys.
+GRID_KEYS = "grid_keys"
+GRID_KEY_PE = "grid_key_pe"
+GRID_K0 = "grid_k0"
+GRID_V0 = "grid_v0"
+GRID_Q0 = "grid_q0"
+GRID_MASK_TOKENS = "grid_mask_tokens"
+GRID_IMAGE_TOKENS = "grid_image_tokens"
+GRID_TOKENS_INPUTS = (GRID_KEYS, GRID_KEY_PE, GRID_K0, GRID_V0, GRID_Q0, POINT_COORDS)
+GRID_TOKENS_OUTPUTS = (IOU_PREDICTIONS, GRID_MASK_TOKENS, GRID_IMAGE_TOKENS)
+# Upscale: (P, 3, D) mask tokens + (P, HW, D) image tokens -> (P, 3, 4h, 4w) low-res logits.
+GRID_UPSCALE_INPUTS = (GRID_MASK_TOKENS, GRID_IMAGE_TOKENS)
+GRID_UPSCALE_OUTPUTS = (LOW_RES_MASKS,)
+
 
 def input_names(unit: Unit, num_layers: int = 0) -> tuple[str, ...]:
     """The ONNX input names of ``unit`` (``num_layers`` adapted layers for the MoCA units)."""
