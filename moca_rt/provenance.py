@@ -55,10 +55,10 @@ def git_commit(
     return head.stdout.strip() + ("+dirty" if dirty else "")
 
 
-def sha256_file(path: Path) -> str:
+def sha256_file(path: str | Path) -> str:
     """The sha256 (hex) of the file's bytes, read in 16 MiB chunks."""
     digest = hashlib.sha256()
-    with path.open("rb") as fh:
+    with Path(path).open("rb") as fh:
         while chunk := fh.read(1 << 24):
             digest.update(chunk)
     return digest.hexdigest()

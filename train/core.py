@@ -28,7 +28,6 @@ their per-step checkpoint files and share them in :mod:`moca_rt.train.step_files
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -41,6 +40,8 @@ from pathlib import Path
 from typing import Any, Protocol, TextIO, TypeVar
 
 import torch
+
+from moca_rt.provenance import sha256_file
 
 __all__ = [
     "LoopSettings",
@@ -311,15 +312,6 @@ def save_weights_atomic(
     save_file(tensors, str(tmp), metadata=metadata)
     os.replace(tmp, path)
     return path
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes (read in 1 MiB chunks)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _write_json(path: Path, obj: Any) -> None:
