@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass, field, replace
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,6 +29,14 @@ from moca_rt.clustering import MatchMetric
 from moca_rt.config import MOCA_PRESETS, SAM_PRESETS
 from moca_rt.engines import names
 from moca_rt.errors import CheckpointError, InputError, torch_out_of_memory
+from moca_rt.export_cache import (
+    EXPORT_RECORD,
+    default_export_dir,
+    export_record,
+    forget,
+    is_current,
+    mark_current,
+)
 from moca_rt.pipeline import MocaPipeline, PipelineConfig
 from moca_rt.precision import DTYPES, ONNX_PRECISIONS, Precision
 from moca_rt.shipped import ShippedWeights, ShippedWeightsError, shipped_available, shipped_weights
@@ -255,11 +264,27 @@ def build_pipeline(settings: BuildSettings) -> BuiltPipeline:
     if problem is not None:
         raise InputError(problem)
     notes: list[str] = []
-    if settings.engine == "auto":
+    auto = settings.engine == "auto"
+    if auto:
         engine, why = resolve_engine(settings)
         notes.append(f"--engine auto: {engine} ({why})")
         settings = replace(settings, engine=engine)
     weights = resolve_weights(settings)
+    record: dict[str, Any] | None = None
+    reuse_export = False
+    if settings.engine == "onnxruntime" and settings.engine_dir is None:
+        record = _export_record(settings, weights)
+        if settings.export_dir is None and auto:
+            settings = replace(settings, export_dir=default_export_dir(record))
+        if settings.export_dir is not None:
+            reuse_export = is_current(settings.export_dir, record)
+            if reuse_export:
+                notes.append(
+                    f"reusing the ONNX export in {settings.export_dir} ({EXPORT_RECORD} matches: "
+                    "the same checkpoint files, settings and code)"
+                )
+            else:
+                forget(settings.export_dir)
     config = settings.pipeline_config(weights.shipped.pipeline if weights.shipped else None)
     if weights.shipped is not None:
         notes.append(
@@ -278,7 +303,7 @@ def build_pipeline(settings: BuildSettings) -> BuiltPipeline:
                 model = _compiled_trunk(model, settings, notes)
         else:
             torch.manual_seed(settings.seed)  # a random SAM is seeded here as on the torch path
-            model = _engine_trunk(settings, weights, notes)
+            model = _engine_trunk(settings, weights, notes, reuse_export)
         sam = _sam_model(settings, weights, notes)
         if sam is not None and dtype != torch.float32:
             sam = sam.to(dtype)
@@ -294,9 +319,11 @@ def build_pipeline(settings: BuildSettings) -> BuiltPipeline:
                 settings.device,
             )
         if proposals is not None and settings.engine == "onnxruntime":
-            proposals.encoder = _onnxruntime_sam_encoder(settings, sam, notes)
-            proposals.grid_backend = _onnxruntime_grid_backend(settings, sam, notes)
+            proposals.encoder = _onnxruntime_sam_encoder(settings, sam, notes, reuse_export)
+            proposals.grid_backend = _onnxruntime_grid_backend(settings, sam, notes, reuse_export)
         pipeline = MocaPipeline(model, proposals, config, device=settings.device, dtype=dtype)
+    if record is not None and settings.export_dir is not None and not reuse_export:
+        mark_current(settings.export_dir, record)
     return BuiltPipeline(pipeline, notes, points)
 
 
@@ -352,9 +379,12 @@ def resolve_engine(settings: BuildSettings) -> tuple[EngineName, str]:
        files on a CUDA device, else ``onnxruntime`` (``*.onnx``).
     2. A CUDA device: ``torch-compile`` (inductor with CUDA graphs: DESIGN section 7's fastest
        path that can be verified on the lent GPUs).
-    3. The CPU: ``torch`` (eager). Measured on the shared 2-core CPU (docs/design.md): the
-       compiled tiny trunk was no faster than eager, and onnxruntime needs exported units
-       (``--engine-dir``, or the demo's export).
+    3. The CPU in fp32 with onnxruntime and the ONNX exporter installed (the ``onnx`` extra):
+       ``onnxruntime``, on the units exported once into the export cache
+       (:mod:`moca_rt.export_cache`; ``export_dir`` when given). Measured on the 2-core CPU
+       (docs/design.md): onnxruntime ran the tiny units in 0.38-0.49x and the ViT-B SAM encoder
+       in 0.30x of eager torch's time, the shipped pipeline at 0.68-0.70x, with the same masks.
+    4. Otherwise the CPU: ``torch`` (eager; the compiled trunk was no faster on the CPU).
     """
     device = torch.device(settings.device)
     if settings.engine_dir is not None:
@@ -364,7 +394,18 @@ def resolve_engine(settings: BuildSettings) -> tuple[EngineName, str]:
         return "onnxruntime", f"exported units in {folder}"
     if device.type == "cuda":
         return "torch-compile", "a CUDA device: inductor with CUDA graphs"
-    return "torch", "the CPU: eager torch (docs/design.md, Engines)"
+    if settings.precision != "fp32":
+        return "torch", f"the CPU in {settings.precision}: eager torch (docs/design.md, Engines)"
+    missing = [m for m in ("onnxruntime", "onnx", "onnxscript") if find_spec(m) is None]
+    if missing:
+        return "torch", (
+            f"the CPU: eager torch ({', '.join(missing)} not installed; pip install "
+            "'moca-rt[onnx]' for onnxruntime, the faster CPU engine)"
+        )
+    where = settings.export_dir or "the export cache"
+    return "onnxruntime", (
+        f"the CPU: onnxruntime, on units exported once into {where} (docs/design.md, Engines)"
+    )
 
 
 def _compiled_trunk(model: Any, settings: BuildSettings, notes: list[str]) -> Any:
@@ -401,7 +442,24 @@ def _compiled_trunk(model: Any, settings: BuildSettings, notes: list[str]) -> An
     return EngineMocaModel(audio, vision, layers, device)
 
 
-def _engine_trunk(settings: BuildSettings, weights: Weights, notes: list[str]) -> Any:
+def _export_record(settings: BuildSettings, weights: Weights) -> dict[str, Any]:
+    """What an export of ``settings`` depends on (:func:`moca_rt.export_cache.export_record`)."""
+    shaping = {
+        "preset": settings.preset,
+        "sam_preset": settings.sam_preset,
+        "proposals": settings.proposals,
+        "precision": settings.precision,
+        "seed": settings.seed,
+        "random_weights": settings.random_weights,
+        "device_type": torch.device(settings.device).type,
+    }
+    files = {"imagebind": weights.imagebind, "adapter": weights.adapter, "sam": weights.sam}
+    return export_record(shaping, files)
+
+
+def _engine_trunk(
+    settings: BuildSettings, weights: Weights, notes: list[str], reuse_export: bool = False
+) -> Any:
     """The MoCA trunk on onnxruntime or TensorRT (:class:`EngineMocaModel`).
 
     Checks that the engine files' input dtype is the precision's dtype, exports the trunk to
@@ -419,7 +477,7 @@ def _engine_trunk(settings: BuildSettings, weights: Weights, notes: list[str]) -
     if settings.engine_dir is not None and settings.preset is not None:
         notes.append(f"--preset {settings.preset} ignored: the engine files fix the model size")
     if settings.engine == "onnxruntime":
-        model = _onnxruntime_trunk(settings, weights, notes)
+        model = _onnxruntime_trunk(settings, weights, notes, reuse_export)
     else:
         model = _tensorrt_trunk(settings, notes)
     if model.clips is not None and model.clips > 1:
@@ -438,7 +496,9 @@ def _engine_trunk(settings: BuildSettings, weights: Weights, notes: list[str]) -
     return model
 
 
-def _onnxruntime_trunk(settings: BuildSettings, weights: Weights, notes: list[str]) -> Any:
+def _onnxruntime_trunk(
+    settings: BuildSettings, weights: Weights, notes: list[str], reuse_export: bool
+) -> Any:
     try:
         import onnxruntime
     except ImportError as e:
@@ -452,6 +512,8 @@ def _onnxruntime_trunk(settings: BuildSettings, weights: Weights, notes: list[st
     device = torch.device(settings.device)
     if settings.engine_dir is not None:
         folder = Path(settings.engine_dir)
+    elif reuse_export and settings.export_dir is not None:
+        folder = Path(settings.export_dir)
     else:
         folder = _export_trunk(settings, weights, notes)
     precision = settings.precision
@@ -501,10 +563,12 @@ def _onnxruntime_trunk(settings: BuildSettings, weights: Weights, notes: list[st
     return model
 
 
-def _onnxruntime_sam_encoder(settings: BuildSettings, sam: Any, notes: list[str]) -> Any:
+def _onnxruntime_sam_encoder(
+    settings: BuildSettings, sam: Any, notes: list[str], reuse_export: bool
+) -> Any:
     """SAM's image encoder on onnxruntime: ``sam_encoder_<precision>.onnx`` from
-    ``engine_dir``, or exported from ``sam`` into ``export_dir`` (the demo); None (torch) when
-    ``engine_dir`` has no such file (noted)."""
+    ``engine_dir``, or exported from ``sam`` into ``export_dir`` (the demo; reused when
+    ``reuse_export``); None (torch) when ``engine_dir`` has no such file (noted)."""
     from moca_rt.engines.ort import OrtEngine
 
     precision = settings.precision
@@ -523,13 +587,14 @@ def _onnxruntime_sam_encoder(settings: BuildSettings, sam: Any, notes: list[str]
         if settings.export_dir is None or precision not in ONNX_PRECISIONS:
             return None
         path = Path(settings.export_dir) / file
-        started = time.perf_counter()
-        export_unit("sam_encoder", sam.to("cpu").eval(), path, precision)
-        sam.to(settings.device)
-        notes.append(
-            f"demo: exported SAM's image encoder ({precision}) to {path} in "
-            f"{time.perf_counter() - started:.1f} s"
-        )
+        if not reuse_export:
+            started = time.perf_counter()
+            export_unit("sam_encoder", sam.to("cpu").eval(), path, precision)
+            sam.to(settings.device)
+            notes.append(
+                f"exported SAM's image encoder ({precision}) to {path} in "
+                f"{time.perf_counter() - started:.1f} s"
+            )
     providers = ["CPUExecutionProvider"]
     if torch.device(settings.device).type == "cuda":
         providers.insert(0, "CUDAExecutionProvider")
@@ -548,7 +613,9 @@ def _onnxruntime_sam_encoder(settings: BuildSettings, sam: Any, notes: list[str]
     return engine
 
 
-def _onnxruntime_grid_backend(settings: BuildSettings, sam: Any, notes: list[str]) -> Any:
+def _onnxruntime_grid_backend(
+    settings: BuildSettings, sam: Any, notes: list[str], reuse_export: bool
+) -> Any:
     """The factored grid decoder on onnxruntime (:class:`~moca_rt.grid_decoder.OrtGridBackend`):
     its two graphs from ``engine_dir``, or exported from ``sam`` into ``export_dir``; None (torch)
     on a CUDA device, in another precision than fp32, or when ``engine_dir`` lacks them (noted)."""
@@ -569,12 +636,13 @@ def _onnxruntime_grid_backend(settings: BuildSettings, sam: Any, notes: list[str
             return None
     elif settings.export_dir is not None:
         folder = Path(settings.export_dir)
-        started = time.perf_counter()
-        grid_decoder.export_grid_decoder(sam, folder)
-        notes.append(
-            f"demo: exported SAM's grid decoder (tokens + upscaling, fp32) to {folder} in "
-            f"{time.perf_counter() - started:.1f} s"
-        )
+        if not reuse_export:
+            started = time.perf_counter()
+            grid_decoder.export_grid_decoder(sam, folder)
+            notes.append(
+                f"exported SAM's grid decoder (tokens + upscaling, fp32) to {folder} in "
+                f"{time.perf_counter() - started:.1f} s"
+            )
     else:
         return None
     try:
@@ -628,7 +696,7 @@ def _export_trunk(settings: BuildSettings, weights: Weights, notes: list[str]) -
         # are the same samples), so the engine does not repeat it.
         export_unit(unit, model, folder / f"{unit}_{precision}.onnx", precision, audio_clips=1)
     notes.append(
-        f"demo: exported the MoCA trunk (audio + vision units, {precision}) to {folder} in "
+        f"exported the MoCA trunk (audio + vision units, {precision}) to {folder} in "
         f"{time.perf_counter() - started:.1f} s"
     )
     return folder

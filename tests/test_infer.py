@@ -476,8 +476,7 @@ def test_reconnect_is_for_live_streams(clip: Path, tmp_path: Path) -> None:
 
 
 def test_ctrl_c_keeps_outputs(media: Path, tmp_path: Path) -> None:
-    # long enough that a loaded machine cannot finish it between the first record and the signal
-    long_clip = mf.write_video(media / "long_ctrlc.mp4", num_frames=1000, height=32, width=32)
+    long_clip = mf.write_video(media / "long_ctrlc.mp4", num_frames=250, height=32, width=32)
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
@@ -486,6 +485,9 @@ def test_ctrl_c_keeps_outputs(media: Path, tmp_path: Path) -> None:
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        # a child inherits an ignored SIGINT (Python then installs no KeyboardInterrupt handler):
+        # whatever the test runner's own disposition is, the CLI gets the default
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     records_path = out / "records.jsonl"
     try:
@@ -505,7 +507,7 @@ def test_ctrl_c_keeps_outputs(media: Path, tmp_path: Path) -> None:
     assert "interrupted" in stderr and "Traceback" not in stderr
     assert "total" in stdout  # the timing table of the frames done so far
     lines = records_path.read_text().splitlines()
-    assert 1 <= len(lines) < 1000
+    assert 1 <= len(lines) < 250
     records = [json.loads(line) for line in lines]  # every line is complete JSON
     for rec in records:
         if not rec["dropped"]:

@@ -161,22 +161,22 @@ def test_upscaling_runs_only_for_prompts_passing_the_iou_filter(
 
 
 def test_onnxruntime_grid_backend_gives_the_same_proposals(
-    model: Sam, embedding: torch.Tensor, tmp_path: Path
+    sam_model: Sam, sam_embedding: torch.Tensor, tmp_path: Path
 ) -> None:
     """The exported tokens + upscaling graphs on onnxruntime: the torch backend's proposals
     (count, order, scores, masks), for a grid that spans several decoder calls."""
     pytest.importorskip("onnxruntime")
     from moca_rt.grid_decoder import GRID_TOKENS_FILE, OrtGridBackend, export_grid_decoder
 
-    tokens, upscale = export_grid_decoder(model, tmp_path)
+    tokens, upscale = export_grid_decoder(sam_model, tmp_path)
     assert tokens.name == GRID_TOKENS_FILE and upscale.is_file()
-    assert next(model.parameters()).device.type == "cpu"  # the model is left where it was
+    assert next(sam_model.parameters()).device.type == "cpu"  # the model is left where it was
     grid = {"points_per_side": 4, "points_per_batch": 10, "pred_iou_thresh": 0.5}
     cfg = ProposalConfig(**grid, stability_score_thresh=0.0, keep_low_res_logits=True)
-    emb2 = torch.cat([embedding, embedding.flip(-1)])
+    emb2 = torch.cat([sam_embedding, sam_embedding.flip(-1)])
     sizes = [SIZE, (300, 200)]
-    ort = grid_proposals_batch(model, emb2, sizes, cfg, decoder=OrtGridBackend(tmp_path, 1))
-    ref = grid_proposals_batch(model, emb2, sizes, cfg)
+    ort = grid_proposals_batch(sam_model, emb2, sizes, cfg, decoder=OrtGridBackend(tmp_path, 1))
+    ref = grid_proposals_batch(sam_model, emb2, sizes, cfg)
     for got, want in zip(ort, ref, strict=True):
         assert len(got) == len(want) > 0
         torch.testing.assert_close(got.scores, want.scores, rtol=0, atol=1e-5)
@@ -185,18 +185,20 @@ def test_onnxruntime_grid_backend_gives_the_same_proposals(
         assert (got.masks == want.masks).float().mean().item() > 0.999
 
 
-def test_onnxruntime_grid_tokens_take_several_frames(model: Sam, tmp_path: Path) -> None:
+def test_onnxruntime_grid_tokens_take_several_frames(sam_model: Sam, tmp_path: Path) -> None:
     """Small grids share a decoder call across frames: the one-frame graph runs per frame."""
     pytest.importorskip("onnxruntime")
     from moca_rt.grid_decoder import GridBackend, OrtGridBackend, export_grid_decoder
 
-    export_grid_decoder(model, tmp_path)
+    export_grid_decoder(sam_model, tmp_path)
     torch.manual_seed(0)
-    emb = torch.randn(2, model.prompt_encoder.embed_dim, *model.prompt_encoder.image_embedding_size)
-    frames = prepare_frames(model, emb)
-    coords = torch.rand(2, 5, 2) * model.image_size
-    got = OrtGridBackend(tmp_path, 1).tokens(model, frames, coords)
-    want = GridBackend().tokens(model, frames, coords)
+    emb = torch.randn(
+        2, sam_model.prompt_encoder.embed_dim, *sam_model.prompt_encoder.image_embedding_size
+    )
+    frames = prepare_frames(sam_model, emb)
+    coords = torch.rand(2, 5, 2) * sam_model.image_size
+    got = OrtGridBackend(tmp_path, 1).tokens(sam_model, frames, coords)
+    want = GridBackend().tokens(sam_model, frames, coords)
     for g, w in zip(got, want, strict=True):
         assert g.shape == w.shape
         torch.testing.assert_close(g, w, rtol=0, atol=1e-4)
