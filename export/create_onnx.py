@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,6 +40,7 @@ from moca_rt.engines import names
 from moca_rt.export.wrappers import build_wrapper
 from moca_rt.modeling.moca import MocaModel
 from moca_rt.modeling.sam import Sam, build_sam, load_sam
+from moca_rt.onnx_quiet import quiet_export
 from moca_rt.precision import DTYPES, ONNX_PRECISIONS, OnnxPrecision
 
 __all__ = [
@@ -256,8 +256,7 @@ def export_unit(
         raise ValueError(f"expected example inputs {ins}, got {tuple(feeds)}")
     path = Path(out_path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with quiet_export():
         if exporter == "dynamo":
             torch.onnx.export(
                 wrapper,

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from moca_rt.modeling.sam import DecoderAttention, LayerNorm2d, Sam, TwoWayAttentionBlock
+from moca_rt.onnx_quiet import quiet_export
 
 __all__ = [
     "GRID_TOKENS_FILE",
@@ -346,7 +347,6 @@ def export_grid_decoder(sam: Sam, folder: Path) -> tuple[Path, Path]:
     """Export the factored decoder of ``sam`` (fp32, CPU) as two ONNX graphs into ``folder``:
     ``sam_grid_tokens_fp32.onnx`` (one frame, dynamic prompts) and ``sam_grid_upscale_fp32.onnx``
     (dynamic prompts). Returns their paths."""
-    import warnings
 
     from moca_rt.engines import names
 
@@ -378,8 +378,7 @@ def export_grid_decoder(sam: Sam, folder: Path) -> tuple[Path, Path]:
             ({0: prompts}, {0: prompts}),
         ),
     )
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with quiet_export():
         for module, args, path, ins, outs, axes in exports:
             torch.onnx.export(
                 module.eval(),
