@@ -162,9 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--engine",
         choices=ENGINES,
         default="torch",
-        help="What runs the MoCA trunk (ImageBind audio and adapted vision): torch, or "
-        "the exported units on onnxruntime (CUDA provider with a cuda --device) or "
-        "TensorRT. SAM proposals, k-means and mask matching always run on torch.",
+        help="What runs the models: torch (eager); torch-compile (the trunk and SAM's "
+        "image encoder under torch.compile); onnxruntime (exported units: the trunk, SAM's "
+        "image encoder and, on the CPU in fp32, SAM's grid decoder; from --engine-dir, or "
+        "exported first with --demo); tensorrt (the trunk's engines in --engine-dir); auto "
+        "(onnxruntime on the CPU in fp32, exported once into ~/.cache/moca_rt; torch-compile "
+        "on CUDA; see docs/design.md). k-means and mask matching run on torch.",
     )
     run.add_argument(
         "--engine-dir",
