@@ -383,7 +383,7 @@ def resolve_engine(settings: BuildSettings) -> tuple[EngineName, str]:
        ``onnxruntime``, on the units exported once into the export cache
        (:mod:`moca_rt.export_cache`; ``export_dir`` when given). Measured on the 2-core CPU
        (docs/design.md): onnxruntime ran the tiny units in 0.38-0.49x and the ViT-B SAM encoder
-       in 0.30x of eager torch's time, the shipped pipeline at 0.68-0.70x, with the same masks.
+       in 0.30x of eager torch's time, the shipped pipeline at 0.66-0.70x, with the same masks.
     4. Otherwise the CPU: ``torch`` (eager; the compiled trunk was no faster on the CPU).
     """
     device = torch.device(settings.device)
