@@ -333,19 +333,38 @@ def _torch_trunk(
     """The torch MocaModel, built from ``settings.seed`` (random parts) and the weights."""
     from moca_rt.modeling.moca import MocaModel
 
-    preset = settings.preset or DEFAULT_PRESET
-    if settings.preset is None and settings.imagebind is not None:
-        fits = imagebind_preset_for(settings.imagebind)
-        if fits is None:
-            raise CheckpointError(
-                f"--imagebind {settings.imagebind}: its keys and shapes fit no MoCA preset's "
-                f"ImageBind ({', '.join(sorted(MOCA_PRESETS))}); is it an ImageBind checkpoint?"
-            )
-        preset = fits
-        notes.append(
-            f"--preset {fits}: the --imagebind checkpoint's shapes fit this preset's ImageBind"
-        )
+    preset = _trunk_preset(settings, notes)
     torch.manual_seed(settings.seed)
+    model = MocaModel.from_config(
+        MOCA_PRESETS[preset],
+        device=device,
+        imagebind_weights=weights.imagebind,
+        adapter_weights=weights.adapter,
+    )
+    notes.extend(_trunk_weight_notes(settings, weights, preset))
+    return model
+
+
+def _trunk_preset(settings: BuildSettings, notes: list[str]) -> str:
+    """The MoCA preset: ``settings.preset``, else the one the ``--imagebind`` checkpoint fits
+    (noted), else :data:`DEFAULT_PRESET`."""
+    if settings.preset is not None or settings.imagebind is None:
+        return settings.preset or DEFAULT_PRESET
+    fits = imagebind_preset_for(settings.imagebind)
+    if fits is None:
+        raise CheckpointError(
+            f"--imagebind {settings.imagebind}: its keys and shapes fit no MoCA preset's "
+            f"ImageBind ({', '.join(sorted(MOCA_PRESETS))}); is it an ImageBind checkpoint?"
+        )
+    notes.append(
+        f"--preset {fits}: the --imagebind checkpoint's shapes fit this preset's ImageBind"
+    )
+    return fits
+
+
+def _trunk_weight_notes(settings: BuildSettings, weights: Weights, preset: str) -> list[str]:
+    """What the user should know about the trunk's weights (random, untrained, shipped)."""
+    notes = []
     if weights.imagebind is None:
         why = (
             "--random-weights" if settings.random_weights else "no shipped weights for this preset"
@@ -354,12 +373,6 @@ def _torch_trunk(
             f"no --imagebind checkpoint: ImageBind ({preset}) has seeded random weights ({why}), "
             "so masks are not meaningful"
         )
-    model = MocaModel.from_config(
-        MOCA_PRESETS[preset],
-        device=device,
-        imagebind_weights=weights.imagebind,
-        adapter_weights=weights.adapter,
-    )
     if weights.adapter is None:
         notes.append("no --adapter: AdaAV is untrained (zero-initialised), i.e. plain ImageBind")
     elif weights.shipped is not None and weights.adapter == weights.shipped.adapter:
@@ -369,7 +382,7 @@ def _torch_trunk(
                 "shipped adapter: validation selected the untrained (zero) adapter, i.e. plain "
                 "ImageBind (no AdaAV step beat it on the synthetic world; docs/design.md)"
             )
-    return model
+    return notes
 
 
 def resolve_engine(settings: BuildSettings) -> tuple[EngineName, str]:
@@ -513,7 +526,8 @@ def _onnxruntime_trunk(
     if settings.engine_dir is not None:
         folder = Path(settings.engine_dir)
     elif reuse_export and settings.export_dir is not None:
-        folder = Path(settings.export_dir)
+        folder = Path(settings.export_dir)  # exported from these weights: the same notes
+        notes.extend(_trunk_weight_notes(settings, weights, _trunk_preset(settings, notes)))
     else:
         folder = _export_trunk(settings, weights, notes)
     precision = settings.precision

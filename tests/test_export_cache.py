@@ -54,6 +54,8 @@ def test_second_build_reuses_the_export(tmp_path: Path, clean_checkout: None) ->
     second = build_pipeline(settings)
     assert any(n.startswith("reusing the ONNX export") for n in second.notes)
     assert not any(n.startswith("exported") for n in second.notes)
+    weight_notes = [n for n in first.notes if n.startswith(("no --imagebind", "no --adapter"))]
+    assert len(weight_notes) == 2 and set(weight_notes) <= set(second.notes)  # still told
     assert _onnx_mtimes(tmp_path / "onnx") == files  # nothing written again
     images, audio = _frames()
     for a, b in zip(
