@@ -545,9 +545,7 @@ def _onnxruntime_trunk(
             f"{found}, or export with python -m moca_rt.export.create_onnx --precision "
             f"{precision}; ONNX units come in {sorted(ONNX_PRECISIONS)})"
         )
-    providers = ["CPUExecutionProvider"]
-    if device.type == "cuda":
-        providers.insert(0, "CUDAExecutionProvider")
+    providers = _ort_providers(device)
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always", RuntimeWarning)  # the fallback is reported as a note
         try:
@@ -575,6 +573,15 @@ def _onnxruntime_trunk(
             f"{device}"
         )
     return model
+
+
+def _ort_providers(device: torch.device) -> list[str]:
+    """onnxruntime's providers for ``device``: CUDA first on a CUDA device, the CPU always."""
+    return (
+        ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        if device.type == "cuda"
+        else ["CPUExecutionProvider"]
+    )
 
 
 def _onnxruntime_sam_encoder(
@@ -609,9 +616,7 @@ def _onnxruntime_sam_encoder(
                 f"exported SAM's image encoder ({precision}) to {path} in "
                 f"{time.perf_counter() - started:.1f} s"
             )
-    providers = ["CPUExecutionProvider"]
-    if torch.device(settings.device).type == "cuda":
-        providers.insert(0, "CUDAExecutionProvider")
+    providers = _ort_providers(torch.device(settings.device))
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always", RuntimeWarning)
         try:

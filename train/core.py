@@ -41,8 +41,6 @@ from typing import Any, Protocol, TextIO, TypeVar
 
 import torch
 
-from moca_rt.provenance import sha256_file
-
 __all__ = [
     "LoopSettings",
     "ResumableParts",
@@ -60,7 +58,6 @@ __all__ = [
     "save_weights_atomic",
     "seeded_batch",
     "set_threads",
-    "sha256_file",
     "stage_parser",
     "train_configured_stage",
 ]

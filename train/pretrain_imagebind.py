@@ -69,11 +69,11 @@ from moca_rt.modeling.imagebind import (
     load_imagebind,
     official_key_layout,
 )
+from moca_rt.provenance import sha256_file
 from moca_rt.train.adaav import anchor_batch
 from moca_rt.train.core import (
     config_from_args as _config_from_args,
     config_parser,
-    sha256_file,
 )
 from moca_rt.train.data import (
     SynthTrainingSet,

@@ -30,8 +30,8 @@ from typing import Any, ClassVar, Literal, Protocol, get_args
 import torch
 from torch import Tensor
 
-from moca_rt.provenance import git_commit
-from moca_rt.train.core import add_config_argument, sha256_file
+from moca_rt.provenance import git_commit, sha256_file
+from moca_rt.train.core import add_config_argument
 
 __all__ = [
     "LossHistory",

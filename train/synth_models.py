@@ -35,8 +35,8 @@ from typing import Any
 
 import torch
 
-from moca_rt.provenance import git_commit
-from moca_rt.train.core import DONE_FILE, LoopSettings, StageResult, sha256_file
+from moca_rt.provenance import git_commit, sha256_file
+from moca_rt.train.core import DONE_FILE, LoopSettings, StageResult
 
 __all__ = ["ReproduceSettings", "main", "reproduce"]
 
