@@ -28,6 +28,7 @@ prompts with multimask output are handled: what the automatic grid needs.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,7 @@ from moca_rt.onnx_quiet import quiet_export
 __all__ = [
     "GRID_TOKENS_FILE",
     "GRID_UPSCALE_FILE",
+    "DecodedPrompts",
     "GridBackend",
     "GridFrames",
     "OrtGridBackend",
@@ -51,6 +53,15 @@ __all__ = [
 ]
 
 
+GRID_TOKENS_FILE = "sam_grid_tokens_fp32.onnx"
+GRID_UPSCALE_FILE = "sam_grid_upscale_fp32.onnx"
+# Opset 20 has Gelu as one operator: onnxruntime runs it as one kernel, where opset 18 spells it
+# as five elementwise passes over the upscaled features (the upscaling graph took 1.6x longer).
+GRID_OPSET = 20
+# image tokens per onnxruntime run of the grid graphs (OrtGridBackend's default batching)
+_RUN_BYTES = 8 << 20
+
+
 @dataclass
 class GridFrames:
     """Per-frame tensors every prompt of a frame shares (from :func:`prepare_frames`).
@@ -59,7 +70,7 @@ class GridFrames:
         keys: (F, HW, D) image tokens (embedding + no-mask embedding), channels last.
         key_pe: (1, HW, D) positional encoding of the embedding grid.
         k0, v0: (F, heads, HW, hd) layer 0's token->image key / value projections.
-        q0: (F, HW, heads, hd) layer 0's image->token query projection.
+        q0: (F, HW, I) layer 0's image->token query projection (heads side by side).
         grid: (h, w) of the image embedding.
     """
 
@@ -91,14 +102,14 @@ def prepare_frames(sam: Sam, embeddings: Tensor) -> GridFrames:
     dtype = pe.no_mask_embed.weight.dtype
     h, w = embeddings.shape[-2:]
     keys = embeddings.to(dtype).flatten(2).transpose(1, 2) + pe.no_mask_embed.weight[None]
-    key_pe = pe.get_dense_pe().flatten(2).transpose(1, 2)
+    key_pe = pe.get_dense_pe().flatten(2).transpose(1, 2).contiguous()
     first = _blocks(sam)[0]
     t2i, i2t = first.cross_attn_token_to_image, first.cross_attn_image_to_token
     kp = keys + key_pe
     heads = t2i.num_heads
     k0 = _heads(t2i.k_proj(kp), heads).transpose(1, 2)
     v0 = _heads(t2i.v_proj(keys), heads).transpose(1, 2)
-    q0 = _heads(i2t.q_proj(kp), i2t.num_heads)
+    q0 = i2t.q_proj(kp)
     return GridFrames(keys.contiguous(), key_pe, k0, v0, q0, (h, w))
 
 
@@ -117,81 +128,87 @@ def _image_to_tokens(
     """Image queries attending to T tokens, plus the residual.
 
     Args:
-        scores: (..., heads, T, HW) scaled scores (tokens on the second-last axis, so that the
-            softmax over T runs along contiguous rows of HW).
-        values: (..., T, I) projected token values.
-        residual: (..., HW, D) image tokens the attention output is added to (broadcast).
+        scores: (B, heads * T, HW) scaled scores (pixels along rows: the softmax over a head's
+            T scores then runs across rows, HW values at a time).
+        values: (B, T, I) projected token values.
+        residual: (B or 1, HW, D) image tokens the attention output is added to.
 
-    Returns ``residual + out_proj(attention)`` (..., HW, D), computed as
-    ``residual + A (V W_o^T) + b_o``.
+    Returns ``residual + out_proj(attention)`` (B, HW, D), computed as
+    ``residual + A (V W_o^T + b_o / heads)``: a head's T weights sum to one, so the output bias
+    rides on the per-head value rows (one pass over the image tokens fewer).
     """
-    a = scores.softmax(dim=-2).flatten(-3, -2)  # (..., heads * T, HW)
-    out = a.transpose(-1, -2) @ _token_proj_out(attn, values)  # (..., HW, D)
-    out += residual
-    out += attn.out_proj.bias
-    return out
+    heads = attn.num_heads
+    a = scores.unflatten(1, (heads, -1)).softmax(dim=2).flatten(1, 2)  # (B, heads * T, HW)
+    u = _token_proj_out(attn, values) + attn.out_proj.bias / heads  # (B, heads * T, D)
+    return torch.baddbmm(residual, a.transpose(1, 2), u)
 
 
 def _i2t_scores_factored(attn: DecoderAttention, image_q: Tensor, tokens_k: Tensor) -> Tensor:
-    """Scores of image queries (..., HW, D) (not yet projected) against token keys (..., T, D).
+    """Scores of image queries (B, HW, D) (not yet projected) against token keys (B, T, D).
 
     ``(W_q x + b_q) . k_h = x . (W_q,h^T k_h) + b_q,h . k_h``: the query projection moves onto the
-    T keys. Returns (..., heads, T, HW), scaled.
+    T keys. Returns (B, heads * T, HW), scaled.
     """
     heads = attn.num_heads
-    k = _heads(attn.k_proj(tokens_k), heads)  # (..., T, heads, hd)
+    k = _heads(attn.k_proj(tokens_k), heads)  # (B, T, heads, hd)
     w_q = _heads(attn.q_proj.weight.T, heads)  # (D, heads, hd)
     b_q = _heads(attn.q_proj.bias, heads)  # (heads, hd)
     scale = 1.0 / math.sqrt(k.shape[-1])
-    k_img = torch.einsum("...thc,dhc->...htd", k * scale, w_q).flatten(-3, -2)  # (.., heads*T, D)
-    bias = torch.einsum("...thc,hc->...ht", k * scale, b_q).flatten(-2)  # (..., heads*T)
-    s = torch.baddbmm(
-        bias.reshape(-1, bias.shape[-1], 1),
-        k_img.reshape(-1, *k_img.shape[-2:]),
-        image_q.reshape(-1, *image_q.shape[-2:]).transpose(1, 2),
-    )
-    return s.reshape(*k.shape[:-3], heads, k.shape[-3], image_q.shape[-2])
+    k_img = torch.einsum("bthc,dhc->bhtd", k * scale, w_q).flatten(1, 2)  # (B, heads * T, D)
+    bias = torch.einsum("bthc,hc->bht", k * scale, b_q).flatten(1)  # (B, heads * T)
+    return torch.baddbmm(bias[:, :, None], k_img, image_q.transpose(1, 2))
 
 
 def _t2i_factored(
     attn: DecoderAttention, tokens_q: Tensor, image_k: Tensor, image_v: Tensor
 ) -> Tensor:
-    """Token queries (..., T, D) attending to image tokens that differ per prompt.
+    """Token queries (B, T, D) attending to image tokens that differ per prompt.
 
     Args:
-        image_k: (..., HW, D) keys before projection (image + positional encoding).
-        image_v: (..., HW, D) values before projection.
+        image_k: (B, HW, D) keys before projection (image + positional encoding).
+        image_v: (B, HW, D) values before projection.
 
-    Returns out_proj(attention) (..., T, D).
+    Returns out_proj(attention) (B, T, D).
     """
     heads = attn.num_heads
-    q = _heads(attn.q_proj(tokens_q), heads)  # (..., T, heads, hd)
+    q = _heads(attn.q_proj(tokens_q), heads)  # (B, T, heads, hd)
     t = q.shape[-3]
     q = q * (1.0 / math.sqrt(q.shape[-1]))
     w_k = _heads(attn.k_proj.weight.T, heads)  # (D, heads, hd)
-    q_img = torch.einsum("...thc,dhc->...htd", q, w_k).flatten(-3, -2)  # (..., heads*T, D)
-    bias = torch.einsum("...thc,hc->...ht", q, _heads(attn.k_proj.bias, heads)).flatten(-2)
-    s = torch.baddbmm(
-        bias.reshape(-1, bias.shape[-1], 1),
-        q_img.reshape(-1, *q_img.shape[-2:]),
-        image_k.reshape(-1, *image_k.shape[-2:]).transpose(1, 2),
-    )  # (P, heads*T, HW)
-    pooled = s.softmax(dim=-1) @ image_v.reshape(-1, *image_v.shape[-2:])  # sum_t a_t x_t
-    pooled = pooled.reshape(*q_img.shape)  # (..., heads*T, D)
+    q_img = torch.einsum("bthc,dhc->bhtd", q, w_k).flatten(1, 2)  # (B, heads * T, D)
+    bias = torch.einsum("bthc,hc->bht", q, _heads(attn.k_proj.bias, heads)).flatten(1)
+    s = torch.baddbmm(bias[:, :, None], q_img, image_k.transpose(1, 2))  # (B, heads * T, HW)
+    pooled = s.softmax(dim=-1) @ image_v  # sum_t a_t x_t: (B, heads * T, D)
     w_v = attn.v_proj.weight.unflatten(0, (heads, -1))  # (heads, hd, D)
-    out = torch.einsum("...htd,hcd->...thc", pooled.unflatten(-2, (heads, t)), w_v)
+    out = torch.einsum("bhtd,hcd->bthc", pooled.unflatten(1, (heads, t)), w_v)
     out = out + _heads(attn.v_proj.bias, heads)
     return attn.out_proj(out.flatten(-2))
 
 
 def _self_attention(block: TwoWayAttentionBlock, queries: Tensor, query_pe: Tensor) -> Tensor:
-    """The tokens' self-attention of a two-way block on (F, n, T, D) tokens."""
-    shape = queries.shape
-    x, x_pe = queries.flatten(0, 1), query_pe.flatten(0, 1)
+    """The tokens' self-attention of a two-way block on (B, T, D) tokens."""
     if block.skip_first_layer_pe:
-        return block.norm1(block.self_attn(x, x, x)).reshape(shape)
-    q = x + x_pe
-    return block.norm1(x + block.self_attn(q, q, x)).reshape(shape)
+        return block.norm1(block.self_attn(queries, queries, queries))
+    q = queries + query_pe
+    return block.norm1(queries + block.self_attn(q, q, queries))
+
+
+def _i2t_scores_shared(attn: DecoderAttention, image_q: Tensor, tokens_k: Tensor) -> Tensor:
+    """Layer 0's image->token scores: the frame's projected image queries (F, HW, I) against
+    each prompt's token keys (F, n, T, I). Returns (F * n, heads * T, HW), scaled.
+
+    One matrix product per prompt with a block-diagonal key matrix (heads * T, I) whose block
+    h holds head h's T keys: more multiply-adds than eight thin per-head products (as many
+    times more as there are heads, all on a 4096 x 128 x 56 product), but one dense product,
+    which is faster on the CPU.
+    """
+    f, n, t = tokens_k.shape[:3]
+    heads = attn.num_heads
+    k = _heads(tokens_k * (1.0 / math.sqrt(tokens_k.shape[-1] // heads)), heads)
+    eye = torch.eye(heads, dtype=k.dtype, device=k.device)
+    k_bd = k.transpose(2, 3)[:, :, :, :, None, :] * eye[:, None, :, None]  # (F, n, h, T, h, hd)
+    k_bd = k_bd.reshape(f, n, heads * t, -1)  # (F, n, heads * T, I)
+    return (k_bd @ image_q.transpose(1, 2)[:, None]).flatten(0, 1)
 
 
 @torch.no_grad()
@@ -220,28 +237,28 @@ def decode_grid_tokens(
     labels = torch.ones(f * n, 1, dtype=torch.int64, device=point_coords.device)
     sparse = pe.embed_points(point_coords.reshape(f * n, 1, 2), labels, pad=True)
     out_tokens = torch.cat([md.iou_token.weight, md.mask_tokens.weight], dim=0).to(sparse.dtype)
-    tokens = torch.cat([out_tokens[None].expand(f * n, -1, -1), sparse], dim=1)
-    tokens = tokens.reshape(f, n, -1, sparse.shape[-1])  # (F, n, T, D)
-    t = tokens.shape[2]
+    tokens = torch.cat([out_tokens[None].expand(f * n, -1, -1), sparse], dim=1)  # (B, T, D)
+    t = tokens.shape[1]
     query_pe = tokens
-    key_pe = frames.key_pe[:, None]  # (1, 1, HW, D)
+    key_pe = frames.key_pe  # (1, HW, D)
 
     # Layer 0: the image tokens are the frame's own; its projections are shared (GridFrames).
     blocks = _blocks(sam)
     first = blocks[0]
     queries = _self_attention(first, tokens, query_pe)
     t2i = first.cross_attn_token_to_image
-    q = _heads(t2i.q_proj(queries + query_pe), t2i.num_heads)  # (F, n, T, heads, hd)
-    q = q.flatten(1, 2).transpose(1, 2)  # (F, heads, n*T, hd)
+    q = _heads(t2i.q_proj(queries + query_pe), t2i.num_heads)  # (B, T, heads, hd)
+    q = q.reshape(f, n * t, *q.shape[-2:]).transpose(1, 2)  # (F, heads, n*T, hd)
     att = F.scaled_dot_product_attention(q, frames.k0, frames.v0)  # (F, heads, n*T, hd)
-    att = att.transpose(1, 2).reshape(f, n, t, -1)
+    att = att.transpose(1, 2).reshape(f * n, t, -1)
     queries = first.norm2(queries + t2i.out_proj(att))
     queries = first.norm3(queries + first.mlp(queries))
     i2t = first.cross_attn_image_to_token
-    k = _heads(i2t.k_proj(queries + query_pe), i2t.num_heads)  # (F, n, T, heads, hd)
-    scale = 1.0 / math.sqrt(k.shape[-1])
-    scores = torch.einsum("fnthc,fxhc->fnhtx", k * scale, frames.q0)  # (F, n, heads, T, HW)
-    keys = first.norm4(_image_to_tokens(i2t, scores, i2t.v_proj(queries), frames.keys[:, None]))
+    token_k = i2t.k_proj(queries + query_pe).reshape(f, n, t, -1)
+    scores = _i2t_scores_shared(i2t, frames.q0, token_k)
+    # the frame's tokens as every prompt's residual (broadcast, not copied, for one frame)
+    residual = frames.keys if f == 1 else frames.keys.repeat_interleave(n, dim=0)
+    keys = first.norm4(_image_to_tokens(i2t, scores, i2t.v_proj(queries), residual))
 
     # Later layers: the image tokens are per prompt; attention is factored onto the tokens.
     for layer in blocks[1:]:
@@ -256,8 +273,9 @@ def decode_grid_tokens(
     a = _t2i_factored(tr.final_attn_token_to_image, queries + query_pe, keys + key_pe, keys)
     queries = tr.norm_final_attn(queries + a)
 
-    iou = md.iou_prediction_head(queries[:, :, 0])[..., 1:]
-    mask_tokens = queries[:, :, 2 : 1 + md.num_mask_tokens]  # multimask: tokens 1..M-1
+    iou = md.iou_prediction_head(queries[:, 0])[:, 1:].reshape(f, n, -1)
+    mask_tokens = queries[:, 2 : 1 + md.num_mask_tokens].reshape(f, n, -1, queries.shape[-1])
+    keys = keys.reshape(f, n, *keys.shape[1:])
     return iou.float(), mask_tokens, keys
 
 
@@ -302,6 +320,23 @@ def upscale_masks(sam: Sam, mask_tokens: Tensor, keys: Tensor, grid: tuple[int, 
     return m.reshape(p, -1, 4 * h, 4 * w).float()
 
 
+@dataclass
+class DecodedPrompts:
+    """What :meth:`GridBackend.decode` returns for F frames of n prompts.
+
+    Attributes:
+        iou: (F, n, 3) predicted IoU of each prompt's multimask outputs.
+        upscaled: (F, n) bool, the prompts whose masks were upscaled (a mask's predicted IoU
+            above the threshold).
+        low: (upscaled.sum(), 3, 4h, 4w) float32 logits of those prompts, frame by frame and
+            prompt by prompt (the order of ``iou[upscaled]``).
+    """
+
+    iou: Tensor
+    upscaled: Tensor
+    low: Tensor
+
+
 class GridBackend:
     """Runs :func:`decode_grid_tokens` and :func:`upscale_masks` (the per-prompt work of
     :func:`moca_rt.proposals.grid_proposals_batch`); this base class runs them on torch."""
@@ -315,6 +350,33 @@ class GridBackend:
     def upscale(self, sam: Sam, mask_tokens: Tensor, keys: Tensor, grid: tuple[int, int]) -> Tensor:
         """:func:`upscale_masks`."""
         return upscale_masks(sam, mask_tokens, keys, grid)
+
+    def decode(
+        self,
+        sam: Sam,
+        frames: GridFrames,
+        point_coords: Tensor,
+        iou_thresh: float,
+        upscale_batch: int = 16,
+    ) -> DecodedPrompts:
+        """:meth:`tokens` for (F, n, 2) prompts, then :meth:`upscale` for the prompts with a mask
+        whose predicted IoU is above ``iou_thresh``, ``upscale_batch`` prompts at a time (about
+        8 MB a prompt for the 1024 models)."""
+        iou, mask_tokens, keys = self.tokens(sam, frames, point_coords)
+        upscaled = (iou > iou_thresh).any(dim=-1)
+        toks, img = mask_tokens[upscaled], keys[upscaled]
+        low = [
+            self.upscale(sam, toks[i : i + upscale_batch], img[i : i + upscale_batch], frames.grid)
+            for i in range(0, toks.shape[0], upscale_batch)
+        ]
+        return DecodedPrompts(iou, upscaled, _joined_logits(low, iou, frames.grid))
+
+
+def _joined_logits(low: list[Tensor], iou: Tensor, grid: tuple[int, int]) -> Tensor:
+    """Upscaled logits of several runs as one tensor ((0, 3, 4h, 4w) when none ran)."""
+    if low:
+        return torch.cat(low)
+    return torch.zeros(0, iou.shape[-1], 4 * grid[0], 4 * grid[1], device=iou.device)
 
 
 class _TokensUnit(torch.nn.Module):
@@ -387,7 +449,7 @@ def export_grid_decoder(sam: Sam, folder: Path) -> tuple[Path, Path]:
                 input_names=list(ins),
                 output_names=list(outs),
                 dynamic_shapes=axes,
-                opset_version=18,
+                opset_version=GRID_OPSET,
                 dynamo=True,
                 external_data=False,
                 verbose=False,
@@ -396,26 +458,41 @@ def export_grid_decoder(sam: Sam, folder: Path) -> tuple[Path, Path]:
     return tokens_path, upscale_path
 
 
-GRID_TOKENS_FILE = "sam_grid_tokens_fp32.onnx"
-GRID_UPSCALE_FILE = "sam_grid_upscale_fp32.onnx"
-
-
 class OrtGridBackend(GridBackend):
     """The factored decoder's two graphs (:func:`export_grid_decoder`) on onnxruntime's CPU
     provider: same outputs up to float rounding, fewer and fused kernels than eager torch
-    (its layer norms, GELUs and softmaxes are memory-bound at one prompt's 256 x 128 tokens)."""
+    (its layer norms, GELUs and softmaxes are memory-bound at one prompt's 4096 x 256 tokens).
+
+    Args:
+        folder: holds :data:`GRID_TOKENS_FILE` and :data:`GRID_UPSCALE_FILE`.
+        intra_op_threads: onnxruntime's intra-op threads (0: its choice).
+        prompts_per_call: prompts per graph run (the caller's batches are split); None: as
+            many as keep a run's image tokens within 8 MiB (2 prompts for the 1024 models, whose
+            tokens take 4 MiB a prompt; 64 for ``sam_synth``). Small runs keep the tensors in
+            the CPU's caches: SAM ViT-B on 2 cores, the two graphs took 11.8 ms a prompt at 1-2
+            prompts per run and 12.5 ms at 4-8 (interleaved medians).
+
+    onnxruntime's ``SkipLayerNormFusion`` is turned off for the tokens graph: it fused a residual
+    add with its layer norm into one kernel that took 10 ms where the two took 2.5.
+    """
 
     name = "onnxruntime"
 
-    def __init__(self, folder: Path, intra_op_threads: int = 0) -> None:
+    def __init__(
+        self, folder: Path, intra_op_threads: int = 0, prompts_per_call: int | None = None
+    ) -> None:
         from moca_rt.engines import names
         from moca_rt.engines.ort import OrtEngine
 
+        if prompts_per_call is not None and prompts_per_call < 1:
+            raise ValueError(f"expected prompts_per_call >= 1, got {prompts_per_call}")
+        self.prompts_per_call = prompts_per_call
         self._tokens = OrtEngine(
             folder / GRID_TOKENS_FILE,
             input_names=names.GRID_TOKENS_INPUTS,
             output_names=names.GRID_TOKENS_OUTPUTS,
             intra_op_threads=intra_op_threads,
+            disabled_optimizers=("SkipLayerNormFusion",),
         )
         self._upscale = OrtEngine(
             folder / GRID_UPSCALE_FILE,
@@ -425,35 +502,91 @@ class OrtGridBackend(GridBackend):
         )
         self.provider = self._tokens.provider
 
+    def _token_feeds(self, frames: GridFrames, f: int, coords: Tensor) -> dict[str, Tensor]:
+        """The tokens graph's inputs for frame ``f`` and its (1, c, 2) prompts."""
+        from moca_rt.engines import names
+
+        feeds = (
+            frames.keys[f : f + 1],
+            frames.key_pe,
+            frames.k0[f : f + 1],
+            frames.v0[f : f + 1],
+            frames.q0[f : f + 1],
+            coords,
+        )
+        return {
+            n: t.float().contiguous() for n, t in zip(names.GRID_TOKENS_INPUTS, feeds, strict=True)
+        }
+
+    def _step(self, keys: Tensor) -> int:
+        """Prompts per run for image tokens ``keys`` (..., HW, D)."""
+        if self.prompts_per_call is not None:
+            return self.prompts_per_call
+        return max(1, _RUN_BYTES // (keys.shape[-2] * keys.shape[-1] * 4))
+
+    def _prompt_runs(self, frames: GridFrames, point_coords: Tensor) -> Iterator[dict[str, Tensor]]:
+        """The tokens graph run on each frame's prompts, :meth:`_step` at a time (the graph
+        takes one frame, its export example), frame by frame."""
+        step = self._step(frames.keys)
+        for f in range(point_coords.shape[0]):
+            for start in range(0, point_coords.shape[1], step):
+                coords = point_coords[f : f + 1, start : start + step]
+                yield self._tokens(self._token_feeds(frames, f, coords))
+
     def tokens(self, sam: Sam, frames: GridFrames, point_coords: Tensor) -> tuple[Tensor, ...]:
         from moca_rt.engines import names
 
-        per_frame = []
-        for f in range(point_coords.shape[0]):  # the graph takes one frame (its export example)
-            feeds = (
-                frames.keys[f : f + 1],
-                frames.key_pe,
-                frames.k0[f : f + 1],
-                frames.v0[f : f + 1],
-                frames.q0[f : f + 1],
-                point_coords[f : f + 1],
-            )
-            per_frame.append(
-                self._tokens(
-                    {
-                        n: t.float().contiguous()
-                        for n, t in zip(names.GRID_TOKENS_INPUTS, feeds, strict=True)
-                    }
-                )
-            )
-        device = point_coords.device
+        f, n = point_coords.shape[:2]
+        runs = list(self._prompt_runs(frames, point_coords))
         return tuple(
-            torch.cat([out[n] for out in per_frame]).to(device) for n in names.GRID_TOKENS_OUTPUTS
+            torch.cat([r[name] for r in runs], dim=1)
+            .reshape(f, n, *runs[0][name].shape[2:])
+            .to(point_coords.device)
+            for name in names.GRID_TOKENS_OUTPUTS
         )
 
-    def upscale(self, sam: Sam, mask_tokens: Tensor, keys: Tensor, grid: tuple[int, int]) -> Tensor:
+    def _upscale_run(self, mask_tokens: Tensor, keys: Tensor) -> Tensor:
         from moca_rt.engines import names
 
         feeds = dict(zip(names.GRID_UPSCALE_INPUTS, (mask_tokens, keys), strict=True))
         out = self._upscale({n: t.float().contiguous() for n, t in feeds.items()})
-        return out[names.LOW_RES_MASKS].to(keys.device)
+        return out[names.LOW_RES_MASKS]
+
+    def upscale(self, sam: Sam, mask_tokens: Tensor, keys: Tensor, grid: tuple[int, int]) -> Tensor:
+        step = self._step(keys)
+        outs = [
+            self._upscale_run(mask_tokens[i : i + step], keys[i : i + step])
+            for i in range(0, keys.shape[0], step)
+        ]
+        return torch.cat(outs).to(keys.device)
+
+    def decode(
+        self,
+        sam: Sam,
+        frames: GridFrames,
+        point_coords: Tensor,
+        iou_thresh: float,
+        upscale_batch: int = 16,
+    ) -> DecodedPrompts:
+        """:meth:`GridBackend.decode`, streamed: each tokens run's prompts go straight to the
+        upscaling graph (``upscale_batch`` is not used), so that no more than
+        one run's prompts' image tokens (4 MB a prompt for the 1024 models) exist at once and
+        none is copied between the graphs."""
+        from moca_rt.engines import names
+
+        iou_name, tokens_name, keys_name = names.GRID_TOKENS_OUTPUTS
+        ious, upscaled, low = [], [], []
+        for run in self._prompt_runs(frames, point_coords):
+            iou = run[iou_name][0]  # (c, 3)
+            need = (iou > iou_thresh).any(dim=-1)
+            ious.append(iou)
+            upscaled.append(need)
+            if bool(need.all()):
+                low.append(self._upscale_run(run[tokens_name][0], run[keys_name][0]))
+            elif bool(need.any()):
+                low.append(self._upscale_run(run[tokens_name][0][need], run[keys_name][0][need]))
+        f, n = point_coords.shape[:2]
+        device = point_coords.device
+        iou_all = torch.cat(ious).reshape(f, n, -1).to(device)
+        low_all = _joined_logits(low, iou_all, frames.grid).to(device)
+        return DecodedPrompts(iou_all, torch.cat(upscaled).reshape(f, n).to(device), low_all)

@@ -908,20 +908,9 @@ def _grid_proposals_group(
     kept: list[list[_Kept]] = [[] for _ in range(n_frames)]
     for start in range(0, coords.shape[1], per_call):
         sl = slice(start, start + per_call)
-        iou, mask_tokens, keys = decoder.tokens(model, frames, coords[:, sl])
+        decoded = decoder.decode(model, frames, coords[:, sl], cfg.pred_iou_thresh, upscale_batch)
+        iou, need, low = decoded.iou, decoded.upscaled, decoded.low
         m = iou.shape[2]
-        need = (iou > cfg.pred_iou_thresh).any(dim=-1)  # (F, n): prompts worth upscaling
-        low = torch.zeros(0, m, 4 * frames.grid[0], 4 * frames.grid[1], device=device)
-        if bool(need.any()):
-            toks, img = mask_tokens[need], keys[need]
-            low = torch.cat(
-                [
-                    decoder.upscale(
-                        model, toks[i : i + upscale_batch], img[i : i + upscale_batch], frames.grid
-                    )
-                    for i in range(0, toks.shape[0], upscale_batch)
-                ]
-            )
         counts = need.sum(dim=1).tolist()
         offset = 0
         for f in range(n_frames):

@@ -202,3 +202,48 @@ def test_onnxruntime_grid_tokens_take_several_frames(sam_model: Sam, tmp_path: P
     for g, w in zip(got, want, strict=True):
         assert g.shape == w.shape
         torch.testing.assert_close(g, w, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("upscaled", ["none", "some", "all"])
+def test_onnxruntime_decode_streams_what_the_torch_backend_decodes(
+    sam_model: Sam, tmp_path: Path, upscaled: str
+) -> None:
+    """OrtGridBackend.decode (each tokens run's prompts straight into the upscaling graph, two
+    at a time) == GridBackend.decode: the same IoU, the same prompts upscaled, the same logits
+    in the same order, whether no prompt, some or every prompt passes the IoU threshold."""
+    pytest.importorskip("onnxruntime")
+    from moca_rt.grid_decoder import GridBackend, OrtGridBackend, export_grid_decoder
+
+    export_grid_decoder(sam_model, tmp_path)
+    torch.manual_seed(2)
+    emb = torch.randn(
+        2, sam_model.prompt_encoder.embed_dim, *sam_model.prompt_encoder.image_embedding_size
+    )
+    frames = prepare_frames(sam_model, emb)
+    coords = torch.rand(2, 5, 2) * sam_model.image_size
+    best = GridBackend().tokens(sam_model, frames, coords)[0].max(dim=-1).values.flatten()
+    middle = best.sort().values[4:6]  # halfway between two predictions: no tie to round
+    thresh = {
+        "none": float(best.max()) + 1.0,
+        "some": float(middle.mean()),
+        "all": float("-inf"),
+    }[upscaled]
+    got = OrtGridBackend(tmp_path, 1, prompts_per_call=2).decode(sam_model, frames, coords, thresh)
+    want = GridBackend().decode(sam_model, frames, coords, thresh, upscale_batch=3)
+    assert torch.equal(got.upscaled, want.upscaled)
+    count = int(want.upscaled.sum())
+    assert count == {"none": 0, "all": 10}.get(upscaled, count)
+    assert (0 < count < 10) or upscaled != "some"
+    torch.testing.assert_close(got.iou, want.iou, rtol=0, atol=1e-5)
+    assert got.low.shape == want.low.shape == (count, 3, *want.low.shape[2:])
+    torch.testing.assert_close(got.low, want.low, rtol=0, atol=1e-4)
+
+
+def test_onnxruntime_grid_backend_rejects_no_prompts_per_call(
+    sam_model: Sam, tmp_path: Path
+) -> None:
+    pytest.importorskip("onnxruntime")
+    from moca_rt.grid_decoder import OrtGridBackend
+
+    with pytest.raises(ValueError, match="prompts_per_call"):
+        OrtGridBackend(tmp_path, 1, prompts_per_call=0)

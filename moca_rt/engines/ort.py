@@ -49,6 +49,8 @@ class OrtEngine:
             spinning threads took their CPU (measured on 2 cores, moca_synth, batch 4: the
             k-means stage 13.4 ms/frame with spinning, 2.3 without). Turn it on for a process
             that runs nothing but engine calls.
+        disabled_optimizers: names of onnxruntime graph transformers not to apply (its
+            ``InferenceSession(disabled_optimizers=...)``), where a fusion makes a graph slower.
     """
 
     def __init__(
@@ -60,6 +62,7 @@ class OrtEngine:
         strict_provider: bool = False,
         intra_op_threads: int = 0,
         allow_spinning: bool = False,
+        disabled_optimizers: Sequence[str] = (),
     ) -> None:
         try:
             import onnxruntime as ort
@@ -84,6 +87,7 @@ class OrtEngine:
                 str(path),
                 sess_options=options,
                 providers=[p for p in providers if p in available] or ["CPUExecutionProvider"],
+                disabled_optimizers=list(disabled_optimizers) or None,
             )
         except _onnxruntime_errors() as exc:
             raise InputError(f"onnxruntime cannot load {path}: {exc}") from exc
