@@ -102,13 +102,14 @@ def prepare_frames(sam: Sam, embeddings: Tensor) -> GridFrames:
     dtype = pe.no_mask_embed.weight.dtype
     h, w = embeddings.shape[-2:]
     keys = embeddings.to(dtype).flatten(2).transpose(1, 2) + pe.no_mask_embed.weight[None]
-    key_pe = pe.get_dense_pe().flatten(2).transpose(1, 2).contiguous()
+    key_pe = pe.get_dense_pe().flatten(2).transpose(1, 2).contiguous()  # (1, HW, D)
     first = _blocks(sam)[0]
     t2i, i2t = first.cross_attn_token_to_image, first.cross_attn_image_to_token
     kp = keys + key_pe
     heads = t2i.num_heads
-    k0 = _heads(t2i.k_proj(kp), heads).transpose(1, 2)
-    v0 = _heads(t2i.v_proj(keys), heads).transpose(1, 2)
+    # contiguous: onnxruntime takes them as they are, once per run
+    k0 = _heads(t2i.k_proj(kp), heads).transpose(1, 2).contiguous()
+    v0 = _heads(t2i.v_proj(keys), heads).transpose(1, 2).contiguous()
     q0 = i2t.q_proj(kp)
     return GridFrames(keys.contiguous(), key_pe, k0, v0, q0, (h, w))
 
@@ -120,6 +121,19 @@ def _token_proj_out(attn: DecoderAttention, values: Tensor) -> Tensor:
     w_o = _heads(attn.out_proj.weight, heads)  # (D, heads, hd)
     u = torch.einsum("...thc,dhc->...htd", v, w_o)
     return u.flatten(-3, -2)
+
+
+def _softmax_over_tokens(scores: Tensor) -> Tensor:
+    """Softmax over axis 2 of (B, heads, T, HW) scores: each head's T scores of a pixel.
+
+    Eager torch runs its softmax kernel. In an export the softmax is spelled out (max, exp,
+    sum), because onnxruntime's Softmax over a middle axis transposes its input and output:
+    1.1 ms a prompt for SAM ViT-B on 2 cores, a sixth of the tokens graph.
+    """
+    if not torch.compiler.is_exporting():
+        return scores.softmax(dim=2)
+    e = (scores - scores.amax(dim=2, keepdim=True)).exp()
+    return e / e.sum(dim=2, keepdim=True)
 
 
 def _image_to_tokens(
@@ -138,7 +152,7 @@ def _image_to_tokens(
     rides on the per-head value rows (one pass over the image tokens fewer).
     """
     heads = attn.num_heads
-    a = scores.unflatten(1, (heads, -1)).softmax(dim=2).flatten(1, 2)  # (B, heads * T, HW)
+    a = _softmax_over_tokens(scores.unflatten(1, (heads, -1))).flatten(1, 2)  # (B, heads*T, HW)
     u = _token_proj_out(attn, values) + attn.out_proj.bias / heads  # (B, heads * T, D)
     return torch.baddbmm(residual, a.transpose(1, 2), u)
 
@@ -228,6 +242,17 @@ def decode_grid_tokens(
         :func:`upscale_masks` needs, and the image tokens (F, n, HW, D) after the transformer.
     """
     f, n = point_coords.shape[:2]
+    iou, mask_tokens, keys = _decode_prompts(sam, frames, point_coords)
+    return iou.reshape(f, n, -1), mask_tokens.unflatten(0, (f, n)), keys.unflatten(0, (f, n))
+
+
+def _decode_prompts(
+    sam: Sam, frames: GridFrames, point_coords: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`decode_grid_tokens` with the F * n prompts on one axis: (B, 3) IoU, (B, 3, D) mask
+    tokens, (B, HW, D) image tokens (what the exported tokens graph returns: no reshape of
+    its largest output, which onnxruntime would copy)."""
+    f, n = point_coords.shape[:2]
     if point_coords.shape != (f, n, 2) or f != frames.keys.shape[0]:
         raise ValueError(
             f"expected point_coords ({frames.keys.shape[0]}, n, 2), got {tuple(point_coords.shape)}"
@@ -273,9 +298,8 @@ def decode_grid_tokens(
     a = _t2i_factored(tr.final_attn_token_to_image, queries + query_pe, keys + key_pe, keys)
     queries = tr.norm_final_attn(queries + a)
 
-    iou = md.iou_prediction_head(queries[:, 0])[:, 1:].reshape(f, n, -1)
-    mask_tokens = queries[:, 2 : 1 + md.num_mask_tokens].reshape(f, n, -1, queries.shape[-1])
-    keys = keys.reshape(f, n, *keys.shape[1:])
+    iou = md.iou_prediction_head(queries[:, 0])[:, 1:]
+    mask_tokens = queries[:, 2 : 1 + md.num_mask_tokens]
     return iou.float(), mask_tokens, keys
 
 
@@ -380,7 +404,7 @@ def _joined_logits(low: list[Tensor], iou: Tensor, grid: tuple[int, int]) -> Ten
 
 
 class _TokensUnit(torch.nn.Module):
-    """:func:`decode_grid_tokens` as a module of plain tensors (the exported graph)."""
+    """:func:`_decode_prompts` as a module of plain tensors (the exported graph)."""
 
     def __init__(self, sam: Sam) -> None:
         super().__init__()
@@ -389,7 +413,7 @@ class _TokensUnit(torch.nn.Module):
     def forward(
         self, keys: Tensor, key_pe: Tensor, k0: Tensor, v0: Tensor, q0: Tensor, coords: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
-        return decode_grid_tokens(self.sam, GridFrames(keys, key_pe, k0, v0, q0, (0, 0)), coords)
+        return _decode_prompts(self.sam, GridFrames(keys, key_pe, k0, v0, q0, (0, 0)), coords)
 
 
 class _UpscaleUnit(torch.nn.Module):
@@ -420,7 +444,7 @@ def export_grid_decoder(sam: Sam, folder: Path) -> tuple[Path, Path]:
     frames = prepare_frames(sam, torch.randn(1, sam.prompt_encoder.embed_dim, h, w))
     coords = torch.rand(1, 5, 2) * sam.image_size
     tokens_path, upscale_path = folder / GRID_TOKENS_FILE, folder / GRID_UPSCALE_FILE
-    _, mask_tokens, keys = decode_grid_tokens(sam, frames, coords)
+    _, mask_tokens, keys = _decode_prompts(sam, frames, coords)
     prompts = torch.export.Dim.DYNAMIC
     exports = (
         (
@@ -433,7 +457,7 @@ def export_grid_decoder(sam: Sam, folder: Path) -> tuple[Path, Path]:
         ),
         (
             _UpscaleUnit(sam),
-            (mask_tokens.flatten(0, 1), keys.flatten(0, 1)),
+            (mask_tokens, keys),
             upscale_path,
             names.GRID_UPSCALE_INPUTS,
             names.GRID_UPSCALE_OUTPUTS,
@@ -539,9 +563,7 @@ class OrtGridBackend(GridBackend):
         f, n = point_coords.shape[:2]
         runs = list(self._prompt_runs(frames, point_coords))
         return tuple(
-            torch.cat([r[name] for r in runs], dim=1)
-            .reshape(f, n, *runs[0][name].shape[2:])
-            .to(point_coords.device)
+            torch.cat([r[name] for r in runs]).unflatten(0, (f, n)).to(point_coords.device)
             for name in names.GRID_TOKENS_OUTPUTS
         )
 
@@ -577,14 +599,14 @@ class OrtGridBackend(GridBackend):
         iou_name, tokens_name, keys_name = names.GRID_TOKENS_OUTPUTS
         ious, upscaled, low = [], [], []
         for run in self._prompt_runs(frames, point_coords):
-            iou = run[iou_name][0]  # (c, 3)
+            iou = run[iou_name]  # (c, 3)
             need = (iou > iou_thresh).any(dim=-1)
             ious.append(iou)
             upscaled.append(need)
             if bool(need.all()):
-                low.append(self._upscale_run(run[tokens_name][0], run[keys_name][0]))
+                low.append(self._upscale_run(run[tokens_name], run[keys_name]))
             elif bool(need.any()):
-                low.append(self._upscale_run(run[tokens_name][0][need], run[keys_name][0][need]))
+                low.append(self._upscale_run(run[tokens_name][need], run[keys_name][need]))
         f, n = point_coords.shape[:2]
         device = point_coords.device
         iou_all = torch.cat(ious).reshape(f, n, -1).to(device)

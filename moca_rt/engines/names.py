@@ -63,7 +63,8 @@ LOW_RES_MASKS = "low_res_masks"
 IOU_PREDICTIONS = "iou_predictions"
 
 # --- the factored grid decoder (moca_rt.grid_decoder) on an engine: two graphs per SAM.
-# Tokens: a frame's shared tensors (GridFrames) + (F, n, 2) points -> IoU, mask tokens, keys.
+# Tokens: one frame's shared tensors (GridFrames) + (1, n, 2) points -> (n, 3) IoU, (n, 3, D)
+# mask tokens, (n, HW, D) image tokens.
 GRID_KEYS = "grid_keys"
 GRID_KEY_PE = "grid_key_pe"
 GRID_K0 = "grid_k0"
