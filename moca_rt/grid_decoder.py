@@ -363,9 +363,30 @@ class DecodedPrompts:
 
 class GridBackend:
     """Runs :func:`decode_grid_tokens` and :func:`upscale_masks` (the per-prompt work of
-    :func:`moca_rt.proposals.grid_proposals_batch`); this base class runs them on torch."""
+    :func:`moca_rt.proposals.grid_proposals_batch`); this base class runs them on torch.
+
+    Args:
+        prompts_per_call: prompts per run of the transformer (:meth:`decode` splits the
+            caller's batches); None: as many as keep a run's image tokens within 8 MiB (2 prompts
+            for the 1024 models, whose tokens take 4 MiB a prompt; 64 for ``sam_synth``).
+            Small runs keep the tensors in the CPU's caches and spare the page faults of large
+            allocations: SAM ViT-B on 2 cores, eager torch took 18.4 ms a prompt at 2 prompts
+            per run against 27.5 at 32 (the batches before); onnxruntime 11.8 ms at 1-2 and
+            12.5 at 4-8.
+    """
 
     name = "torch"
+
+    def __init__(self, prompts_per_call: int | None = None) -> None:
+        if prompts_per_call is not None and prompts_per_call < 1:
+            raise ValueError(f"expected prompts_per_call >= 1, got {prompts_per_call}")
+        self.prompts_per_call = prompts_per_call
+
+    def _step(self, keys: Tensor) -> int:
+        """Prompts per run for image tokens ``keys`` (..., HW, D)."""
+        if self.prompts_per_call is not None:
+            return self.prompts_per_call
+        return max(1, _RUN_BYTES // (keys.shape[-2] * keys.shape[-1] * 4))
 
     def tokens(self, sam: Sam, frames: GridFrames, point_coords: Tensor) -> tuple[Tensor, ...]:
         """:func:`decode_grid_tokens`."""
@@ -384,16 +405,34 @@ class GridBackend:
         upscale_batch: int = 16,
     ) -> DecodedPrompts:
         """:meth:`tokens` for (F, n, 2) prompts, then :meth:`upscale` for the prompts with a mask
-        whose predicted IoU is above ``iou_thresh``, ``upscale_batch`` prompts at a time (about
-        8 MB a prompt for the 1024 models)."""
-        iou, mask_tokens, keys = self.tokens(sam, frames, point_coords)
-        upscaled = (iou > iou_thresh).any(dim=-1)
-        toks, img = mask_tokens[upscaled], keys[upscaled]
-        low = [
-            self.upscale(sam, toks[i : i + upscale_batch], img[i : i + upscale_batch], frames.grid)
-            for i in range(0, toks.shape[0], upscale_batch)
-        ]
-        return DecodedPrompts(iou, upscaled, _joined_logits(low, iou, frames.grid))
+        whose predicted IoU is above ``iou_thresh``: run by run (``prompts_per_call`` prompts
+        of every frame), at most ``upscale_batch`` prompts per upscaling call (about 8 MB a
+        prompt for the 1024 models)."""
+        f, n = point_coords.shape[:2]
+        step = max(1, self._step(frames.keys) // f)
+        ious, upscaled = [], []
+        per_frame: list[list[Tensor]] = [[] for _ in range(f)]
+        for start in range(0, n, step):
+            iou, mask_tokens, keys = self.tokens(sam, frames, point_coords[:, start : start + step])
+            need = (iou > iou_thresh).any(dim=-1)  # (F, c)
+            ious.append(iou)
+            upscaled.append(need)
+            if not bool(need.any()):
+                continue
+            toks, img = mask_tokens[need], keys[need]  # frame by frame
+            low = torch.cat(
+                [
+                    self.upscale(
+                        sam, toks[i : i + upscale_batch], img[i : i + upscale_batch], frames.grid
+                    )
+                    for i in range(0, toks.shape[0], upscale_batch)
+                ]
+            )
+            for rows, frame in zip(low.split(need.sum(dim=1).tolist()), per_frame, strict=True):
+                frame.append(rows)
+        iou_all = torch.cat(ious, dim=1)
+        low_all = _joined_logits([r for frame in per_frame for r in frame], iou_all, frames.grid)
+        return DecodedPrompts(iou_all, torch.cat(upscaled, dim=1), low_all)
 
 
 def _joined_logits(low: list[Tensor], iou: Tensor, grid: tuple[int, int]) -> Tensor:
@@ -490,11 +529,7 @@ class OrtGridBackend(GridBackend):
     Args:
         folder: holds :data:`GRID_TOKENS_FILE` and :data:`GRID_UPSCALE_FILE`.
         intra_op_threads: onnxruntime's intra-op threads (0: its choice).
-        prompts_per_call: prompts per graph run (the caller's batches are split); None: as
-            many as keep a run's image tokens within 8 MiB (2 prompts for the 1024 models, whose
-            tokens take 4 MiB a prompt; 64 for ``sam_synth``). Small runs keep the tensors in
-            the CPU's caches: SAM ViT-B on 2 cores, the two graphs took 11.8 ms a prompt at 1-2
-            prompts per run and 12.5 ms at 4-8 (interleaved medians).
+        prompts_per_call: prompts per graph run (see :class:`GridBackend`).
 
     onnxruntime's ``SkipLayerNormFusion`` is turned off for the tokens graph: it fused a residual
     add with its layer norm into one kernel that took 10 ms where the two took 2.5.
@@ -508,9 +543,7 @@ class OrtGridBackend(GridBackend):
         from moca_rt.engines import names
         from moca_rt.engines.ort import OrtEngine
 
-        if prompts_per_call is not None and prompts_per_call < 1:
-            raise ValueError(f"expected prompts_per_call >= 1, got {prompts_per_call}")
-        self.prompts_per_call = prompts_per_call
+        super().__init__(prompts_per_call)
         self._tokens = OrtEngine(
             folder / GRID_TOKENS_FILE,
             input_names=names.GRID_TOKENS_INPUTS,
@@ -541,12 +574,6 @@ class OrtGridBackend(GridBackend):
         return {
             n: t.float().contiguous() for n, t in zip(names.GRID_TOKENS_INPUTS, feeds, strict=True)
         }
-
-    def _step(self, keys: Tensor) -> int:
-        """Prompts per run for image tokens ``keys`` (..., HW, D)."""
-        if self.prompts_per_call is not None:
-            return self.prompts_per_call
-        return max(1, _RUN_BYTES // (keys.shape[-2] * keys.shape[-1] * 4))
 
     def _prompt_runs(self, frames: GridFrames, point_coords: Tensor) -> Iterator[dict[str, Tensor]]:
         """The tokens graph run on each frame's prompts, :meth:`_step` at a time (the graph

@@ -16,7 +16,13 @@ from numeric import assert_close_stage
 from safetensors.torch import load_file
 
 from moca_rt.config import SAM_PRESETS
-from moca_rt.grid_decoder import decode_grid_tokens, prepare_frames, upscale_masks
+from moca_rt.grid_decoder import (
+    DecodedPrompts,
+    GridFrames,
+    decode_grid_tokens,
+    prepare_frames,
+    upscale_masks,
+)
 from moca_rt.modeling.sam import Sam, build_sam
 from moca_rt.proposals import (
     ProposalConfig,
@@ -204,6 +210,46 @@ def test_onnxruntime_grid_tokens_take_several_frames(sam_model: Sam, tmp_path: P
         torch.testing.assert_close(g, w, rtol=0, atol=1e-4)
 
 
+def _frames_and_threshold(sam: Sam, upscaled: str) -> tuple[GridFrames, torch.Tensor, float]:
+    """Two random frames of 5 prompts, and an IoU threshold that no prompt, some (halfway
+    between two predictions: no tie to round) or every prompt passes."""
+    from moca_rt.grid_decoder import GridBackend
+
+    torch.manual_seed(2)
+    emb = torch.randn(2, sam.prompt_encoder.embed_dim, *sam.prompt_encoder.image_embedding_size)
+    frames = prepare_frames(sam, emb)
+    coords = torch.rand(2, 5, 2) * sam.image_size
+    best = GridBackend().tokens(sam, frames, coords)[0].max(dim=-1).values.flatten()
+    thresh = {
+        "none": float(best.max()) + 1.0,
+        "some": float(best.sort().values[4:6].mean()),
+        "all": float("-inf"),
+    }[upscaled]
+    return frames, coords, thresh
+
+
+def _assert_same_decoding(got: DecodedPrompts, want: DecodedPrompts, upscaled: str) -> None:
+    assert torch.equal(got.upscaled, want.upscaled)
+    count = int(want.upscaled.sum())
+    assert count == {"none": 0, "all": 10}.get(upscaled, count)
+    assert (0 < count < 10) or upscaled != "some"
+    torch.testing.assert_close(got.iou, want.iou, rtol=0, atol=1e-5)
+    assert got.low.shape == want.low.shape == (count, 3, *want.low.shape[2:])
+    torch.testing.assert_close(got.low, want.low, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("upscaled", ["none", "some", "all"])
+def test_decoding_in_small_runs_keeps_every_prompt_in_order(sam_model: Sam, upscaled: str) -> None:
+    """GridBackend.decode two prompts per run (three runs of both frames) == one run: the same
+    IoU, prompts upscaled and logits, frame by frame (the order of ``iou[upscaled]``)."""
+    from moca_rt.grid_decoder import GridBackend
+
+    frames, coords, thresh = _frames_and_threshold(sam_model, upscaled)
+    one_run = GridBackend(prompts_per_call=10).decode(sam_model, frames, coords, thresh)
+    small = GridBackend(prompts_per_call=2).decode(sam_model, frames, coords, thresh)
+    _assert_same_decoding(small, one_run, upscaled)
+
+
 @pytest.mark.parametrize("upscaled", ["none", "some", "all"])
 def test_onnxruntime_decode_streams_what_the_torch_backend_decodes(
     sam_model: Sam, tmp_path: Path, upscaled: str
@@ -215,33 +261,17 @@ def test_onnxruntime_decode_streams_what_the_torch_backend_decodes(
     from moca_rt.grid_decoder import GridBackend, OrtGridBackend, export_grid_decoder
 
     export_grid_decoder(sam_model, tmp_path)
-    torch.manual_seed(2)
-    emb = torch.randn(
-        2, sam_model.prompt_encoder.embed_dim, *sam_model.prompt_encoder.image_embedding_size
-    )
-    frames = prepare_frames(sam_model, emb)
-    coords = torch.rand(2, 5, 2) * sam_model.image_size
-    best = GridBackend().tokens(sam_model, frames, coords)[0].max(dim=-1).values.flatten()
-    middle = best.sort().values[4:6]  # halfway between two predictions: no tie to round
-    thresh = {
-        "none": float(best.max()) + 1.0,
-        "some": float(middle.mean()),
-        "all": float("-inf"),
-    }[upscaled]
+    frames, coords, thresh = _frames_and_threshold(sam_model, upscaled)
     got = OrtGridBackend(tmp_path, 1, prompts_per_call=2).decode(sam_model, frames, coords, thresh)
     want = GridBackend().decode(sam_model, frames, coords, thresh, upscale_batch=3)
-    assert torch.equal(got.upscaled, want.upscaled)
-    count = int(want.upscaled.sum())
-    assert count == {"none": 0, "all": 10}.get(upscaled, count)
-    assert (0 < count < 10) or upscaled != "some"
-    torch.testing.assert_close(got.iou, want.iou, rtol=0, atol=1e-5)
-    assert got.low.shape == want.low.shape == (count, 3, *want.low.shape[2:])
-    torch.testing.assert_close(got.low, want.low, rtol=0, atol=1e-4)
+    _assert_same_decoding(got, want, upscaled)
 
 
-def test_onnxruntime_grid_backend_rejects_no_prompts_per_call(
-    sam_model: Sam, tmp_path: Path
-) -> None:
+def test_grid_backends_reject_no_prompts_per_call(sam_model: Sam, tmp_path: Path) -> None:
+    from moca_rt.grid_decoder import GridBackend
+
+    with pytest.raises(ValueError, match="prompts_per_call"):
+        GridBackend(prompts_per_call=0)
     pytest.importorskip("onnxruntime")
     from moca_rt.grid_decoder import OrtGridBackend
 
