@@ -404,13 +404,19 @@ def _boxes_in_input_pixels(
 
 @dataclass
 class _Kept:
-    """Survivors of one decoder chunk (internal)."""
+    """Survivors of one decoder chunk (internal), with their boxes in input pixels."""
 
     masks: torch.Tensor
     scores: torch.Tensor
     stability: torch.Tensor
     low: torch.Tensor
     points: torch.Tensor
+    boxes: torch.Tensor
+
+
+def _rows(t: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``t[keep]``, or ``t`` itself when every row is kept (no copy of the logits)."""
+    return t if bool(keep.all()) else t[keep]
 
 
 def _filter_chunk(
@@ -424,11 +430,29 @@ def _filter_chunk(
     mask_threshold: float,
 ) -> _Kept:
     keep = iou > cfg.pred_iou_thresh
-    low, iou, points = low[keep], iou[keep], points[keep]
+    low, iou, points = _rows(low, keep), _rows(iou, keep), _rows(points, keep)
     logits = _logits_at_resolution(low, cfg.resolution, input_size, original_size, image_size)
     st = stability_score(logits, mask_threshold, cfg.stability_score_offset)
     keep = st >= cfg.stability_score_thresh
-    return _Kept(logits[keep] > mask_threshold, iou[keep], st[keep], low[keep], points[keep])
+    masks = _rows(logits, keep) > mask_threshold
+    boxes = _boxes_in_input_pixels(masks, cfg.resolution, input_size, original_size, image_size)
+    return _Kept(
+        masks, _rows(iou, keep), _rows(st, keep), _rows(low, keep), _rows(points, keep), boxes
+    )
+
+
+def _gather(parts: list[torch.Tensor], index: torch.Tensor) -> torch.Tensor:
+    """Rows ``index`` of ``parts`` laid end to end, without joining the parts (a frame's kept
+    logits take 200 MB for the 1024 models when every prompt passes; NMS keeps a few rows)."""
+    if len(parts) == 1:
+        return parts[0][index]
+    sizes = torch.tensor([len(part) for part in parts])
+    ends = sizes.cumsum(0)
+    index = index.cpu()
+    chunk = torch.bucketize(index, ends, right=True)  # the part holding each row
+    rows = index - (ends - sizes)[chunk]
+    picked = [parts[c][r] for c, r in zip(chunk.tolist(), rows.tolist(), strict=True)]
+    return torch.stack(picked) if picked else parts[0][:0]
 
 
 def _finalise(
@@ -440,39 +464,42 @@ def _finalise(
     device: torch.device,
     apply_nms: bool,
 ) -> MaskProposals:
-    if kept:
-        m = torch.cat([k.masks for k in kept])
-        sc = torch.cat([k.scores for k in kept])
-        st = torch.cat([k.stability for k in kept])
-        lo = torch.cat([k.low for k in kept])
-        pts = torch.cat([k.points for k in kept])
-    else:
+    if not kept:
         shape_hw = (
             original_size
             if cfg.resolution == "image"
             else low_res_valid_size(input_size, image_size, image_size // 4)
         )
-        m = torch.zeros(0, *shape_hw, dtype=torch.bool, device=device)
-        sc = torch.zeros(0, device=device)
-        st = torch.zeros(0, device=device)
-        lo = torch.zeros(0, image_size // 4, image_size // 4, device=device)
-        pts = torch.zeros(0, 2, device=device)
-    boxes = _boxes_in_input_pixels(m, cfg.resolution, input_size, original_size, image_size)
-    sel = torch.arange(len(m), device=device)
-    if cfg.min_mask_area > 0 and len(m):
-        area = m.sum(dim=(1, 2)).double()
+        masks = torch.zeros(0, *shape_hw, dtype=torch.bool, device=device)
+        kept = [
+            _Kept(
+                masks,
+                torch.zeros(0, device=device),
+                torch.zeros(0, device=device),
+                torch.zeros(0, image_size // 4, image_size // 4, device=device),
+                torch.zeros(0, 2, device=device),
+                torch.zeros(0, 4, device=device),
+            )
+        ]
+    sc = torch.cat([k.scores for k in kept])
+    st = torch.cat([k.stability for k in kept])
+    pts = torch.cat([k.points for k in kept])
+    boxes = torch.cat([k.boxes for k in kept])
+    sel = torch.arange(len(sc), device=device)
+    if cfg.min_mask_area > 0 and len(sc):
+        area = torch.cat([k.masks.sum(dim=(1, 2)) for k in kept]).double()
         if cfg.resolution == "low":
             area = area * 16.0 * (original_size[0] / input_size[0]) ** 2
         sel = sel[area >= cfg.min_mask_area]
     if apply_nms:
         sel = sel[nms(boxes[sel], sc[sel], cfg.box_nms_thresh)]
     return MaskProposals(
-        m[sel],
+        _gather([k.masks for k in kept], sel).to(device),
         sc[sel],
         st[sel],
         boxes[sel],
         original_size,
-        lo[sel] if cfg.keep_low_res_logits else None,
+        _gather([k.low for k in kept], sel).to(device) if cfg.keep_low_res_logits else None,
         pts[sel],
     )
 
@@ -853,14 +880,14 @@ def grid_proposals_batch(
         embeddings: (F, 256, 64, 64) image embeddings.
         original_sizes: (H, W) per frame.
         config: grid and filters; ``points_per_batch / 2`` prompts per decoder call, shared
-            by as many frames as fit in one call (one frame for a 16 x 16 grid). With SAM
-            ViT-B's 16 x 16 grid the peak memory was then 1251 MiB against 1850 MiB of the
-            reference decoder at 64 prompts (1977 MiB at 64 here); on 2 cores 16-64 prompts
-            per call were as fast as each other for ``sam_synth``, and 256-1024 slower (the
-            tensors leave the cache).
-        upscale_batch: prompts per output-upscaling call (bounds its memory: about 8 MB a prompt
-            for the 1024 models).
-        decoder: what runs the transformer and the upscaling (None: torch;
+            by as many frames as fit in one call (one frame for a 16 x 16 grid); the backend
+            splits a call into runs of at most 8 MiB of image tokens
+            (:class:`~moca_rt.grid_decoder.GridBackend`: 2 prompts for the 1024 models). On 2
+            cores 16-64 prompts per call were as fast as each other for ``sam_synth``, and
+            256-1024 slower (the tensors leave the cache).
+        upscale_batch: at most this many prompts per output-upscaling call on torch (about 8 MB
+            a prompt for the 1024 models).
+        decoder: what runs the transformer and the upscaling (None: ``GridBackend()``, torch;
             :class:`~moca_rt.grid_decoder.OrtGridBackend`: onnxruntime).
     """
     cfg = config or ProposalConfig()

@@ -333,3 +333,17 @@ def test_encode_frames_torch_resize_close_to_pil(
     assert c.cosine > 0.9999 and c.rel < 0.05
     with pytest.raises(ValueError, match="expected resize in"):
         encode_frames(sam_model, [raw], resize="cv2")  # type: ignore[arg-type]
+
+
+def test_kept_rows_are_gathered_from_chunks_in_the_order_asked() -> None:
+    """NMS picks rows across the decoder's chunks; they are gathered without joining the chunks
+    (some empty), in NMS order, with the chunks' trailing shape when none is picked."""
+    from moca_rt.proposals import _gather
+
+    parts = [torch.randn(3, 2, 2), torch.randn(0, 2, 2), torch.randn(4, 2, 2), torch.randn(2, 2, 2)]
+    joined = torch.cat(parts)
+    for picked in ([0, 2, 3, 6, 8, 7, 1], [8], [], [3, 4, 5, 6]):
+        index = torch.tensor(picked, dtype=torch.int64)
+        assert torch.equal(_gather(parts, index), joined[index])
+    assert _gather(parts, torch.zeros(0, dtype=torch.int64)).shape == (0, 2, 2)
+    assert torch.equal(_gather(parts[:1], torch.tensor([2, 0])), parts[0][[2, 0]])
