@@ -18,11 +18,13 @@ IoU already rules all their masks out. Here the same function is computed in ano
   transformer. :func:`upscale_masks` (the output upscaling and hypernetwork, about half of what
   is left) runs only for prompts with a mask above the threshold;
 * **channels last**: the two ConvTranspose2d (kernel 2, stride 2) of the upscaling are a matmul
-  each on channels-last features, with the LayerNorm2d over the last axis.
+  each on channels-last features, with the LayerNorm2d over the last axis;
+* **small runs**: :class:`GridBackend` decodes a few prompts at a time (8 MiB of image tokens,
+  2 prompts for the 1024 models), so that a run's tensors stay in the CPU's caches.
 
 The result is the official decoder's up to floating-point rounding (summation order differs;
-``tests/test_grid_decoder.py`` checks it against :meth:`Sam.decode`). Only single positive point
-prompts with multimask output are handled: what the automatic grid needs.
+``tests/test_proposals_factored.py`` checks it against :meth:`Sam.decode`). Only single positive
+point prompts with multimask output are handled: what the automatic grid needs.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ GRID_UPSCALE_FILE = "sam_grid_upscale_fp32.onnx"
 # Opset 20 has Gelu as one operator: onnxruntime runs it as one kernel, where opset 18 spells it
 # as five elementwise passes over the upscaled features (the upscaling graph took 1.6x longer).
 GRID_OPSET = 20
-# image tokens per onnxruntime run of the grid graphs (OrtGridBackend's default batching)
+# image tokens per run of the transformer (GridBackend's default batching, both backends)
 _RUN_BYTES = 8 << 20
 
 
@@ -212,9 +214,8 @@ def _i2t_scores_shared(attn: DecoderAttention, image_q: Tensor, tokens_k: Tensor
     each prompt's token keys (F, n, T, I). Returns (F * n, heads * T, HW), scaled.
 
     One matrix product per prompt with a block-diagonal key matrix (heads * T, I) whose block
-    h holds head h's T keys: more multiply-adds than eight thin per-head products (as many
-    times more as there are heads, all on a 4096 x 128 x 56 product), but one dense product,
-    which is faster on the CPU.
+    h holds head h's T keys: heads times the multiply-adds of the per-head products (for ViT-B
+    4096 x 128 x 56 instead of 8 x 4096 x 16 x 7), but one dense product, faster on the CPU.
     """
     f, n, t = tokens_k.shape[:3]
     heads = attn.num_heads
@@ -299,7 +300,7 @@ def _decode_prompts(
     queries = tr.norm_final_attn(queries + a)
 
     iou = md.iou_prediction_head(queries[:, 0])[:, 1:]
-    mask_tokens = queries[:, 2 : 1 + md.num_mask_tokens]
+    mask_tokens = queries[:, 2 : 1 + md.num_mask_tokens]  # multimask: tokens 1..M-1
     return iou.float(), mask_tokens, keys
 
 
@@ -618,9 +619,8 @@ class OrtGridBackend(GridBackend):
         upscale_batch: int = 16,
     ) -> DecodedPrompts:
         """:meth:`GridBackend.decode`, streamed: each tokens run's prompts go straight to the
-        upscaling graph (``upscale_batch`` is not used), so that no more than
-        one run's prompts' image tokens (4 MB a prompt for the 1024 models) exist at once and
-        none is copied between the graphs."""
+        upscaling graph (``upscale_batch`` is not used), so that only one run's image tokens
+        (4 MB a prompt for the 1024 models) exist at once and none is copied between graphs."""
         from moca_rt.engines import names
 
         iou_name, tokens_name, keys_name = names.GRID_TOKENS_OUTPUTS
