@@ -64,6 +64,30 @@ def test_compiled_outputs_equal_eager_and_buckets_compile_once(engine: CompiledE
         engine({"x": x})
 
 
+def test_warmup_on_ordinary_tensors_serves_inference_mode_calls(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Warmed up on ordinary tensors (``warmup_pipeline``'s SAM encoder example), a bucket is
+    not compiled again by the pipeline's calls, which pass inference tensors: dynamo's guards
+    check the dispatch keys, and a recompile here (an error with ``error_on_recompile``) makes
+    the engine fall back to eager."""
+    torch.manual_seed(2)
+    eng = CompiledEngine(
+        _Tiny(), ("x", "y"), ("scaled", "total"), options=CompileOptions(batch_buckets=(2,))
+    )
+    eng.warmup({"x": torch.randn(2, 6), "y": torch.randn(2, 2)})
+    assert list(eng.compile_seconds) == [2] and eng.fallback_reason is None
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    with torch.inference_mode():
+        x, y = torch.randn(2, 6), torch.randn(2, 2)
+        out = eng({"x": x, "y": y})
+    out_plain = eng({"x": torch.randn(1, 6), "y": torch.randn(1, 2)})  # ordinary, padded
+    assert eng.fallback_reason is None
+    assert out["scaled"].shape == (2, 5) and out_plain["total"].shape == (1,)
+    with torch.no_grad():
+        torch.testing.assert_close(out["total"], eng.module(x, y)[1], rtol=1e-5, atol=1e-6)
+
+
 def test_freezing_gives_the_eager_outputs() -> None:
     """Inductor's freezing (weights folded into the graph as constants) on a fresh module."""
     torch.manual_seed(1)

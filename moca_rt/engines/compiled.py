@@ -105,6 +105,11 @@ def bucket_for(batch: int, buckets: Sequence[int]) -> int:
     return fitting[0] if fitting else batch
 
 
+def _inference_tensor(x: Tensor) -> Tensor:
+    """``x`` as an inference tensor (a copy only when it is not one already)."""
+    return x if x.is_inference() else x.clone()
+
+
 def _pad_rows(x: Tensor, rows: int) -> Tensor:
     """``x`` with its last row repeated up to ``rows`` rows along axis 0."""
     if x.shape[0] == rows:
@@ -185,10 +190,13 @@ class CompiledEngine:
         check_feeds(feeds, self.input_names)
         batch = int(feeds[self.input_names[0]].shape[0])
         rows = bucket_for(batch, self.options.batch_buckets)
-        args = [_pad_rows(feeds[n], rows) for n in self.input_names]
         first = rows not in self.compile_seconds
         start = time.perf_counter()
-        with torch.no_grad():
+        # Inference mode, on inference tensors only: dynamo's guards check the inputs' dispatch
+        # keys, so a warm-up on ordinary tensors compiled graphs that the pipeline's first call
+        # (inference mode) compiled again, inside the timed run (seconds per bucket).
+        with torch.inference_mode():
+            args = [_inference_tensor(_pad_rows(feeds[n], rows)) for n in self.input_names]
             outs = self._run(args)
         if first:
             if self.device.type == "cuda":
@@ -234,8 +242,8 @@ def warmup_pipeline(
 
     Runs ``pipeline.segment_batch`` once per batch size on seeded noise frames and audio (the
     MoCA trunk's buckets), and the SAM encoder engine on zero images of each size (the frames'
-    clusters may not ask for proposals). Works for every engine (eager: first-call
-    initialisation only).
+    clusters may not ask for proposals), every bucket up to the encoder's batch. Works for every
+    engine (eager: first-call initialisation only).
 
     Returns:
         ``{unit: {bucket: seconds of its first call (compile + one run)}}`` of the compiled
@@ -255,9 +263,10 @@ def warmup_pipeline(
         dtype = sam.image_encoder.pos_embed.dtype
         device = sam.pixel_mean.device
         example = torch.zeros(1, 3, s, s, dtype=dtype, device=device)
-        encoder.warmup(
-            {names.SAM_IMAGES: example}, [min(b, pipeline_encoder_batch(pipeline)) for b in batches]
-        )
+        # Only the frames whose clusters ask for proposals reach the encoder, so a call may
+        # hold any count up to the encoder's batch: every bucket up to it (not only its own).
+        largest = max(min(b, pipeline_encoder_batch(pipeline)) for b in batches)
+        encoder.warmup({names.SAM_IMAGES: example}, range(1, largest + 1))
     return {unit: dict(e.compile_seconds) for unit, e in engines.items()}
 
 
