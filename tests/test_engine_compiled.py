@@ -64,9 +64,7 @@ def test_compiled_outputs_equal_eager_and_buckets_compile_once(engine: CompiledE
         engine({"x": x})
 
 
-def test_warmup_on_ordinary_tensors_serves_inference_mode_calls(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_warmup_on_ordinary_tensors_serves_inference_mode_calls() -> None:
     """Warmed up on ordinary tensors (``warmup_pipeline``'s SAM encoder example), a bucket is
     not compiled again by the pipeline's calls, which pass inference tensors: dynamo's guards
     check the dispatch keys, and a recompile here (an error with ``error_on_recompile``) makes
@@ -77,11 +75,11 @@ def test_warmup_on_ordinary_tensors_serves_inference_mode_calls(
     )
     eng.warmup({"x": torch.randn(2, 6), "y": torch.randn(2, 2)})
     assert list(eng.compile_seconds) == [2] and eng.fallback_reason is None
-    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
-    with torch.inference_mode():
-        x, y = torch.randn(2, 6), torch.randn(2, 2)
-        out = eng({"x": x, "y": y})
-    out_plain = eng({"x": torch.randn(1, 6), "y": torch.randn(1, 2)})  # ordinary, padded
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        with torch.inference_mode():
+            x, y = torch.randn(2, 6), torch.randn(2, 2)
+            out = eng({"x": x, "y": y})
+        out_plain = eng({"x": torch.randn(1, 6), "y": torch.randn(1, 2)})  # ordinary, padded
     assert eng.fallback_reason is None
     assert out["scaled"].shape == (2, 5) and out_plain["total"].shape == (1,)
     with torch.no_grad():
