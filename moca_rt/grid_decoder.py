@@ -19,8 +19,8 @@ IoU already rules all their masks out. Here the same function is computed in ano
   is left) runs only for prompts with a mask above the threshold;
 * **channels last**: the two ConvTranspose2d (kernel 2, stride 2) of the upscaling are a matmul
   each on channels-last features, with the LayerNorm2d over the last axis;
-* **small runs**: :class:`GridBackend` decodes a few prompts at a time (8 MiB of image tokens,
-  2 prompts for the 1024 models), so that a run's tensors stay in the CPU's caches.
+* **small runs**: on the CPU, :class:`GridBackend` decodes a few prompts at a time (8 MiB of
+  image tokens, 2 prompts for the 1024 models), so that a run's tensors stay in the caches.
 
 The result is the official decoder's up to floating-point rounding (summation order differs;
 ``tests/test_proposals_factored.py`` checks it against :meth:`Sam.decode`). Only single positive
@@ -368,8 +368,9 @@ class GridBackend:
 
     Args:
         prompts_per_call: prompts per run of the transformer (:meth:`decode` splits the
-            caller's batches); None: as many as keep a run's image tokens within 8 MiB (2 prompts
-            for the 1024 models, whose tokens take 4 MiB a prompt; 64 for ``sam_synth``).
+            caller's batches); None: on the CPU as many as keep a run's image tokens within
+            8 MiB (2 prompts for the 1024 models, whose tokens take 4 MiB a prompt; 64 for
+            ``sam_synth``), on a GPU the caller's whole batch.
             Small runs keep the tensors in the CPU's caches and spare the page faults of large
             allocations: SAM ViT-B on 2 cores, eager torch took 18.4 ms a prompt at 2 prompts
             per run against 27.5 at 32 (the batches before); onnxruntime 11.8 ms at 1-2 and
@@ -383,10 +384,14 @@ class GridBackend:
             raise ValueError(f"expected prompts_per_call >= 1, got {prompts_per_call}")
         self.prompts_per_call = prompts_per_call
 
-    def _step(self, keys: Tensor) -> int:
-        """Prompts per run for image tokens ``keys`` (..., HW, D)."""
+    def _step(self, keys: Tensor, prompts: int) -> int:
+        """Prompts per run for image tokens ``keys`` (..., HW, D) and ``prompts`` to decode:
+        ``prompts_per_call``; else on the CPU as many as keep a run within 8 MiB of image
+        tokens, and elsewhere all of them (a GPU wants large runs, not cache-sized ones)."""
         if self.prompts_per_call is not None:
             return self.prompts_per_call
+        if keys.device.type != "cpu":
+            return max(1, prompts)
         return max(1, _RUN_BYTES // (keys.shape[-2] * keys.shape[-1] * 4))
 
     def tokens(self, sam: Sam, frames: GridFrames, point_coords: Tensor) -> tuple[Tensor, ...]:
@@ -410,7 +415,7 @@ class GridBackend:
         of every frame), at most ``upscale_batch`` prompts per upscaling call (about 8 MB a
         prompt for the 1024 models)."""
         f, n = point_coords.shape[:2]
-        step = max(1, self._step(frames.keys) // f)
+        step = max(1, self._step(frames.keys, f * n) // f)
         ious, upscaled = [], []
         per_frame: list[list[Tensor]] = [[] for _ in range(f)]
         for start in range(0, n, step):
@@ -579,7 +584,7 @@ class OrtGridBackend(GridBackend):
     def _prompt_runs(self, frames: GridFrames, point_coords: Tensor) -> Iterator[dict[str, Tensor]]:
         """The tokens graph run on each frame's prompts, :meth:`_step` at a time (the graph
         takes one frame, its export example), frame by frame."""
-        step = self._step(frames.keys)
+        step = self._step(frames.keys, point_coords.shape[1])
         for f in range(point_coords.shape[0]):
             for start in range(0, point_coords.shape[1], step):
                 coords = point_coords[f : f + 1, start : start + step]
@@ -603,7 +608,7 @@ class OrtGridBackend(GridBackend):
         return out[names.LOW_RES_MASKS]
 
     def upscale(self, sam: Sam, mask_tokens: Tensor, keys: Tensor, grid: tuple[int, int]) -> Tensor:
-        step = self._step(keys)
+        step = self._step(keys, keys.shape[0])
         outs = [
             self._upscale_run(mask_tokens[i : i + step], keys[i : i + step])
             for i in range(0, keys.shape[0], step)

@@ -880,8 +880,8 @@ def grid_proposals_batch(
         embeddings: (F, 256, 64, 64) image embeddings.
         original_sizes: (H, W) per frame.
         config: grid and filters; ``points_per_batch / 2`` prompts per decoder call, shared
-            by as many frames as fit in one call (one frame for a 16 x 16 grid); the backend
-            splits a call into runs of at most 8 MiB of image tokens
+            by as many frames as fit in one call (one frame for a 16 x 16 grid); on the CPU the
+            backend splits a call into runs of at most 8 MiB of image tokens
             (:class:`~moca_rt.grid_decoder.GridBackend`: 2 prompts for the 1024 models). On 2
             cores 16-64 prompts per call were as fast as each other for ``sam_synth``, and
             256-1024 slower (the tensors leave the cache).

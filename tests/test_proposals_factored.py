@@ -277,3 +277,16 @@ def test_grid_backends_reject_no_prompts_per_call(sam_model: Sam, tmp_path: Path
 
     with pytest.raises(ValueError, match="prompts_per_call"):
         OrtGridBackend(tmp_path, 1, prompts_per_call=0)
+
+
+def test_small_runs_only_on_the_cpu() -> None:
+    """The 8 MiB runs are a CPU cache rule: 2 prompts for the 1024 models' 4096 x 256 tokens,
+    64 for 16 x 16 x 128; a GPU (here the meta device) decodes the caller's whole batch; an
+    explicit prompts_per_call holds everywhere."""
+    from moca_rt.grid_decoder import GridBackend
+
+    auto, two = GridBackend(), GridBackend(prompts_per_call=2)
+    assert auto._step(torch.empty(1, 4096, 256), 32) == 2
+    assert auto._step(torch.empty(1, 256, 128), 32) == 64
+    assert auto._step(torch.empty(1, 4096, 256, device="meta"), 32) == 32
+    assert two._step(torch.empty(1, 4096, 256, device="meta"), 32) == 2
