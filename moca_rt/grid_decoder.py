@@ -354,7 +354,8 @@ class DecodedPrompts:
         upscaled: (F, n) bool, the prompts whose masks were upscaled (a mask's predicted IoU
             above the threshold).
         low: (upscaled.sum(), 3, 4h, 4w) float32 logits of those prompts, frame by frame and
-            prompt by prompt (the order of ``iou[upscaled]``).
+            prompt by prompt (the order of ``iou[upscaled]``); (h, w) is the embedding grid, or
+            ``valid_tokens`` when :meth:`GridBackend.decode` was given it.
     """
 
     iou: Tensor
@@ -409,12 +410,20 @@ class GridBackend:
         point_coords: Tensor,
         iou_thresh: float,
         upscale_batch: int = 16,
+        valid_tokens: tuple[int, int] | None = None,
     ) -> DecodedPrompts:
         """:meth:`tokens` for (F, n, 2) prompts, then :meth:`upscale` for the prompts with a mask
         whose predicted IoU is above ``iou_thresh``: run by run (``prompts_per_call`` prompts
         of every frame), at most ``upscale_batch`` prompts per upscaling call (about 8 MB a
-        prompt for the 1024 models)."""
+        prompt for the 1024 models).
+
+        ``valid_tokens`` (rows, columns): upscale only the first rows and columns of the
+        embedding grid (the ones covering the frames; the padding of a non-square frame is
+        cut, e.g. 36 of 64 rows for 16:9). The upscaling works token by token, so the logits
+        are the full ones cropped to (4 rows, 4 columns).
+        """
         f, n = point_coords.shape[:2]
+        grid = valid_tokens or frames.grid
         step = max(1, self._step(frames.keys, f * n) // f)
         ious, upscaled = [], []
         per_frame: list[list[Tensor]] = [[] for _ in range(f)]
@@ -425,20 +434,25 @@ class GridBackend:
             upscaled.append(need)
             if not bool(need.any()):
                 continue
-            toks, img = mask_tokens[need], keys[need]  # frame by frame
+            toks, img = mask_tokens[need], _valid_tokens(keys[need], frames.grid, grid)
             low = torch.cat(
                 [
-                    self.upscale(
-                        sam, toks[i : i + upscale_batch], img[i : i + upscale_batch], frames.grid
-                    )
+                    self.upscale(sam, toks[i : i + upscale_batch], img[i : i + upscale_batch], grid)
                     for i in range(0, toks.shape[0], upscale_batch)
                 ]
             )
             for rows, frame in zip(low.split(need.sum(dim=1).tolist()), per_frame, strict=True):
                 frame.append(rows)
         iou_all = torch.cat(ious, dim=1)
-        low_all = _joined_logits([r for frame in per_frame for r in frame], iou_all, frames.grid)
+        low_all = _joined_logits([r for frame in per_frame for r in frame], iou_all, grid)
         return DecodedPrompts(iou_all, torch.cat(upscaled, dim=1), low_all)
+
+
+def _valid_tokens(keys: Tensor, grid: tuple[int, int], valid: tuple[int, int]) -> Tensor:
+    """Image tokens (P, h * w, D) of the ``grid`` cut to its first ``valid`` rows and columns."""
+    if tuple(valid) == tuple(grid):
+        return keys
+    return keys.unflatten(1, grid)[:, : valid[0], : valid[1]].flatten(1, 2)
 
 
 def _joined_logits(low: list[Tensor], iou: Tensor, grid: tuple[int, int]) -> Tensor:
@@ -462,22 +476,22 @@ class _TokensUnit(torch.nn.Module):
 
 
 class _UpscaleUnit(torch.nn.Module):
-    """:func:`upscale_masks` for SAM's own embedding grid, as a module (the exported graph)."""
+    """:func:`upscale_masks` on image tokens laid out (P, h, w, D), as a module (the exported
+    graph; h and w are dynamic: the whole embedding grid or its first rows and columns)."""
 
     def __init__(self, sam: Sam) -> None:
         super().__init__()
         self.sam = sam
-        side = sam.prompt_encoder.image_embedding_size
-        self.grid = (int(side[0]), int(side[1]))
 
     def forward(self, mask_tokens: Tensor, keys: Tensor) -> Tensor:
-        return upscale_masks(self.sam, mask_tokens, keys, self.grid)
+        grid = (keys.shape[1], keys.shape[2])
+        return upscale_masks(self.sam, mask_tokens, keys.flatten(1, 2), grid)
 
 
 def export_grid_decoder(sam: Sam, folder: Path) -> tuple[Path, Path]:
     """Export the factored decoder of ``sam`` (fp32, CPU) as two ONNX graphs into ``folder``:
     ``sam_grid_tokens_fp32.onnx`` (one frame, dynamic prompts) and ``sam_grid_upscale_fp32.onnx``
-    (dynamic prompts). Returns their paths."""
+    (dynamic prompts, rows and columns of image tokens). Returns their paths."""
 
     from moca_rt.engines import names
 
@@ -485,11 +499,13 @@ def export_grid_decoder(sam: Sam, folder: Path) -> tuple[Path, Path]:
     device, dtype = param.device, param.dtype
     sam = sam.to("cpu", torch.float32).eval()
     folder.mkdir(parents=True, exist_ok=True)
-    h, w = _UpscaleUnit(sam).grid
+    h, w = (int(side) for side in sam.prompt_encoder.image_embedding_size)
     frames = prepare_frames(sam, torch.randn(1, sam.prompt_encoder.embed_dim, h, w))
     coords = torch.rand(1, 5, 2) * sam.image_size
     tokens_path, upscale_path = folder / GRID_TOKENS_FILE, folder / GRID_UPSCALE_FILE
     _, mask_tokens, keys = _decode_prompts(sam, frames, coords)
+    # a crop whose rows and columns differ, so that the export keeps both dynamic
+    cropped = keys.unflatten(1, (h, w))[:, :, : max(1, w * 3 // 4)].contiguous()
     prompts = torch.export.Dim.DYNAMIC
     exports = (
         (
@@ -502,11 +518,11 @@ def export_grid_decoder(sam: Sam, folder: Path) -> tuple[Path, Path]:
         ),
         (
             _UpscaleUnit(sam),
-            (mask_tokens, keys),
+            (mask_tokens, cropped),
             upscale_path,
             names.GRID_UPSCALE_INPUTS,
             names.GRID_UPSCALE_OUTPUTS,
-            ({0: prompts}, {0: prompts}),
+            ({0: prompts}, {0: prompts, 1: prompts, 2: prompts}),
         ),
     )
     with quiet_export():
@@ -601,6 +617,7 @@ class OrtGridBackend(GridBackend):
         )
 
     def _upscale_run(self, mask_tokens: Tensor, keys: Tensor) -> Tensor:
+        """The upscaling graph on (P, 3, D) mask tokens and (P, h, w, D) image tokens."""
         from moca_rt.engines import names
 
         feeds = dict(zip(names.GRID_UPSCALE_INPUTS, (mask_tokens, keys), strict=True))
@@ -609,6 +626,7 @@ class OrtGridBackend(GridBackend):
 
     def upscale(self, sam: Sam, mask_tokens: Tensor, keys: Tensor, grid: tuple[int, int]) -> Tensor:
         step = self._step(keys, keys.shape[0])
+        keys = keys.unflatten(1, grid)
         outs = [
             self._upscale_run(mask_tokens[i : i + step], keys[i : i + step])
             for i in range(0, keys.shape[0], step)
@@ -622,6 +640,7 @@ class OrtGridBackend(GridBackend):
         point_coords: Tensor,
         iou_thresh: float,
         upscale_batch: int = 16,
+        valid_tokens: tuple[int, int] | None = None,
     ) -> DecodedPrompts:
         """:meth:`GridBackend.decode`, streamed: each tokens run's prompts go straight to the
         upscaling graph (``upscale_batch`` is not used), so that only one run's image tokens
@@ -629,18 +648,20 @@ class OrtGridBackend(GridBackend):
         from moca_rt.engines import names
 
         iou_name, tokens_name, keys_name = names.GRID_TOKENS_OUTPUTS
+        rows, cols = grid = valid_tokens or frames.grid
         ious, upscaled, low = [], [], []
         for run in self._prompt_runs(frames, point_coords):
             iou = run[iou_name]  # (c, 3)
             need = (iou > iou_thresh).any(dim=-1)
             ious.append(iou)
             upscaled.append(need)
+            keys = run[keys_name].unflatten(1, frames.grid)[:, :rows, :cols]
             if bool(need.all()):
-                low.append(self._upscale_run(run[tokens_name], run[keys_name]))
+                low.append(self._upscale_run(run[tokens_name], keys))
             elif bool(need.any()):
-                low.append(self._upscale_run(run[tokens_name][need], run[keys_name][need]))
+                low.append(self._upscale_run(run[tokens_name][need], keys[need]))
         f, n = point_coords.shape[:2]
         device = point_coords.device
         iou_all = torch.cat(ious).reshape(f, n, -1).to(device)
-        low_all = _joined_logits(low, iou_all, frames.grid).to(device)
+        low_all = _joined_logits(low, iou_all, grid).to(device)
         return DecodedPrompts(iou_all, torch.cat(upscaled).reshape(f, n).to(device), low_all)

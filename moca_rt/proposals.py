@@ -222,7 +222,10 @@ class MaskProposals:
         stability: (P,) float32 stability score.
         boxes: (P, 4) float32 XYXY in input pixels, exclusive right/bottom edges.
         image_size: (H, W) of the input image.
-        low_res_logits: (P, 256, 256) float32 decoder logits (whole padded frame), if kept.
+        low_res_logits: (P, 256, 256) float32 decoder logits (whole padded frame), if kept; at
+            low resolution from :func:`grid_proposals_batch`, only the first rows and columns
+            that cover the frame (4 per embedding token; the padding of a non-square frame is
+            not upscaled).
         points: (P, 2) float32 XY input pixels of the prompting point (grid proposals; NaN for
             box prompts).
     """
@@ -372,10 +375,11 @@ def _logits_at_resolution(
     original_size: tuple[int, int],
     image_size: int,
 ) -> torch.Tensor:
-    """(P, 256, 256) low-res logits -> (P, h, w) logits at the requested resolution."""
+    """(P, 256, 256) low-res logits -> (P, h, w) logits at the requested resolution. At low
+    resolution the logits may already be cut to the rows and columns covering the frame."""
     if resolution == "image":
         return postprocess_masks(low[:, None], input_size, original_size, image_size)[:, 0]
-    vh, vw = low_res_valid_size(input_size, image_size, low.shape[-1])
+    vh, vw = low_res_valid_size(input_size, image_size, image_size // 4)
     return low[:, :vh, :vw]
 
 
@@ -912,6 +916,24 @@ def grid_proposals_batch(
     return found
 
 
+def _valid_tokens(
+    cfg: ProposalConfig,
+    input_sizes: Sequence[tuple[int, int]],
+    grid: tuple[int, int],
+    image_size: int,
+) -> tuple[int, int] | None:
+    """The rows and columns of the embedding grid whose upscaled logits cover these frames (at
+    low resolution; None at image resolution, which resizes the whole padded 256 x 256)."""
+    if cfg.resolution != "low":
+        return None
+    side = 4 * grid[0]  # the low-res logits: 4 per token
+    valid = [low_res_valid_size(size, image_size, side) for size in input_sizes]
+    return (
+        min(grid[0], -(-max(v[0] for v in valid) // 4)),
+        min(grid[1], -(-max(v[1] for v in valid) // 4)),
+    )
+
+
 def _grid_proposals_group(
     model: Sam,
     embeddings: torch.Tensor,
@@ -934,11 +956,14 @@ def _grid_proposals_group(
     points32 = torch.stack(points).to(device, torch.float32)
     input_sizes = [get_preprocess_shape(h, w, s) for h, w in original_sizes]
     frames = prepare_frames(model, embeddings)
+    valid = _valid_tokens(cfg, input_sizes, frames.grid, s)
     per_call = max(1, cfg.points_per_batch // 2 // n_frames)  # points per frame and call
     kept: list[list[_Kept]] = [[] for _ in range(n_frames)]
     for start in range(0, coords.shape[1], per_call):
         sl = slice(start, start + per_call)
-        decoded = decoder.decode(model, frames, coords[:, sl], cfg.pred_iou_thresh, upscale_batch)
+        decoded = decoder.decode(
+            model, frames, coords[:, sl], cfg.pred_iou_thresh, upscale_batch, valid
+        )
         iou, need, low = decoded.iou, decoded.upscaled, decoded.low
         m = iou.shape[2]
         counts = need.sum(dim=1).tolist()

@@ -290,3 +290,54 @@ def test_small_runs_only_on_the_cpu() -> None:
     assert auto._step(torch.empty(1, 256, 128), 32) == 64
     assert auto._step(torch.empty(1, 4096, 256, device="meta"), 32) == 32
     assert two._step(torch.empty(1, 4096, 256, device="meta"), 32) == 2
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_upscaling_only_the_valid_tokens_crops_the_full_logits(
+    sam_model: Sam, tmp_path: Path, backend: str
+) -> None:
+    """decode(valid_tokens=(rows, cols)) upscales only those first rows and columns of the
+    embedding grid (the frame without its padding): the logits are the full ones cut to
+    (4 rows, 4 cols), since the upscaling works token by token."""
+    from moca_rt.grid_decoder import GridBackend
+
+    frames, coords, thresh = _frames_and_threshold(sam_model, "some")
+    h, w = frames.grid
+    valid = (h - 1, max(1, w // 2))
+    if backend == "onnxruntime":
+        pytest.importorskip("onnxruntime")
+        from moca_rt.grid_decoder import OrtGridBackend, export_grid_decoder
+
+        export_grid_decoder(sam_model, tmp_path)
+        decoder: GridBackend = OrtGridBackend(tmp_path, 1, prompts_per_call=2)
+    else:
+        decoder = GridBackend(prompts_per_call=2)
+    full = GridBackend().decode(sam_model, frames, coords, thresh)
+    cut = decoder.decode(sam_model, frames, coords, thresh, valid_tokens=valid)
+    assert torch.equal(cut.upscaled, full.upscaled)
+    assert cut.low.shape == (full.low.shape[0], 3, 4 * valid[0], 4 * valid[1])
+    want = full.low[:, :, : 4 * valid[0], : 4 * valid[1]]
+    torch.testing.assert_close(cut.low, want, rtol=0, atol=1e-4)
+
+
+def test_grid_proposals_upscale_only_the_frame_at_low_resolution(
+    sam_model: Sam, sam_embedding: torch.Tensor
+) -> None:
+    """A 480 x 640 frame fills 192 of the 256 low-res rows: the factored path keeps logits for
+    the token rows covering it (48 tokens, 192 rows), equal there to the reference's."""
+    cfg = ProposalConfig(
+        points_per_side=3,
+        pred_iou_thresh=-1.0,
+        stability_score_thresh=0.0,
+        box_nms_thresh=1.0,
+        resolution="low",
+        keep_low_res_logits=True,
+    )
+    got = grid_proposals_batch(sam_model, sam_embedding, [SIZE], cfg)[0]
+    ref = grid_proposals_from_embedding(sam_model, sam_embedding, SIZE, cfg)
+    assert got.low_res_logits is not None and ref.low_res_logits is not None
+    side = sam_model.image_size // 4
+    rows = got.low_res_logits.shape[1]
+    assert rows < side and rows >= side * SIZE[0] // SIZE[1]
+    assert got.low_res_logits.shape[2] == side
+    torch.testing.assert_close(got.low_res_logits, ref.low_res_logits[:, :rows], rtol=0, atol=1e-4)

@@ -74,7 +74,8 @@ GRID_MASK_TOKENS = "grid_mask_tokens"
 GRID_IMAGE_TOKENS = "grid_image_tokens"
 GRID_TOKENS_INPUTS = (GRID_KEYS, GRID_KEY_PE, GRID_K0, GRID_V0, GRID_Q0, POINT_COORDS)
 GRID_TOKENS_OUTPUTS = (IOU_PREDICTIONS, GRID_MASK_TOKENS, GRID_IMAGE_TOKENS)
-# Upscale: (P, 3, D) mask tokens + (P, HW, D) image tokens -> (P, 3, 4h, 4w) low-res logits.
+# Upscale: (P, 3, D) mask tokens + (P, h, w, D) image tokens (the embedding grid or its first
+# rows and columns) -> (P, 3, 4h, 4w) low-res logits.
 GRID_UPSCALE_INPUTS = (GRID_MASK_TOKENS, GRID_IMAGE_TOKENS)
 GRID_UPSCALE_OUTPUTS = (LOW_RES_MASKS,)
 
