@@ -7,8 +7,8 @@
 rendered synthetic-world test frames at 224 (``benchmarks/pipeline.render_inputs``), the
 shipped proposal filters (or ``--filters off``); the stage is timed from the image embeddings
 (the encoder is the same on both paths) over all frames as one ``SamProposals.from_embeddings``
-call. ``--case vit_b``: ``sam_vit_b`` with seeded random weights, one 1024 x 1024 frame's
-embedding (random normal), the 16 x 16 grid.
+call. ``--case vit_b``: ``sam_vit_b`` with seeded random weights, one frame's embedding
+(random normal; the frame 1024 x 1024, or ``--frame-size H,W``), the 16 x 16 grid.
 
 Both decoders (``reference``: ``Sam.decode`` per frame, the official order of work;
 ``factored``: ``moca_rt.proposals.grid_proposals_batch``) run in turn, ``--repeats`` times,
@@ -50,7 +50,24 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 
-def _setup(case: str, frames: int, filters: str, random_weights: bool) -> tuple[Any, Any, list]:
+def _frame_size(text: str) -> tuple[int, int]:
+    """``H,W`` -> (H, W) (argparse type)."""
+    try:
+        h, w = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected H,W (two integers), got {text!r}") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive H,W, got {text!r}")
+    return h, w
+
+
+def _setup(
+    case: str,
+    frames: int,
+    filters: str,
+    random_weights: bool,
+    frame_size: tuple[int, int] = (1024, 1024),
+) -> tuple[Any, Any, list]:
     from moca_rt.config import SAM_PRESETS
     from moca_rt.modeling.sam import build_sam, load_sam
     from moca_rt.proposals import ProposalConfig, encode_frames
@@ -59,7 +76,7 @@ def _setup(case: str, frames: int, filters: str, random_weights: bool) -> tuple[
     if case == "vit_b":
         sam = build_sam(SAM_PRESETS["sam_vit_b"]).eval()
         emb = torch.randn(1, 256, 64, 64)
-        sizes = [(1024, 1024)]
+        sizes = [frame_size]
         cfg = ProposalConfig(points_per_side=16)
     else:
         from pipeline import render_inputs
@@ -137,6 +154,7 @@ def reset_peak_kib() -> int:
 def _child_peak(args: argparse.Namespace, decoder: str) -> float:
     cmd = [sys.executable, __file__, "--case", args.case, "--frames", str(args.frames)]
     cmd += ["--filters", args.filters, "--threads", str(args.threads), "--child", decoder]
+    cmd += ["--frame-size", f"{args.frame_size[0]},{args.frame_size[1]}"]
     if args.random_weights:
         cmd.append("--random-weights")
     if decoder == "onnxruntime":
@@ -211,6 +229,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--case", choices=("tiny", "vit_b"), default="tiny")
     p.add_argument("--frames", type=int, default=16, help="Frames of the tiny case.")
+    p.add_argument(
+        "--frame-size",
+        type=_frame_size,
+        default=(1024, 1024),
+        help="H,W of the vit_b case's frame (its embedding stays random; a non-square frame "
+        "has padding rows that the factored path does not upscale).",
+    )
     p.add_argument("--repeats", type=int, default=5, help="Interleaved repetitions per decoder.")
     p.add_argument(
         "--filters",
@@ -238,7 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     configure_threads(args.threads)  # torch's threads and the onnxruntime sessions'
-    sam, cfg, (emb, sizes) = _setup(args.case, args.frames, args.filters, args.random_weights)
+    sam, cfg, (emb, sizes) = _setup(
+        args.case, args.frames, args.filters, args.random_weights, args.frame_size
+    )
     scratch = tempfile.TemporaryDirectory(prefix="moca_grid_")
     ort = _ort_backend(sam, args.threads, Path(scratch.name)) if args.onnxruntime else None
     if args.child:
@@ -264,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     row = {
         "case": args.case,
         "frames": len(sizes),
+        "frame_size": list(sizes[0]),
         "filters": args.filters,
         "weights": "random" if args.random_weights or args.case == "vit_b" else "shipped",
         "points_per_side": cfg.points_per_side,
