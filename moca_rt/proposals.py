@@ -418,9 +418,12 @@ class _Kept:
     boxes: torch.Tensor
 
 
-def _rows(t: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """``t[keep]``, or ``t`` itself when every row is kept (no copy of the logits)."""
-    return t if bool(keep.all()) else t[keep]
+def _rows(*tensors: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``t[keep]`` of each tensor, or the tensors themselves when every row is kept (no copy
+    of the logits; the test runs once)."""
+    if bool(keep.all()):
+        return tensors
+    return tuple(t[keep] for t in tensors)
 
 
 def _filter_chunk(
@@ -433,16 +436,15 @@ def _filter_chunk(
     image_size: int,
     mask_threshold: float,
 ) -> _Kept:
-    keep = iou > cfg.pred_iou_thresh
-    low, iou, points = _rows(low, keep), _rows(iou, keep), _rows(points, keep)
+    low, iou, points = _rows(low, iou, points, keep=iou > cfg.pred_iou_thresh)
     logits = _logits_at_resolution(low, cfg.resolution, input_size, original_size, image_size)
     st = stability_score(logits, mask_threshold, cfg.stability_score_offset)
-    keep = st >= cfg.stability_score_thresh
-    masks = _rows(logits, keep) > mask_threshold
-    boxes = _boxes_in_input_pixels(masks, cfg.resolution, input_size, original_size, image_size)
-    return _Kept(
-        masks, _rows(iou, keep), _rows(st, keep), _rows(low, keep), _rows(points, keep), boxes
+    logits, iou, st, low, points = _rows(
+        logits, iou, st, low, points, keep=st >= cfg.stability_score_thresh
     )
+    masks = logits > mask_threshold
+    boxes = _boxes_in_input_pixels(masks, cfg.resolution, input_size, original_size, image_size)
+    return _Kept(masks, iou, st, low, points, boxes)
 
 
 def _gather(parts: list[torch.Tensor], index: torch.Tensor) -> torch.Tensor:
@@ -916,7 +918,7 @@ def grid_proposals_batch(
     return found
 
 
-def _valid_tokens(
+def _frame_token_grid(
     cfg: ProposalConfig,
     input_sizes: Sequence[tuple[int, int]],
     grid: tuple[int, int],
@@ -956,7 +958,7 @@ def _grid_proposals_group(
     points32 = torch.stack(points).to(device, torch.float32)
     input_sizes = [get_preprocess_shape(h, w, s) for h, w in original_sizes]
     frames = prepare_frames(model, embeddings)
-    valid = _valid_tokens(cfg, input_sizes, frames.grid, s)
+    valid = _frame_token_grid(cfg, input_sizes, frames.grid, s)
     per_call = max(1, cfg.points_per_batch // 2 // n_frames)  # points per frame and call
     kept: list[list[_Kept]] = [[] for _ in range(n_frames)]
     for start in range(0, coords.shape[1], per_call):
